@@ -1,0 +1,126 @@
+"""tuner: hyperparameter search for fine-tuning causal language models.
+
+    python launch.py sweep SPEC [--name NAME] [--set key.path=value ...] [--num-samples N] [--address ADDR]
+    python launch.py validate SPEC [--set key.path=value ...]
+    python launch.py status SWEEP_DIR
+    python launch.py export SWEEP_DIR [--format yaml|json]
+
+`sweep` runs the whole pipeline: spec → prepared data → Optuna + ASHA on Ray Tune → leaderboard →
+final evaluation of the best checkpoint → export. Bad input exits with code 2 and one message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tuner.errors import UserError
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tuner.pipeline import SweepFailed, run_sweep
+
+    try:
+        result = run_sweep(args.spec, overrides=args.set, name=args.name, num_samples=args.num_samples,
+                           address=args.address)
+    except SweepFailed as exc:
+        print(f"tuner: sweep failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"results: {result.sweep_dir}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Static checks only: builds no data, model or Ray runtime."""
+    import json
+    from pathlib import Path
+
+    from tuner import data, sweep
+    from tuner.spec import load_spec, to_yaml
+
+    spec = load_spec(args.spec, args.set)
+    meta = spec.sweep_dir / "data" / data.fingerprint(spec) / "prepared.json"
+    train_tokens = None
+    if meta.exists():  # data prepared by an earlier run: the plan can give token budgets
+        prepared = json.loads(Path(meta).read_text())
+        train_tokens = prepared["blocks"]["train"] * prepared["block_size"]
+    print(to_yaml(spec, f"# resolved spec: {args.spec}\n"))
+    print("plan:\n  " + sweep.make_plan(spec, train_tokens).describe().replace("\n", "\n  "))
+    print(f"sweep directory: {spec.sweep_dir}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from tuner import results
+    from tuner.pipeline import load_sweep_spec
+
+    spec = load_sweep_spec(args.sweep_dir)
+    rows = results.leaderboard(args.sweep_dir, spec.search.mode, spec.name)
+    print(f"sweep {spec.name}: {args.sweep_dir}")
+    print(results.format_table(rows))
+    for row in rows:
+        print(f"  {row['trial_id']}: log {row['log_file']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tuner.export import BEST_DIR, read_best_config
+    from tuner.pipeline import load_sweep_spec
+
+    load_sweep_spec(args.sweep_dir)
+    if not (Path(args.sweep_dir) / BEST_DIR / "config.yaml").exists():
+        raise UserError(f"{args.sweep_dir}: no best config yet; the sweep exports one when it ends")
+    print(read_best_config(args.sweep_dir, args.format), end="")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 too; keep our one-line format
+        raise UserError(f"{message} (see `python launch.py {self.prog.split()[-1]} --help`)")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(prog="launch.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sweep = commands.add_parser("sweep", help="run a sweep end to end")
+    sweep.add_argument("spec", help="the sweep's YAML spec, e.g. search_spaces/tiny.yaml")
+    sweep.add_argument("--name", help="override the spec's name (and so its default sweep directory)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override one spec value, e.g. --set search.num_samples=4 (repeatable)")
+    sweep.add_argument("--num-samples", type=int, help="override search.num_samples")
+    sweep.add_argument("--address", help="attach to a running Ray cluster (default: a private local one)")
+    sweep.set_defaults(run=cmd_sweep)
+
+    validate = commands.add_parser("validate", help="check a spec and print the plan; builds nothing")
+    validate.add_argument("spec")
+    validate.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    validate.set_defaults(run=cmd_validate)
+
+    status = commands.add_parser("status", help="print a sweep's leaderboard (running or finished)")
+    status.add_argument("sweep_dir")
+    status.set_defaults(run=cmd_status)
+
+    export = commands.add_parser("export", help="print the best config of a finished sweep")
+    export.add_argument("sweep_dir")
+    export.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    export.set_defaults(run=cmd_export)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s")
+    logging.getLogger("tuner").setLevel(logging.INFO)
+    try:
+        args = parser().parse_args(argv)
+        return args.run(args)
+    except UserError as exc:
+        print(f"tuner: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

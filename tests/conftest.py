@@ -1,0 +1,44 @@
+"""Shared fixtures: one real sweep (local Ray, Optuna on SQLite, HF Trainer on a tiny GPT-2) that
+every test which only reads its results shares, so the suite pays for it once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "search_spaces" / "tiny.yaml"
+
+# Small enough for 2 cores, big enough that ASHA has rungs to stop trials at.
+SWEEP_OVERRIDES = [
+    "data.max_records=900",
+    "train.report_every_tokens=8192",
+    "scheduler.grace_period=8192",
+    "search.num_samples=6",
+    "search.n_startup_trials=3",
+    "search.space.num_train_epochs={type: int, low: 1, high: 2}",
+    "promote.num_samples=2",
+]
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    """A private local Ray runtime for the session (the sweeps attach to it instead of starting one)."""
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(ray_runtime, tmp_path_factory):
+    """The tiny preset, shrunk, run end to end once."""
+    from tuner import run_sweep
+
+    sweep_dir = tmp_path_factory.mktemp("sweeps") / "tiny-test"
+    return run_sweep(TINY, overrides=[*SWEEP_OVERRIDES, f"storage={sweep_dir}"], name="tiny-test")

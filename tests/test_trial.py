@@ -1,0 +1,96 @@
+"""The training core without Ray: report cadence, checkpoints at report steps, NaN handling."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from transformers import TrainerControl, TrainerState
+
+from tuner import constants as C
+from tuner import data, model, space
+from tuner.spec import apply_override, load_spec
+from tuner.trial import ReportCallback, TrialContext, run_trial, training_arguments
+
+ROOT = Path(__file__).resolve().parents[1]
+HYPER = {"learning_rate": 1e-3, "per_device_train_batch_size": 8, "num_train_epochs": 1,
+         "warmup_ratio": 0.1, "gradient_accumulation_steps": 2, "weight_decay": 0.0}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    spec = load_spec(ROOT / "search_spaces" / "tiny.yaml", [
+        "data.max_records=300", "data.block_size=32", "train.report_every_tokens=2048",
+        f"storage={tmp_path_factory.mktemp('trial')}"])
+    prepared = data.prepare(spec, spec.sweep_dir)
+    return spec, prepared
+
+
+def _run(spec, prepared, hyper=HYPER):
+    reports = []
+
+    def report(metrics, checkpoint):
+        files = sorted(p.name for p in Path(checkpoint).iterdir()) if checkpoint else []
+        reports.append((metrics, files))
+
+    ctx = TrialContext(spec, prepared, model.resolve(spec.model.name_or_path))
+    summary = run_trial(hyper, ctx, report)
+    return reports, summary
+
+
+def test_reports_every_report_every_tokens_with_a_checkpoint_at_that_step(small):
+    spec, prepared = small
+    reports, summary = _run(spec, prepared)
+    tokens_per_step = 8 * 2 * 32
+    steps = [m[C.STEP] for m, _ in reports]
+    assert steps[:-1] == list(range(4, 4 * len(steps[:-1]) + 1, 4))  # 2048 tokens = 4 steps of 512
+    assert all(m[C.TOKENS_SEEN] == m[C.STEP] * tokens_per_step for m, _ in reports[:-1])
+    last, files = reports[-1]
+    assert last[C.FINAL] and last[C.TRIAL_STATUS] == C.COMPLETED
+    assert last[C.TOKENS_SEEN] == prepared.blocks["train"] * 32
+    assert not any(m[C.FINAL] for m, _ in reports[:-1])
+    for metrics, files in reports:
+        assert set(C.REPORT_KEYS) <= set(metrics)
+        assert math.isfinite(metrics[C.EVAL_LOSS])
+        assert "model.safetensors" in files and "trainer_state.json" in files
+    assert summary["reports"] == len(reports)
+    assert summary["best_eval_loss"] == min(m[C.EVAL_LOSS] for m, _ in reports)
+
+
+def test_stop_after_steps_ends_with_a_final_report_at_that_step(small):
+    spec, prepared = small
+    spec = load_spec(_with(spec, "train.stop_after_steps=6"))
+    reports, _ = _run(spec, prepared)
+    assert [m[C.STEP] for m, _ in reports] == [4, 6]
+    assert reports[-1][0][C.FINAL]
+
+
+def _with(spec, override):
+    raw = spec.to_dict()
+    raw.pop("origin")
+    apply_override(raw, override)
+    return raw
+
+
+def test_warmup_ratio_becomes_a_fractional_warmup_steps(small, tmp_path):
+    spec, _ = small
+    args = training_arguments(spec, space.resolve(spec, HYPER), tmp_path)
+    assert args.warmup_steps == 0.1
+    assert args.get_warmup_steps(200) == 20
+
+
+def test_a_nan_loss_stops_the_trial_and_reports_it_diverged(small):
+    spec, _ = small
+    sent = []
+    callback = ReportCallback(spec, lambda metrics, checkpoint: sent.append((metrics, checkpoint)), None)
+    state, control = TrainerState(), TrainerControl()
+    state.global_step, state.max_steps, state.num_input_tokens_seen = 3, 100, 768
+    callback.on_log(None, state, control, logs={"loss": float("nan")})
+    assert control.should_training_stop and not control.should_save
+    callback.on_step_end(None, state, control)
+    assert not control.should_evaluate  # no evaluation, checkpoint or report of a diverged model
+    callback.on_train_end(None, state, control)
+    (metrics, checkpoint), = sent
+    assert metrics[C.TRIAL_STATUS] == C.DIVERGED and metrics[C.FINAL]
+    assert math.isnan(metrics[C.EVAL_LOSS]) and checkpoint is None

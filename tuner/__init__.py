@@ -1,0 +1,21 @@
+"""tuner: hyperparameter search for fine-tuning causal language models on Ray Tune, Optuna and ASHA.
+
+Public names are imported on first use, so `launch.py validate` does not pay for torch and
+transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["Spec", "SpecError", "SweepFailed", "SweepResult", "UserError", "load_spec", "run_sweep"]
+_HOMES = {"Spec": "tuner.spec", "SpecError": "tuner.spec", "load_spec": "tuner.spec",
+          "SweepFailed": "tuner.pipeline", "SweepResult": "tuner.pipeline", "run_sweep": "tuner.pipeline",
+          "UserError": "tuner.errors"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'tuner' has no attribute {name!r}")

@@ -1,0 +1,48 @@
+"""Names shared by every stage: the keys a trial reports and the statuses a trial ends with.
+
+They live here, once, because the trainable writes them, ASHA and Optuna read them, and the
+leaderboard, promotion and tests look them up by name.
+"""
+
+# Keys of every report a trial makes (one report = one evaluation + one checkpoint, same step).
+EVAL_LOSS = "eval_loss"
+TRAIN_LOSS = "train_loss"
+LEARNING_RATE = "learning_rate"
+EPOCH = "epoch"
+STEP = "step"
+TOKENS_SEEN = "tokens_seen"
+TOKENS_PER_S = "tokens_per_s"
+REPORT_KEYS = (EVAL_LOSS, TRAIN_LOSS, LEARNING_RATE, EPOCH, STEP, TOKENS_SEEN, TOKENS_PER_S)
+
+# Extra keys on a report: how the trial stands after it.
+TRIAL_STATUS = "trial_status"  # "running" until the last report, then one of STATUSES
+FINAL = "final_report"  # True on the trial's own last report
+REPEAT = "repeat_report"  # True on a closing copy of the last report (not counted again)
+
+# ASHA compares trials after the same amount of data, whatever their batch size.
+TIME_ATTR = TOKENS_SEEN
+
+# One list of statuses for every stage and issue.
+RUNNING = "running"
+PENDING = "pending"
+COMPLETED = "completed"  # trained to the end, or to ASHA's max_t
+STOPPED_ASHA = "stopped_asha"  # stopped early by ASHA at a rung
+STOPPED_PATIENCE = "stopped_patience"  # no improvement for `patience` reports
+STOPPED_BUDGET = "stopped_budget"  # the sweep's time budget or Ctrl-C ended it
+DIVERGED = "diverged"  # NaN or inf loss
+OOM = "oom"
+FAILED = "failed"
+STATUSES = (COMPLETED, STOPPED_ASHA, STOPPED_PATIENCE, STOPPED_BUDGET, DIVERGED, OOM, FAILED)
+# Statuses whose checkpoints may be promoted: the trial trained normally up to its last report.
+PROMOTABLE = (COMPLETED, STOPPED_ASHA, STOPPED_PATIENCE, STOPPED_BUDGET)
+
+# Hyperparameters every search space can name, and the defaults (Hugging Face's) when it doesn't.
+HYPERPARAMETER_DEFAULTS = {
+    "learning_rate": 5e-5,
+    "per_device_train_batch_size": 8,
+    "num_train_epochs": 3,
+    "warmup_ratio": 0.0,
+    "gradient_accumulation_steps": 1,
+    "weight_decay": 0.0,
+    "freeze_layers": 0,
+}

@@ -1,0 +1,297 @@
+"""Data, prepared once per sweep on the driver: load → clean → split → tokenize → pack → save.
+
+The result is Arrow in the sweep directory (`data/<fingerprint>/`), memory-mapped by every trial,
+and reused by any later run whose data and tokenizer settings hash to the same fingerprint.
+Packing concatenates documents (EOS between them) and cuts `block_size` blocks, so no compute goes
+to padding. Train and validation drop the last partial block; test keeps it, so the final
+evaluation predicts every test token.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import html
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuner import builtin
+from tuner.errors import UserError
+from tuner.spec import CleanSpec, DataSpec, Spec
+
+log = logging.getLogger("tuner")
+
+SPLITS = ("train", "validation", "test")
+SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"),
+                 "test": ("test",)}
+FORMATS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv",
+           ".parquet": "parquet"}
+TAG = re.compile(r"<[^>]+>")
+SPACES = re.compile(r"[ \t\f\v\u00a0]+")
+BLANK_LINES = re.compile(r"\n\s*\n+")
+
+
+@dataclass
+class Prepared:
+    """What a trial needs to find the data; small enough to travel with every trial."""
+
+    path: str  # the Arrow DatasetDict
+    tokenizer_path: str  # the tokenizer, saved beside the data (pad token set)
+    fingerprint: str
+    block_size: int
+    blocks: dict[str, int]  # full blocks per split (test: plus one partial block where there is one)
+    tokens: dict[str, int]  # tokens per split
+    records: dict[str, int]  # records per split after cleaning
+
+    def train_tokens(self) -> int:
+        return self.blocks["train"] * self.block_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Cleaning and splitting: plain functions on lists of strings, tested on their own.
+
+
+def clean_text(text: str, rules: CleanSpec) -> str:
+    if rules.strip_html:
+        text = html.unescape(TAG.sub(" ", text))
+    if rules.normalize_whitespace:
+        lines = [SPACES.sub(" ", line).strip() for line in text.replace("\r\n", "\n").split("\n")]
+        text = BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+    return text
+
+
+def clean_records(texts: list[str], rules: CleanSpec, seen: set[str] | None = None) -> tuple[list[str], dict[str, int]]:
+    """Clean each record; drop empty ones and exact duplicates (also of those in `seen`)."""
+    seen = set() if seen is None else seen
+    kept: list[str] = []
+    counts = {"records_in": len(texts), "dropped_empty": 0, "dropped_duplicate": 0}
+    for raw in texts:
+        text = clean_text(raw if isinstance(raw, str) else "", rules)
+        if rules.drop_empty and not text.strip():
+            counts["dropped_empty"] += 1
+            continue
+        if rules.drop_duplicates:
+            if text in seen:
+                counts["dropped_duplicate"] += 1
+                continue
+            seen.add(text)
+        kept.append(text)
+    counts["records_out"] = len(kept)
+    return kept, counts
+
+
+def split_records(texts: list[str], ratios: dict[str, float], seed: int) -> dict[str, list[str]]:
+    """A seeded shuffle cut by the ratios; every split gets at least one record."""
+    if len(texts) < 3:
+        raise UserError(f"data: only {len(texts)} records left after cleaning; a train/validation/test "
+                        "split needs at least 3: point data.path or data.dataset at more text")
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(texts) * ratios["validation"]))
+    n_test = max(1, round(len(texts) * ratios["test"]))
+    n_train = len(texts) - n_val - n_test
+    cuts = {"train": order[:n_train], "validation": order[n_train:n_train + n_val],
+            "test": order[n_train + n_val:]}
+    return {name: [texts[i] for i in idx] for name, idx in cuts.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizing and packing.
+
+
+def pack(token_lists: list[list[int]], eos_id: int, block_size: int, keep_remainder: bool) -> list[np.ndarray]:
+    """Concatenate documents, each followed by EOS, and cut into `block_size` blocks.
+
+    A trailing partial block is kept only when asked (test) and when it predicts at least one token.
+    """
+    lengths = [len(ids) + 1 for ids in token_lists]
+    flat = np.empty(sum(lengths), dtype=np.int32)
+    pos = 0
+    for ids, n in zip(token_lists, lengths):
+        flat[pos:pos + n - 1] = ids
+        flat[pos + n - 1] = eos_id
+        pos += n
+    full = len(flat) // block_size
+    blocks = list(flat[: full * block_size].reshape(full, block_size)) if full else []
+    rest = flat[full * block_size:]
+    if keep_remainder and len(rest) >= 2:
+        blocks.append(rest)
+    return blocks
+
+
+def _to_dataset(blocks: list[np.ndarray]):
+    """Blocks → a datasets.Dataset with one `input_ids` list column, built straight in Arrow."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    values = np.concatenate(blocks) if blocks else np.empty(0, dtype=np.int32)
+    offsets = np.zeros(len(blocks) + 1, dtype=np.int32)
+    np.cumsum([len(b) for b in blocks], out=offsets[1:])
+    column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
+    return Dataset(pa.table({"input_ids": column}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
+
+
+def _data_files(pattern: str) -> list[str]:
+    path = str(builtin.corpus_path()) if pattern == builtin.CORPUS else os.path.expanduser(pattern)
+    files = sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else [path]
+    files = [f for f in files if os.path.isfile(f)]
+    if not files:
+        raise UserError(f"data.path: no file matches {pattern!r}; give an existing file or glob "
+                        f"(formats: {', '.join(sorted(FORMATS))}) or {builtin.CORPUS}")
+    kinds = {FORMATS.get(Path(f).suffix.lower()) for f in files}
+    if None in kinds or len(kinds) != 1:
+        suffixes = sorted({Path(f).suffix or '(none)' for f in files})
+        raise UserError(f"data.path: {pattern!r} matches files of type {', '.join(suffixes)}; "
+                        f"use files of one type among {', '.join(sorted(FORMATS))}")
+    return files
+
+
+def load_source(data: DataSpec) -> dict[str, list[str]]:
+    """The source's records as texts, by the source's own split names (one `train` for files)."""
+    import datasets
+
+    if data.path is not None:
+        files = _data_files(data.path)
+        kind = FORMATS[Path(files[0]).suffix.lower()]
+        kwargs = {"sample_by": "paragraph"} if kind == "text" else {}
+        loaded = datasets.load_dataset(kind, data_files={"train": files}, **kwargs)
+    else:
+        try:
+            loaded = datasets.load_dataset(data.dataset, data.config)
+        except Exception as exc:  # the hub raises many kinds; all mean "cannot load this"
+            raise UserError(f"data.dataset: cannot load {data.dataset!r} (config {data.config!r}): "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    out: dict[str, list[str]] = {}
+    for name, split in loaded.items():
+        if data.text_column not in split.column_names:
+            raise UserError(f"data.text_column: got {data.text_column!r}, but the {name} split has "
+                            f"columns {split.column_names}; set data.text_column to one of them")
+        out[name] = split[data.text_column]
+    return out
+
+
+def _source_splits(source: dict[str, list[str]]) -> dict[str, str] | None:
+    """Map our split names to the source's, when it has train, validation and test."""
+    found = {}
+    for ours, aliases in SPLIT_ALIASES.items():
+        match = next((name for name in aliases if name in source), None)
+        if match is None:
+            return None
+        found[ours] = match
+    return found
+
+
+def clean_and_split(data: DataSpec, source: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict]:
+    """Use the source's own splits where it has all three, else a seeded split of everything."""
+    mapping = _source_splits(source)
+    counts: dict[str, Any] = {}
+    if mapping:
+        seen: set[str] = set()
+        splits = {}
+        for ours in SPLITS:  # train first: a duplicate of a train record is dropped from eval splits
+            splits[ours], counts[ours] = clean_records(source[mapping[ours]], data.clean, seen)
+        counts["source"] = "own splits"
+    else:
+        everything = [t for name in sorted(source) for t in source[name]]
+        texts, counts["all"] = clean_records(everything, data.clean)
+        if data.max_records:
+            texts = texts[: data.max_records]
+        splits = split_records(texts, asdict(data.split), data.seed)
+        counts["source"] = "seeded split {train:g}/{validation:g}/{test:g}".format(**asdict(data.split))
+    if mapping and data.max_records:
+        splits = {name: texts[: data.max_records] for name, texts in splits.items()}
+    return splits, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage.
+
+
+def fingerprint(spec: Spec) -> str:
+    """A hash of everything that decides the prepared data: data settings, tokenizer, source files."""
+    data = asdict(spec.data)
+    files = []
+    if spec.data.path is not None and spec.data.path != builtin.CORPUS:
+        for f in _data_files(spec.data.path):
+            stat = os.stat(f)
+            files.append((f, stat.st_size, stat.st_mtime_ns))
+    key = {"data": data, "tokenizer": spec.model.name_or_path, "revision": spec.model.revision,
+           "files": files, "format": 1}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare(spec: Spec, sweep_dir: Path) -> Prepared:
+    """Prepare the sweep's data once; a later run with the same fingerprint reuses it."""
+    from tuner import model as model_lib
+
+    key = fingerprint(spec)
+    out = sweep_dir / "data" / key
+    meta_path = out / "prepared.json"
+    if meta_path.exists():
+        prepared = Prepared(**json.loads(meta_path.read_text()))
+        log.info("data: reusing prepared data %s (%s train blocks)", out, prepared.blocks["train"])
+        return prepared
+    log.info("data: preparing %s", spec.data.path or f"{spec.data.dataset} ({spec.data.config})")
+    tokenizer = model_lib.load_tokenizer(spec.model.name_or_path, spec.model.revision)
+    splits, counts = clean_and_split(spec.data, load_source(spec.data))
+    log.info("data: cleaned %s", json.dumps(counts))
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    blocks, tokens = {}, {}
+    datasets_by_split = {}
+    for name in SPLITS:
+        ids = tokenizer(splits[name], add_special_tokens=False)["input_ids"]
+        packed = pack(ids, tokenizer.eos_token_id, spec.data.block_size, keep_remainder=name == "test")
+        blocks[name], tokens[name] = len(packed), int(sum(len(b) for b in packed))
+        datasets_by_split[name] = _to_dataset(packed)
+    from datasets import DatasetDict
+
+    DatasetDict(datasets_by_split).save_to_disk(str(tmp / "arrow"))
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    prepared = Prepared(path=str(out / "arrow"), tokenizer_path=str(out / "tokenizer"), fingerprint=key,
+                        block_size=spec.data.block_size, blocks=blocks, tokens=tokens,
+                        records={name: len(texts) for name, texts in splits.items()})
+    (tmp / "prepared.json").write_text(json.dumps(asdict(prepared), indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    log.info("data: %s records, %s tokens, %s blocks of %d tokens (train/validation/test)",
+             "/".join(str(prepared.records[s]) for s in SPLITS),
+             "/".join(str(tokens[s]) for s in SPLITS), "/".join(str(blocks[s]) for s in SPLITS),
+             spec.data.block_size)
+    return prepared
+
+
+def check_prepared(spec: Spec, prepared: Prepared, largest_batch: int) -> None:
+    """Checks that need the data: every split has blocks, train has at least one optimizer step."""
+    problems = []
+    for name in SPLITS:
+        if prepared.blocks[name] == 0:
+            problems.append(f"data.block_size: got {spec.data.block_size}, but the {name} split has "
+                            f"only {prepared.tokens[name]} tokens, less than one block; lower "
+                            "data.block_size or add data")
+    if 0 < prepared.blocks["train"] < largest_batch:
+        problems.append(f"data: the train split has {prepared.blocks['train']} blocks, fewer than the "
+                        f"largest effective batch ({largest_batch} blocks); lower the batch size or "
+                        "accumulation in search.space, or add data")
+    if problems:
+        raise UserError("the data does not fit the spec:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def load_prepared(prepared: Prepared):
+    """The memory-mapped DatasetDict (no copy into memory)."""
+    from datasets import load_from_disk
+
+    return load_from_disk(prepared.path)

@@ -1,0 +1,99 @@
+"""Export: the winner as a re-runnable spec, plain `TrainingArguments`, and a model to load.
+
+`best/config.yaml` fixes the winning hyperparameters and stops training at the step the best
+checkpoint had reached (without changing the LR schedule), so `launch.py sweep best/config.yaml`
+retrains exactly that model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tuner import space
+from tuner.spec import Spec, to_yaml, validate
+
+BEST_DIR = "best"
+PACKAGES = ("tuner", "torch", "transformers", "ray", "optuna", "datasets", "accelerate")
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def best_config(spec: Spec, record: dict[str, Any]) -> dict[str, Any]:
+    """A complete, valid spec that retrains the winner: `<name>-best`, nothing left to sample."""
+    data = copy.deepcopy(spec.to_dict())
+    name = spec.name if spec.name.endswith("-best") else f"{spec.name}-best"
+    data["name"] = name
+    data["storage"] = None
+    for key, value in record["params"].items():
+        data["search"]["space"][key] = value
+    data["search"].update(num_samples=1, baseline=None)
+    data["scheduler"] = "none"
+    data["train"]["stop_after_steps"] = int(record["best_step"])
+    data["origin"] = {
+        "sweep": spec.name, "trial_id": record["trial_id"], "metric": spec.search.metric,
+        "value": record["best_metric"], "checkpoint": record["best_checkpoint"],
+        "step": int(record["best_step"]), "seed": spec.train.seed, "git_commit": git_commit(),
+        "versions": versions(),
+    }
+    validate(copy.deepcopy(data))  # an export that does not validate is a bug: fail here, not later
+    return data
+
+
+def write_best(spec: Spec, record: dict[str, Any], metrics: dict[str, Any],
+               samples: list[dict[str, Any]], model, tokenizer_path: str) -> Path:
+    """Write `best/`: config.yaml, training_args.json, model/, final_eval.json, samples.jsonl."""
+    from transformers import AutoTokenizer
+
+    from tuner.trial import training_arguments
+
+    out = spec.sweep_dir / BEST_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    config = best_config(spec, record)
+    header = f"# python launch.py sweep {out / 'config.yaml'}\n# The best trial of sweep {spec.name!r}, fixed.\n"
+    (out / "config.yaml").write_text(to_yaml(config, header))
+    hyper = space.resolve(spec, record["params"])
+    args = training_arguments(spec, hyper, out / "model").to_dict()
+    args["stop_after_steps"] = int(record["best_step"])  # not a TrainingArguments field: train this far
+    (out / "training_args.json").write_text(json.dumps(args, indent=2, default=str))
+    model.save_pretrained(out / "model")
+    AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(out / "model")
+    (out / "model" / "tuner_config.yaml").write_text(to_yaml(config))  # the spec travels with the model
+    final = {"trial_id": record["trial_id"], "checkpoint": record["best_checkpoint"],
+             "step": int(record["best_step"]), "search_" + spec.search.metric: record["best_metric"], **metrics}
+    (out / "final_eval.json").write_text(json.dumps(final, indent=2))
+    with open(out / "samples.jsonl", "w") as f:
+        for row in samples:
+            f.write(json.dumps(row) + "\n")
+    return out
+
+
+def read_best_config(sweep_dir: Path, fmt: str = "yaml") -> str:
+    path = Path(sweep_dir) / BEST_DIR / "config.yaml"
+    text = path.read_text()
+    if fmt == "json":
+        import yaml
+
+        return json.dumps(yaml.safe_load(text), indent=2)
+    return text

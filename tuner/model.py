@@ -1,0 +1,111 @@
+"""Models and tokenizers: the only module that calls `from_pretrained`.
+
+A model is named by hub name, local path, or `builtin:tiny-gpt2`; `resolve` turns each into what
+`from_pretrained` takes, so every other stage handles one kind of name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from tuner import builtin
+from tuner.errors import UserError
+
+log = logging.getLogger("tuner")
+
+
+def resolve(name_or_path: str) -> str:
+    """What `from_pretrained` takes for a spec's `model.name_or_path`."""
+    if builtin.is_builtin(name_or_path):
+        if name_or_path != builtin.TINY_GPT2:
+            raise UserError(f"model.name_or_path: got {name_or_path!r}; the built-in model is "
+                            f"{builtin.TINY_GPT2!r}")
+        return str(builtin.tiny_gpt2_path())
+    return os.path.expanduser(name_or_path) if name_or_path.startswith(("~", ".", "/")) else name_or_path
+
+
+def _hub_kwargs(revision: str | None) -> dict[str, Any]:
+    return {"revision": revision} if revision else {}
+
+
+def load_config(name_or_path: str, revision: str | None = None):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve(name_or_path), **_hub_kwargs(revision))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.name_or_path: cannot load {name_or_path!r} ({_first_line(exc)}); "
+                        "give a Hugging Face hub name, a local model directory, or "
+                        f"{builtin.TINY_GPT2}") from None
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence the model's position embeddings allow (None: no fixed limit)."""
+    for key in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None):
+    """The model's tokenizer, with a pad token set (to EOS) where it has none, and said so."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path), **_hub_kwargs(revision))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.name_or_path: cannot load the tokenizer of {name_or_path!r} "
+                        f"({_first_line(exc)})") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError(f"model.name_or_path: the tokenizer of {name_or_path!r} has neither a pad "
+                            "nor an EOS token; packing needs an EOS token between documents")
+        tokenizer.pad_token = tokenizer.eos_token
+        log.info("tokenizer has no pad token: set it to the EOS token %r", tokenizer.eos_token)
+    return tokenizer
+
+
+def load_model(name_or_path: str | Path, revision: str | None = None, freeze_layers: int = 0):
+    """A causal LM from a hub name, a local path or a checkpoint, with the first blocks frozen."""
+    from transformers import AutoModelForCausalLM
+
+    name = str(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(resolve(name), **_hub_kwargs(revision))
+    if freeze_layers:
+        freeze(model, freeze_layers)
+    return model
+
+
+def freeze(model, num_layers: int) -> None:
+    """Freeze the embeddings and the first `num_layers` transformer blocks."""
+    blocks = transformer_blocks(model)
+    if num_layers > len(blocks):
+        raise UserError(f"freeze_layers: got {num_layers}, but the model has {len(blocks)} blocks; "
+                        f"use at most {len(blocks)}")
+    frozen = [model.get_input_embeddings(), *blocks[:num_layers]]
+    positions = getattr(getattr(model, "transformer", None), "wpe", None)  # GPT-2 style
+    if positions is not None:
+        frozen.append(positions)
+    for module in frozen:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+
+
+def transformer_blocks(model) -> list:
+    """The model's stack of blocks: the ModuleList as long as `num_hidden_layers`."""
+    import torch
+
+    count = getattr(model.config, "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return list(module)
+    raise UserError(f"model: cannot find the {count} transformer blocks of "
+                    f"{type(model).__name__} to freeze; set freeze_layers: 0")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

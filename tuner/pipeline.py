@@ -1,0 +1,154 @@
+"""The whole sweep, one stage per call: spec → prepared data → search → results → promotion → export.
+
+`run_sweep` is both what `launch.py sweep` runs and the Python API for notebooks and scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tuner import data, export, model, promote, results, space, sweep
+from tuner import constants as C
+from tuner.errors import UserError
+from tuner.spec import Spec, is_distribution, load_spec, to_yaml
+from tuner.trial import TrialContext
+
+log = logging.getLogger("tuner")
+SPEC_FILE = "spec.yaml"
+
+
+class SweepFailed(Exception):
+    """No trial finished with a usable result: nothing to promote or export."""
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: Path
+    leaderboard: list[dict[str, Any]]
+    best: dict[str, Any]  # the promoted trial's record
+    final_eval: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def resolve_spec(spec_or_path: Spec | str | Path | dict, overrides: list[str] | None = None,
+                 name: str | None = None, num_samples: int | None = None) -> Spec:
+    """Load and validate a spec, with `--set`, `--name` and `--num-samples` applied on top."""
+    extra = list(overrides or [])
+    if name is not None:
+        extra.append(f"name={name}")
+    if num_samples is not None:
+        extra.append(f"search.num_samples={num_samples}")
+    if isinstance(spec_or_path, Spec):
+        spec_or_path = spec_or_path.to_dict()
+        if spec_or_path.get("origin") is None:
+            spec_or_path.pop("origin")
+    return load_spec(spec_or_path, extra)
+
+
+def largest_batch(spec: Spec) -> int:
+    """The most blocks one optimizer step can take: the largest batch times the largest accumulation."""
+    def largest(name: str) -> int:
+        entry = spec.search.space.get(name)
+        if is_distribution(entry):
+            return int(max(entry["choices"]) if entry["type"] == "categorical" else entry["high"])
+        return int(space.fixed_values(spec)[name])
+    return largest("per_device_train_batch_size") * largest("gradient_accumulation_steps")
+
+
+def check_model(spec: Spec) -> None:
+    """Checks that need the model's config: the block fits its position embeddings."""
+    config = model.load_config(spec.model.name_or_path, spec.model.revision)
+    limit = model.max_positions(config)
+    if limit is not None and spec.data.block_size > limit:
+        raise UserError(f"data.block_size: got {spec.data.block_size}, but {spec.model.name_or_path} "
+                        f"has {limit} positions; set data.block_size to at most {limit}")
+
+
+def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | None = None,
+              name: str | None = None, num_samples: int | None = None, address: str | None = None,
+              trial_fn: Callable | None = None) -> SweepResult:
+    """Run a whole sweep and return its leaderboard, best trial, final evaluation and export paths.
+
+    `trial_fn(config, report)`, when given, replaces the built-in Trainer run: it receives the
+    trial's hyperparameters and calls `report(metrics, checkpoint_dir)` with at least `eval_loss` and
+    `tokens_seen`; a checkpoint is a directory `from_pretrained` can load.
+    """
+    _quiet_libraries()
+    spec = resolve_spec(spec_or_path, overrides, name, num_samples)
+    sweep_dir = spec.sweep_dir
+    spec.storage = str(sweep_dir)  # absolute: trials run in other working directories
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / SPEC_FILE).write_text(to_yaml(spec))
+    log.info("sweep %s: %s", spec.name, sweep_dir)
+
+    check_model(spec)
+    prepared = data.prepare(spec, sweep_dir)
+    data.check_prepared(spec, prepared, largest_batch(spec))
+    plan = sweep.make_plan(spec, prepared.train_tokens())
+    log.info("plan:\n  %s", plan.describe().replace("\n", "\n  "))
+
+    ctx = TrialContext(spec, prepared, model.resolve(spec.model.name_or_path), plan.max_t, trial_fn)
+    sweep.run_search(spec, ctx, plan, address)
+
+    board = results.leaderboard(sweep_dir, spec.search.mode, spec.name)
+    results.write_csv(board, sweep_dir / "leaderboard.csv")
+    best = _promotable(sweep_dir, spec)
+
+    metrics, samples, best_model = promote.final_evaluation(
+        best["best_checkpoint"], ctx.model_path, prepared, spec.promote, spec.model.revision)
+    best_dir = export.write_best(spec, best, metrics, samples, best_model, prepared.tokenizer_path)
+    final_eval = json.loads((best_dir / "final_eval.json").read_text())
+    _summary(spec, best, final_eval, best_dir)
+    return SweepResult(sweep_dir, board, best, final_eval, {
+        "leaderboard": sweep_dir / "leaderboard.csv", "best": best_dir,
+        "config": best_dir / "config.yaml", "model": best_dir / "model",
+        "final_eval": best_dir / "final_eval.json", "samples": best_dir / "samples.jsonl"})
+
+
+def _promotable(sweep_dir: Path, spec: Spec) -> dict[str, Any]:
+    candidates = results.best_records(sweep_dir, spec.search.mode)
+    if not candidates:
+        lines = [f"  {r['trial_id']}: {r['status']}" + (f" ({r['error']})" if r.get("error") else "")
+                 for r in results.load_records(sweep_dir)]
+        raise SweepFailed("no trial finished with a finite "
+                          f"{spec.search.metric}; nothing to promote or export:\n" + "\n".join(lines))
+    return candidates[0]
+
+
+def _summary(spec: Spec, best: dict[str, Any], final: dict[str, Any], best_dir: Path) -> None:
+    base = final.get("base_perplexity")
+    base_text = f" (untrained/base model: {base:.2f})" if base is not None and math.isfinite(base) else ""
+    log.info("best trial %s: search %s %.4f at step %s; test perplexity %.2f%s",
+             best["trial_id"], spec.search.metric, best["best_metric"], best["best_step"],
+             final["perplexity"], base_text)
+    log.info("results: %s (leaderboard.csv, best/config.yaml, best/model, best/final_eval.json)",
+             spec.sweep_dir)
+
+
+def _quiet_libraries() -> None:
+    """Progress bars and warnings from the libraries drown our own progress lines."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[tuner] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+def load_sweep_spec(sweep_dir: str | Path) -> Spec:
+    """The resolved spec saved in a sweep directory; refuses anything that is not one."""
+    path = Path(sweep_dir) / SPEC_FILE
+    if not path.is_file():
+        raise UserError(f"{sweep_dir}: not a sweep directory (no {SPEC_FILE}); give the directory "
+                        "`launch.py sweep` printed, e.g. runs/tiny")
+    return load_spec(path)

@@ -1,0 +1,616 @@
+"""The sweep spec: one YAML file, its schema, and its static validation.
+
+Every knob of a sweep is declared once, here, as a field of a dataclass whose name is the YAML key.
+Loading checks the whole file and reports *all* problems together, each with its key path, the bad
+value and the rule, so a user fixes a spec in one edit rather than one error at a time. Checks that
+need the data or the model (columns, block counts, maximum positions) run later, in `data` and `sweep`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tuner.constants import EVAL_LOSS, HYPERPARAMETER_DEFAULTS, REPORT_KEYS
+from tuner.errors import UserError
+
+
+class SpecError(UserError):
+    """A spec that breaks one or more rules; the message lists every problem."""
+
+
+@dataclass
+class ModelSpec:
+    name_or_path: str  # hub name, local path, or builtin:tiny-gpt2 (made locally, no network)
+    freeze_layers: int | None = None  # freeze embeddings and the first N blocks (or search it)
+    revision: str | None = None  # hub revision (branch, tag or commit)
+
+
+@dataclass
+class CleanSpec:
+    strip_html: bool = True  # remove <tags>
+    normalize_whitespace: bool = True  # collapse runs of spaces/tabs, trim lines
+    drop_empty: bool = True
+    drop_duplicates: bool = True  # exact duplicates, before splitting: no leakage across splits
+
+
+@dataclass
+class SplitSpec:
+    train: float = 0.8  # used only where the source has no splits of its own
+    validation: float = 0.1
+    test: float = 0.1
+
+
+@dataclass
+class DataSpec:
+    dataset: str | None = None  # hub dataset name (with `config`), or ...
+    config: str | None = None
+    path: str | None = None  # ... a local file or glob: txt, jsonl, csv, parquet; or builtin:pydoc-topics
+    text_column: str = "text"
+    clean: CleanSpec = field(default_factory=CleanSpec)
+    split: SplitSpec = field(default_factory=SplitSpec)
+    seed: int = 0  # seeds the split
+    block_size: int = 128  # tokens per packed block; at most the model's maximum positions
+    max_records: int | None = None  # keep the first N records (after cleaning): for smoke runs
+
+
+@dataclass
+class TrainSpec:
+    """Fixed `TrainingArguments` fields. A hyperparameter left out here and in `search.space`
+    takes Hugging Face's default."""
+
+    learning_rate: float | None = None
+    per_device_train_batch_size: int | None = None
+    num_train_epochs: float | None = None
+    warmup_ratio: float | None = None  # fraction of total steps
+    gradient_accumulation_steps: int | None = None
+    weight_decay: float | None = None
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
+    ] = "linear"
+    max_grad_norm: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    label_smoothing_factor: float = 0.0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False
+    per_device_eval_batch_size: int = 32
+    seed: int = 42  # model init order, data order and dropout
+    report_every_tokens: int = 65536  # training tokens between two reports (eval + checkpoint)
+    stop_after_steps: int | None = None  # stop at this step without changing the LR schedule
+
+
+@dataclass
+class SearchSpec:
+    metric: str = EVAL_LOSS
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = 8  # trials
+    sampler: Literal["tpe", "random", "cmaes", "qmc"] = "tpe"
+    seed: int = 0  # seeds the sampler
+    n_startup_trials: int | None = None  # TPE/CMA-ES random start-up trials (Optuna's default: 10/1)
+    max_concurrent_trials: int | None = None  # default: as many as the resources allow
+    time_budget: float | str | None = None  # wall clock for the search: seconds, or "90s", "30m", "2h"
+    baseline: dict[str, Any] | None = None  # a first trial with these values (e.g. HF's defaults)
+    space: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SchedulerSpec:
+    type: Literal["asha", "none"] = "asha"
+    max_t: int | None = None  # tokens; default: the largest epoch count times the train tokens
+    grace_period: int | None = None  # tokens before ASHA may stop a trial; default: max_t / rf^2
+    reduction_factor: float = 2.0  # keep the best 1/rf at each rung
+
+
+@dataclass
+class ResourcesSpec:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+
+@dataclass
+class PromoteSpec:
+    eval_batch_size: int = 16
+    num_samples: int = 4  # generated continuations written to samples.jsonl
+    prompt_tokens: int = 16  # the first k tokens of a test block are the prompt
+    max_new_tokens: int = 32
+    do_sample: bool = False  # greedy by default, so samples are reproducible
+    evaluate_base: bool = True  # also evaluate the model before fine-tuning (base_perplexity)
+
+
+@dataclass
+class OriginSpec:
+    """Where an exported best config came from. Written by `export`, never needed to run."""
+
+    sweep: str | None = None
+    trial_id: str | None = None
+    metric: str | None = None
+    value: float | None = None
+    checkpoint: str | None = None
+    step: int | None = None
+    seed: int | None = None
+    git_commit: str | None = None
+    versions: dict[str, str] | None = None
+
+
+@dataclass
+class Spec:
+    name: str
+    model: ModelSpec
+    data: DataSpec
+    train: TrainSpec = field(default_factory=TrainSpec)
+    search: SearchSpec = field(default_factory=SearchSpec)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    storage: str | None = None  # the sweep directory; default runs/<name>
+    promote: PromoteSpec = field(default_factory=PromoteSpec)
+    origin: OriginSpec | None = None
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(self.storage or f"runs/{self.name}").expanduser().resolve()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """A hash of what decides the sweep's results; origin and bookkeeping are left out."""
+        data = self.to_dict()
+        for key in ("origin", "storage"):
+            data.pop(key)
+        data["search"].pop("num_samples")
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hyperparameters: which fields may be searched, and the range each value must lie in.
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: type  # int or float (categorical values of any kind are checked one by one)
+    low: float  # inclusive
+    high: float = math.inf
+    low_open: bool = False  # True: low itself is not allowed
+    high_open: bool = False
+    text: str = ""
+
+
+RULES: dict[str, Rule] = {
+    "learning_rate": Rule(float, 0, 1, low_open=True, text="a learning rate in (0, 1]"),
+    "per_device_train_batch_size": Rule(int, 1, text="an integer >= 1"),
+    "num_train_epochs": Rule(float, 0, low_open=True, text="a number of epochs > 0"),
+    "warmup_ratio": Rule(float, 0, 1, high_open=True, text="a fraction of the total steps in [0, 1)"),
+    "gradient_accumulation_steps": Rule(int, 1, text="an integer >= 1"),
+    "weight_decay": Rule(float, 0, text="a number >= 0"),
+    "freeze_layers": Rule(int, 0, text="an integer >= 0"),
+    "max_grad_norm": Rule(float, 0, low_open=True, text="a number > 0"),
+    "adam_beta1": Rule(float, 0, 1, high_open=True, text="a number in [0, 1)"),
+    "adam_beta2": Rule(float, 0, 1, high_open=True, text="a number in [0, 1)"),
+    "adam_epsilon": Rule(float, 0, low_open=True, text="a number > 0"),
+    "label_smoothing_factor": Rule(float, 0, 1, high_open=True, text="a number in [0, 1)"),
+}
+SEARCHABLE = (*HYPERPARAMETER_DEFAULTS, "lr_scheduler_type", "max_grad_norm", "adam_beta1",
+              "adam_beta2", "adam_epsilon", "label_smoothing_factor")
+DISTRIBUTION_KEYS = {
+    "float": {"type", "low", "high", "log", "step"},
+    "int": {"type", "low", "high", "log", "step"},
+    "categorical": {"type", "choices"},
+}
+
+
+def is_distribution(entry: Any) -> bool:
+    """A space entry is a distribution when it is a mapping with a `type`; anything else is fixed."""
+    return isinstance(entry, dict) and "type" in entry
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
+
+
+def load_spec(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Spec:
+    """Read a spec (a YAML path or an already-parsed mapping), apply `--set` overrides, validate."""
+    if isinstance(source, dict):
+        raw = copy.deepcopy(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError(f"spec file {str(source)!r} does not exist: give the path of a YAML spec, "
+                            "e.g. search_spaces/tiny.yaml")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec: got {type(raw).__name__}, expected a mapping with at least "
+                        "`name`, `model` and `data`")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `--set key.path=value`; the value is parsed as YAML (`1e-4`, `true`, `[1, 2]`)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise SpecError(f"--set {item!r}: expected key.path=value, e.g. --set search.num_samples=4")
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = yaml.safe_load(text) if text else None
+
+
+def validate(raw: dict[str, Any]) -> Spec:
+    problems: list[str] = []
+    spec = _build(Spec, raw, "", problems)
+    if spec is not None:
+        _check_rules(spec, raw, problems)
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise SpecError(f"the spec has {len(problems)} problem{'s' * (len(problems) > 1)}:\n{lines}")
+    assert spec is not None
+    return spec
+
+
+def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
+    """Build dataclass `cls` from `raw`, recording unknown keys, missing keys and wrong types."""
+    where = path or "spec"
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: got {raw!r}, expected a mapping")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            problems.append(f"{_join(path, key)}: unknown key; allowed keys: {', '.join(fields)}")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key_path = _join(path, name)
+        if name not in raw:
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if required:
+                problems.append(f"{key_path}: missing; it is required")
+            continue
+        values[name] = _convert(hints[name], raw[name], key_path, problems)
+    try:
+        return cls(**values)
+    except TypeError:
+        return None  # a required field is missing; already reported
+
+
+def _convert(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        if len(inner) == 1:
+            return _convert(inner[0], value, path, problems)
+        for option in inner:  # float | str: keep whichever fits
+            scratch: list[str] = []
+            converted = _convert(option, value, path, scratch)
+            if not scratch:
+                return converted
+        problems.append(f"{path}: got {value!r}, expected one of {', '.join(o.__name__ for o in inner)}")
+        return None
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            problems.append(f"{path}: got {value!r}, expected one of {', '.join(map(repr, choices))}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        if hint is SchedulerSpec and value in ("none", None):
+            return SchedulerSpec(type="none")
+        return _build(hint, value, path, problems)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{path}: got {value!r}, expected a mapping")
+            return None
+        return value
+    return _scalar(hint, value, path, problems)
+
+
+def _scalar(kind: type, value: Any, path: str, problems: list[str]) -> Any:
+    if kind is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: got {value!r}, expected true or false")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            problems.append(f"{path}: got {value!r}, expected an integer")
+        return value
+    if kind is float:
+        number = as_number(value)
+        if number is None:
+            problems.append(f"{path}: got {value!r}, expected a number")
+        return number
+    if kind is str:
+        if not isinstance(value, str) or not value:
+            problems.append(f"{path}: got {value!r}, expected a non-empty string")
+        return value
+    raise TypeError(f"no conversion for {kind}")  # a bug in the schema, not in the spec
+
+
+def as_number(value: Any) -> float | None:
+    """YAML reads `1e-4` (no dot) as a string; accept it as the number the user meant."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules across fields.
+
+
+def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
+    _check_name(spec, problems)
+    _check_data(spec.data, problems)
+    _check_train(spec.train, problems)
+    _check_space(spec, raw, problems)
+    _check_search(spec, problems)
+    _check_scheduler(spec.scheduler, problems)
+    _check_resources(spec.resources, problems)
+    _check_promote(spec.promote, problems)
+
+
+def _check_name(spec: Spec, problems: list[str]) -> None:
+    name = spec.name
+    if isinstance(name, str) and name and not all(c.isalnum() or c in "-_." for c in name):
+        problems.append(f"name: got {name!r}; use letters, digits, '-', '_' and '.' only "
+                        "(it names the sweep directory and W&B group)")
+
+
+def _check_data(data: DataSpec, problems: list[str]) -> None:
+    if (data.dataset is None) == (data.path is None):
+        problems.append(f"data: got dataset={data.dataset!r} and path={data.path!r}; "
+                        "set exactly one: `dataset` (a hub dataset) or `path` (local files)")
+    if data.config is not None and data.dataset is None:
+        problems.append(f"data.config: got {data.config!r} without data.dataset; "
+                        "`config` names a configuration of a hub dataset")
+    ratios = data.split
+    if all(isinstance(r, float) for r in (ratios.train, ratios.validation, ratios.test)):
+        for key in ("train", "validation", "test"):
+            value = getattr(ratios, key)
+            if not 0 < value < 1:
+                problems.append(f"data.split.{key}: got {value!r}, expected a fraction in (0, 1)")
+        total = ratios.train + ratios.validation + ratios.test
+        if abs(total - 1) > 1e-6:
+            problems.append(f"data.split: ratios sum to {total:g}, expected 1 (e.g. 0.8/0.1/0.1)")
+    _at_least(data.block_size, 2, "data.block_size", problems)
+    if data.max_records is not None:
+        _at_least(data.max_records, 3, "data.max_records", problems)
+
+
+def _check_train(train: TrainSpec, problems: list[str]) -> None:
+    for name in SEARCHABLE:
+        value = getattr(train, name, None)
+        if name in RULES and value is not None:
+            _check_value(name, value, f"train.{name}", problems)
+    _at_least(train.per_device_eval_batch_size, 1, "train.per_device_eval_batch_size", problems)
+    _at_least(train.report_every_tokens, 1, "train.report_every_tokens", problems)
+    if train.stop_after_steps is not None:
+        _at_least(train.stop_after_steps, 1, "train.stop_after_steps", problems)
+
+
+def _check_space(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
+    raw_train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    raw_model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    for name, entry in spec.search.space.items():
+        path = f"search.space.{name}"
+        if name not in SEARCHABLE:
+            problems.append(f"{path}: {name!r} cannot be searched; searchable: {', '.join(SEARCHABLE)}")
+            continue
+        fixed_where = "model" if name == "freeze_layers" else "train"
+        if (raw_model if name == "freeze_layers" else raw_train).get(name) is not None:
+            problems.append(f"{path}: {name} is also fixed in {fixed_where}.{name}; "
+                            f"a field is either fixed in `{fixed_where}` or searched in `search.space`, "
+                            "remove one of them")
+        if is_distribution(entry):
+            _check_distribution(name, entry, path, problems)
+        elif name == "lr_scheduler_type":
+            _check_scheduler_type(entry, path, problems)
+        else:
+            _check_value(name, entry, path, problems)
+
+
+def _check_distribution(name: str, entry: dict[str, Any], path: str, problems: list[str]) -> None:
+    kind = entry.get("type")
+    if kind not in DISTRIBUTION_KEYS:
+        problems.append(f"{path}.type: got {kind!r}, expected 'float', 'int' or 'categorical'")
+        return
+    for key in entry:
+        if key not in DISTRIBUTION_KEYS[kind]:
+            problems.append(f"{path}.{key}: unknown key for a {kind} distribution; "
+                            f"allowed: {', '.join(sorted(DISTRIBUTION_KEYS[kind]))}")
+    if kind == "categorical":
+        choices = entry.get("choices")
+        if not isinstance(choices, list) or not choices:
+            problems.append(f"{path}.choices: got {choices!r}, expected a non-empty list")
+            return
+        if len(set(map(repr, choices))) != len(choices):
+            problems.append(f"{path}.choices: got {choices!r}; each choice must appear once")
+        for i, choice in enumerate(choices):
+            if name == "lr_scheduler_type":
+                _check_scheduler_type(choice, f"{path}.choices[{i}]", problems)
+            else:
+                _check_value(name, choice, f"{path}.choices[{i}]", problems)
+        return
+    if name == "lr_scheduler_type":
+        problems.append(f"{path}.type: got {kind!r}; lr_scheduler_type takes a categorical or a fixed value")
+        return
+    rule = RULES[name]
+    if kind == "float" and rule.kind is int:
+        problems.append(f"{path}.type: got 'float', but {name} is an integer: use type: int")
+    low, high = entry.get("low"), entry.get("high")
+    bounds_ok = True
+    for key, value in (("low", low), ("high", high)):
+        number = as_number(value)
+        if number is None or (kind == "int" and not float(number).is_integer()):
+            problems.append(f"{path}.{key}: got {value!r}, expected {'an integer' if kind == 'int' else 'a number'}")
+            bounds_ok = False
+        else:
+            _check_value(name, number, f"{path}.{key}", problems)
+    if not bounds_ok:
+        return
+    low, high = as_number(low), as_number(high)
+    if low > high:
+        problems.append(f"{path}: the `low` value must be smaller than or equal to the `high` value "
+                        f"(low={low:g}, high={high:g})")
+    log, step = entry.get("log", False), entry.get("step")
+    if not isinstance(log, bool):
+        problems.append(f"{path}.log: got {log!r}, expected true or false")
+    if log and low <= 0:
+        problems.append(f"{path}: a log distribution needs low > 0 (low={low:g})")
+    if step is not None:
+        step_value = as_number(step)
+        if step_value is None or step_value <= 0:
+            problems.append(f"{path}.step: got {step!r}, expected a number > 0")
+        elif log:
+            problems.append(f"{path}: `step` and `log` cannot be used together (step={step!r}, log=true)")
+
+
+def _check_scheduler_type(value: Any, path: str, problems: list[str]) -> None:
+    allowed = typing.get_args(typing.get_type_hints(TrainSpec)["lr_scheduler_type"])
+    if value not in allowed:
+        problems.append(f"{path}: got {value!r}, expected one of {', '.join(allowed)}")
+
+
+def _check_value(name: str, value: Any, path: str, problems: list[str]) -> None:
+    """Check one value (fixed, a bound, a choice) of hyperparameter `name` against its rule."""
+    rule = RULES[name]
+    number = as_number(value)
+    if number is None or (rule.kind is int and not float(number).is_integer()):
+        problems.append(f"{path}: got {value!r}, expected {rule.text}")
+        return
+    too_low = number <= rule.low if rule.low_open else number < rule.low
+    too_high = number >= rule.high if rule.high_open else number > rule.high
+    if too_low or too_high:
+        problems.append(f"{path}: got {value!r}, expected {rule.text}")
+
+
+def _check_search(spec: Spec, problems: list[str]) -> None:
+    search = spec.search
+    if search.metric not in REPORT_KEYS:
+        problems.append(f"search.metric: got {search.metric!r}, expected a reported key: "
+                        f"{', '.join(REPORT_KEYS)}")
+    _at_least(search.num_samples, 1, "search.num_samples", problems)
+    if search.max_concurrent_trials is not None:
+        _at_least(search.max_concurrent_trials, 1, "search.max_concurrent_trials", problems)
+    if search.n_startup_trials is not None:
+        _at_least(search.n_startup_trials, 0, "search.n_startup_trials", problems)
+    if search.time_budget is not None and parse_duration(search.time_budget) is None:
+        problems.append(f"search.time_budget: got {search.time_budget!r}, expected seconds > 0 "
+                        "or a duration such as '90s', '30m', '2h'")
+    searched = [n for n, e in search.space.items() if is_distribution(e)]
+    if not searched and search.num_samples not in (None, 1) and isinstance(search.num_samples, int):
+        problems.append(f"search.num_samples: got {search.num_samples}, but search.space samples "
+                        "nothing; set num_samples: 1 or add a distribution to search.space")
+    if search.baseline is not None:
+        _check_baseline(search, problems)
+
+
+def _check_baseline(search: SearchSpec, problems: list[str]) -> None:
+    """The baseline is enqueued as Optuna's first trial: it must give each searched field a value
+    the distribution contains."""
+    for name, entry in search.space.items():
+        if is_distribution(entry) and name not in search.baseline:
+            problems.append(f"search.baseline: no value for {name!r}; a baseline gives a value for "
+                            "every searched field")
+    for name, value in search.baseline.items():
+        path = f"search.baseline.{name}"
+        entry = search.space.get(name)
+        if not is_distribution(entry):
+            problems.append(f"{path}: {name!r} is not searched in search.space; a baseline gives values "
+                            "for searched fields only")
+        elif entry.get("type") == "categorical":
+            if value not in (entry.get("choices") or []):
+                problems.append(f"{path}: got {value!r}, expected one of the choices {entry.get('choices')!r}")
+        else:
+            number, low, high = as_number(value), as_number(entry.get("low")), as_number(entry.get("high"))
+            if number is None or low is None or high is None or not low <= number <= high:
+                problems.append(f"{path}: got {value!r}, expected a value in the searched range "
+                                f"[{entry.get('low')}, {entry.get('high')}]")
+
+
+def _check_scheduler(scheduler: SchedulerSpec, problems: list[str]) -> None:
+    if scheduler.type == "none":
+        return
+    if scheduler.max_t is not None:
+        _at_least(scheduler.max_t, 1, "scheduler.max_t", problems)
+    if scheduler.grace_period is not None:
+        _at_least(scheduler.grace_period, 1, "scheduler.grace_period", problems)
+    if isinstance(scheduler.reduction_factor, float) and scheduler.reduction_factor < 2:
+        problems.append(f"scheduler.reduction_factor: got {scheduler.reduction_factor!r}, expected >= 2")
+    if (isinstance(scheduler.max_t, int) and isinstance(scheduler.grace_period, int)
+            and scheduler.grace_period > scheduler.max_t):
+        problems.append(f"scheduler.grace_period: got {scheduler.grace_period}, larger than "
+                        f"max_t={scheduler.max_t}; it must be <= max_t")
+
+
+def _check_resources(resources: ResourcesSpec, problems: list[str]) -> None:
+    if isinstance(resources.cpus_per_trial, float) and resources.cpus_per_trial <= 0:
+        problems.append(f"resources.cpus_per_trial: got {resources.cpus_per_trial:g}, expected > 0")
+    gpus = resources.gpus_per_trial
+    if isinstance(gpus, float) and (gpus < 0 or (gpus > 1 and not gpus.is_integer())):
+        problems.append(f"resources.gpus_per_trial: got {gpus:g}, expected 0, a fraction of one GPU "
+                        "(e.g. 0.5), or a whole number of GPUs")
+
+
+def _check_promote(promote: PromoteSpec, problems: list[str]) -> None:
+    for key in ("eval_batch_size", "prompt_tokens", "max_new_tokens"):
+        _at_least(getattr(promote, key), 1, f"promote.{key}", problems)
+    _at_least(promote.num_samples, 0, "promote.num_samples", problems)
+
+
+def _at_least(value: Any, low: int, path: str, problems: list[str]) -> None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
+        problems.append(f"{path}: got {value!r}, expected >= {low}")
+
+
+def parse_duration(value: float | str) -> float | None:
+    """Seconds from a number or a string like '90s', '30m', '2h'; None when it is neither."""
+    number = as_number(value)
+    if number is None and isinstance(value, str) and value[-1:] in ("s", "m", "h"):
+        number = as_number(value[:-1])
+        if number is not None:
+            number *= {"s": 1, "m": 60, "h": 3600}[value[-1]]
+    return number if number is not None and number > 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing.
+
+
+def to_yaml(spec: Spec | dict[str, Any], header: str = "") -> str:
+    data = spec.to_dict() if isinstance(spec, Spec) else spec
+    if data.get("origin") is None:
+        data = {k: v for k, v in data.items() if k != "origin"}
+    return header + yaml.safe_dump(data, sort_keys=False)

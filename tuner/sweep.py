@@ -1,0 +1,402 @@
+"""The search: a Ray Tune `Tuner` whose trials Optuna samples and ASHA stops early.
+
+This is the only module that touches Ray. It holds the plan (budget and rungs, in tokens), the thin
+Tune wrapper around the Ray-free training core in `trial`, an `OptunaSearch` that tells Optuna the
+truth about each trial's end, and a callback that keeps one record per trial on disk for the
+leaderboard, `status` and promotion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from tuner import constants as C
+from tuner import space
+from tuner.spec import Spec, parse_duration
+
+if TYPE_CHECKING:  # the training core imports transformers: load it only where trials run
+    from tuner.trial import TrialContext
+
+log = logging.getLogger("tuner")
+
+TUNE_DIR = "tune"  # Ray Tune's experiment directory inside the sweep directory
+TRIALS_DIR = "trials"  # one JSON record per trial, written by TrialLedger
+LOGS_DIR = "logs"  # one log file per trial
+STUDY_DB = "optuna.db"
+# Our own progress lines replace Tune's tables; its snapshot warnings are about its own bookkeeping.
+QUIET_RAY = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: what a sweep will spend, in tokens and reports. No Ray needed.
+
+
+@dataclass
+class Plan:
+    num_samples: int
+    concurrency: str
+    report_every_tokens: int
+    max_t: int | None  # tokens; None until the train split is known
+    grace_period: int | None
+    reduction_factor: float
+    rungs: list[int]
+    budget_tokens: int | None  # upper bound: every trial trained to max_t
+    budget_reports: int | None
+
+    def describe(self) -> str:
+        lines = [f"trials: {self.num_samples}", f"concurrent trials: {self.concurrency}",
+                 f"report every: {self.report_every_tokens} tokens"]
+        if self.max_t is None:
+            lines.append("max_t: the largest epoch count times the train tokens (known once the data is "
+                         "prepared; run `sweep` to prepare it)")
+        else:
+            lines.append(f"max_t: {self.max_t} tokens per trial")
+            if self.rungs:
+                lines.append(f"ASHA rungs (tokens): {', '.join(map(str, self.rungs))}; "
+                             f"keeps the best 1/{self.reduction_factor:g} at each")
+            lines.append(f"compute budget (at most): {self.budget_tokens} training tokens, "
+                         f"{self.budget_reports} trial-reports")
+        return "\n".join(lines)
+
+
+def asha_rungs(grace_period: int, max_t: int, reduction_factor: float) -> list[int]:
+    """ASHA's milestones as Ray computes them for one bracket: grace * rf^k below max_t."""
+    count = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
+    return [int(grace_period * reduction_factor ** k) for k in range(count)
+            if grace_period * reduction_factor ** k < max_t]
+
+
+def make_plan(spec: Spec, train_tokens: int | None) -> Plan:
+    sched = spec.scheduler
+    max_t = sched.max_t
+    if max_t is None and train_tokens is not None:
+        max_t = int(math.ceil(space.max_epochs(spec) * train_tokens))
+    grace, rungs = None, []
+    if sched.type == "asha" and max_t is not None:
+        grace = sched.grace_period or max(spec.train.report_every_tokens,
+                                          int(max_t / sched.reduction_factor ** 3))
+        grace = min(grace, max_t)
+        rungs = asha_rungs(grace, max_t, sched.reduction_factor)
+    concurrency = str(spec.search.max_concurrent_trials or "as many as the resources allow "
+                      f"({spec.resources.cpus_per_trial:g} CPU, {spec.resources.gpus_per_trial:g} GPU per trial)")
+    budget_tokens = budget_reports = None
+    if max_t is not None:
+        budget_tokens = spec.search.num_samples * max_t
+        budget_reports = spec.search.num_samples * math.ceil(max_t / spec.train.report_every_tokens)
+    return Plan(spec.search.num_samples, concurrency, spec.train.report_every_tokens, max_t, grace,
+                sched.reduction_factor, rungs, budget_tokens, budget_reports)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trials under Tune.
+
+
+def tune_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
+    """The thin wrapper: Tune's checkpoint in, Tune's `report` out, the training core in between."""
+    from ray import tune
+
+    from tuner.trial import run_trial, run_user_trial
+
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    checkpoint = tune.get_checkpoint()
+    with trial_log(ctx.spec.sweep_dir / LOGS_DIR / f"{tune.get_context().get_trial_id()}.log"):
+        if ctx.trial_fn is not None:
+            run_user_trial(config, ctx, report)
+        elif checkpoint is None:
+            run_trial(config, ctx, report)
+        else:
+            with checkpoint.as_directory() as resume_from:
+                run_trial(config, ctx, report, resume_from=resume_from)
+
+
+@contextlib.contextmanager
+def trial_log(path: Path):
+    """Send the trial's output (prints, warnings, library logs) to one file in the sweep directory.
+
+    Actors are reused across trials, so the redirection is undone when the trial ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    with open(path, "a", buffering=1) as stream:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        root.addHandler(handler)
+        try:
+            with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+                yield
+        except BaseException:
+            traceback.print_exc(file=stream)
+            raise
+        finally:
+            root.removeHandler(handler)
+
+
+def _sampler(spec: Spec):
+    """The Optuna sampler, seeded here: OptunaSearch ignores `seed` once given a sampler."""
+    import optuna
+
+    search = spec.search
+    startup = {} if search.n_startup_trials is None else {"n_startup_trials": search.n_startup_trials}
+    if search.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=search.seed, **startup)
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=search.seed)
+    if search.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=search.seed, **startup)
+    return optuna.samplers.QMCSampler(seed=search.seed, scramble=True)
+
+
+def classify(result: dict[str, Any] | None, error: bool) -> str:
+    """A finished trial's status from its last result (annotated by TrialLedger)."""
+    if error:
+        return C.FAILED
+    status = (result or {}).get(C.TRIAL_STATUS, C.RUNNING)
+    return C.STOPPED_BUDGET if status == C.RUNNING else status
+
+
+def _optuna_search_class():
+    from ray.tune.search.optuna import OptunaSearch
+
+    class TruthfulOptunaSearch(OptunaSearch):
+        """OptunaSearch that records how a trial really ended.
+
+        Ray's tells Optuna every ended trial is COMPLETE with its last value: that teaches TPE from
+        early-rung losses and counts failures as results. Here scheduler stops are PRUNED (with their
+        intermediate values, by tokens seen), failed and diverged trials FAIL, and a completed trial's
+        value is its best report, the checkpoint promotion would take.
+        """
+
+        def suggest(self, trial_id: str):
+            params = super().suggest(trial_id)
+            if params is not None:
+                self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+            return params
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            value = result.get(self.metric)
+            if trial_id in self._ot_trials and value is not None and math.isfinite(value):
+                self._ot_trials[trial_id].report(value, int(result[C.TOKENS_SEEN]))
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            import optuna
+
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            ot_trial = self._ot_trials[trial_id]
+            status = classify(result, error)
+            frozen = self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
+            if result and result.get(C.TOKENS_SEEN) not in frozen.intermediate_values:
+                self.on_trial_result(trial_id, result)  # a stopping report skips on_trial_result
+                frozen = self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
+            finite = [v for v in frozen.intermediate_values.values() if math.isfinite(v)]
+            ot_trial.set_user_attr("status", status)
+            if status == C.COMPLETED and finite:
+                best = min(finite) if self.mode == "min" else max(finite)
+                self._ot_study.tell(ot_trial, best)
+            elif status in C.PROMOTABLE and finite:
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+
+    return TruthfulOptunaSearch
+
+
+def _searcher(spec: Spec, sweep_dir: Path):
+    import optuna
+
+    distributions = space.distributions(spec)
+    if not distributions:
+        return None  # a fixed config (e.g. an exported best): nothing to sample
+    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / STUDY_DB}")
+    baseline = [dict(spec.search.baseline)] if spec.search.baseline else None
+    return _optuna_search_class()(
+        space=distributions, metric=spec.search.metric, mode=spec.search.mode,
+        points_to_evaluate=baseline, sampler=_sampler(spec), study_name=spec.name, storage=storage)
+
+
+def _scheduler(spec: Spec, plan: Plan):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler.type == "none":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr=C.TIME_ATTR, metric=spec.search.metric, mode=spec.search.mode,
+                         max_t=plan.max_t, grace_period=plan.grace_period,
+                         reduction_factor=plan.reduction_factor)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ledger: one record per trial, on disk, as the sweep goes.
+
+
+def _ledger_class():
+    from ray import tune
+
+    class TrialLedger(tune.Callback):
+        """Keeps `trials/<trial_id>.json` current and prints the sweep's progress.
+
+        Tune marks a result `done` when the scheduler stops the trial; a trial's own last report
+        carries `final_report`. A `done` result without it was stopped by ASHA: the ledger writes that
+        into the result itself, so the searcher reads the same status.
+        """
+
+        def __init__(self, sweep_dir: Path, plan: Plan, metric: str, mode: str, say: Callable[[str], None]):
+            self.dir = sweep_dir / TRIALS_DIR
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.plan, self.metric, self.sign = plan, metric, 1 if mode == "min" else -1
+            self.say = say
+            self.records: dict[str, dict[str, Any]] = {}
+
+        def _record(self, trial) -> dict[str, Any]:
+            if trial.trial_id not in self.records:
+                path = self.dir / f"{trial.trial_id}.json"
+                self.records[trial.trial_id] = json.loads(path.read_text()) if path.exists() else {
+                    "trial_id": trial.trial_id, "status": C.PENDING, "params": dict(trial.config),
+                    "reports": 0, "best_eval_loss": None, "best_metric": None, "best_step": None,
+                    "best_checkpoint": None, "tokens_seen": 0, "train_seconds": 0.0, "rung": None,
+                    "error": None, "log_file": str(self.dir.parent / LOGS_DIR / f"{trial.trial_id}.log"),
+                    "trial_dir": str(trial.path), "history": []}
+            return self.records[trial.trial_id]
+
+        def _write(self, record: dict[str, Any]) -> None:
+            path = self.dir / f"{record['trial_id']}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=1, default=str))
+            os.replace(tmp, path)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            record = self._record(trial)
+            record["status"] = C.RUNNING
+            self._write(record)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            record = self._record(trial)
+            if result.get("done") and not result.get(C.FINAL):
+                tokens = result[C.TOKENS_SEEN]
+                if self.plan.max_t is not None and tokens >= self.plan.max_t:
+                    result[C.TRIAL_STATUS] = C.COMPLETED
+                else:
+                    result[C.TRIAL_STATUS] = C.STOPPED_ASHA
+                    record["rung"] = max([r for r in self.plan.rungs if r <= tokens], default=None)
+            value = result.get(self.metric)
+            if result.get(C.TRIAL_STATUS) != C.DIVERGED and not result.get(C.REPEAT):
+                record["reports"] += 1
+                record["history"].append({k: result.get(k) for k in C.REPORT_KEYS})
+            record["tokens_seen"] = int(result.get(C.TOKENS_SEEN, 0))
+            record["train_seconds"] = float(result.get("time_total_s", 0.0))
+            record["pending_value"] = value
+            self._write(record)
+
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            record = self._record(trial)
+            value = record.pop("pending_value", None)
+            if value is not None and math.isfinite(value) and (
+                    record["best_metric"] is None or self.sign * value < self.sign * record["best_metric"]):
+                last = trial.last_result
+                record.update(best_metric=value, best_eval_loss=last.get(C.EVAL_LOSS),
+                              best_step=last.get(C.STEP), best_checkpoint=checkpoint.path)
+            self._write(record)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._finish(trial, classify(trial.last_result, error=False), trials)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            record = self._record(trial)
+            record["error"] = _error_text(trial)
+            self._finish(trial, C.FAILED, trials)
+
+        def _finish(self, trial, status: str, trials) -> None:
+            record = self._record(trial)
+            record["status"] = status
+            record.pop("pending_value", None)
+            self._write(record)
+            self.say(self._progress(trial.trial_id, record, trials))
+
+        def _progress(self, trial_id: str, record: dict[str, Any], trials) -> str:
+            done = [r for r in self.records.values() if r["status"] not in (C.RUNNING, C.PENDING)]
+            stopped = sum(r["status"] == C.STOPPED_ASHA for r in done)
+            running = sum(t.status == "RUNNING" for t in trials) - 1
+            best = [r for r in self.records.values() if r["best_metric"] is not None]
+            top = min(best, key=lambda r: self.sign * r["best_metric"]) if best else None
+            rung = f" at {record['rung']} tokens" if record["status"] == C.STOPPED_ASHA else ""
+            best_text = f"best {self.metric} {top['best_metric']:.4f} ({top['trial_id']})" if top else "no best yet"
+            return (f"trial {trial_id}: {record['status']}{rung}, {record['reports']} reports | "
+                    f"{len(done)}/{self.plan.num_samples} finished ({stopped} stopped by ASHA), "
+                    f"{max(running, 0)} running, {best_text}")
+
+    return TrialLedger
+
+
+def _error_text(trial) -> str:
+    error_file = getattr(trial, "error_file", None)
+    if error_file and os.path.exists(error_file):
+        lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()]
+        return lines[-1] if lines else "unknown error"
+    return str(getattr(trial, "error_msg", None) or "unknown error")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running.
+
+
+def init_ray(address: str | None) -> bool:
+    """Start a private local Ray runtime, or attach to `address`. Returns whether we started one."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # "local" never joins another cluster that happens to run on this machine.
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    return True
+
+
+def run_search(spec: Spec, ctx: TrialContext, plan: Plan, address: str | None = None,
+               say: Callable[[str], None] = log.info) -> None:
+    """Run the search to its end (all trials, the time budget, or Ctrl-C)."""
+    import ray
+    from ray import tune
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name, value in QUIET_RAY.items():
+        os.environ.setdefault(name, value)
+    sweep_dir = spec.sweep_dir
+    started = init_ray(address)
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(tune_trainable, ctx=ctx),
+            {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial})
+        budget = parse_duration(spec.search.time_budget) if spec.search.time_budget else None
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(spec, sweep_dir), scheduler=_scheduler(spec, plan),
+                num_samples=spec.search.num_samples,
+                max_concurrent_trials=spec.search.max_concurrent_trials, time_budget_s=budget,
+                reuse_actors=True, trial_dirname_creator=lambda trial: trial.trial_id),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR, storage_path=str(sweep_dir), verbose=0,
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=1, checkpoint_score_attribute=spec.search.metric,
+                    checkpoint_score_order=spec.search.mode),
+                callbacks=[_ledger_class()(sweep_dir, plan, spec.search.metric, spec.search.mode, say)]),
+        )
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            say("interrupted: stopping the running trials; the best so far is promoted")
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,235 @@
+"""One trial: sampled hyperparameters → `TrainingArguments` → a Hugging Face `Trainer` run.
+
+This is the training core, with no Ray in it: it reports through any `Reporter` callable, so it runs
+under Ray Tune (see `sweep`), in a plain script, or in a benchmark on a machine without Ray.
+Every `report_every_tokens` training tokens it evaluates, saves a checkpoint and reports, all at the
+same step, so ASHA never decides on numbers older than the checkpoint it would keep.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from transformers import TrainerCallback
+
+from tuner import constants as C
+from tuner import space
+from tuner.data import Prepared, load_prepared
+from tuner.spec import Spec
+
+# metrics, checkpoint directory (None for a report without one). The directory may be deleted once
+# the call returns: a reporter that keeps checkpoints copies it.
+Reporter = Callable[[dict[str, Any], "str | None"], None]
+
+
+@dataclass
+class TrialContext:
+    """What every trial of one sweep shares; pickled once and shipped to each worker."""
+
+    spec: Spec
+    prepared: Prepared
+    model_path: str  # what from_pretrained takes for the base model
+    max_t: int | None = None  # ASHA's max_t in tokens: a trial reaching it has completed
+    trial_fn: Callable | None = None  # the user's own training loop, in place of `run_trial`
+
+
+def training_arguments(spec: Spec, hyper: dict[str, Any], output_dir: str | Path):
+    """The `TrainingArguments` of one trial. The only place `warmup_ratio` becomes `warmup_steps`:
+    transformers 5 dropped `warmup_ratio` and reads a float < 1 in `warmup_steps` as a ratio."""
+    import torch
+    from transformers import TrainingArguments
+
+    train = spec.train
+    warmup = float(hyper["warmup_ratio"])
+
+    def pick(name: str) -> Any:  # searched value, else the fixed one in `train`
+        return hyper.get(name, getattr(train, name))
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        learning_rate=float(hyper["learning_rate"]),
+        per_device_train_batch_size=int(hyper["per_device_train_batch_size"]),
+        per_device_eval_batch_size=train.per_device_eval_batch_size,
+        num_train_epochs=float(hyper["num_train_epochs"]),
+        gradient_accumulation_steps=int(hyper["gradient_accumulation_steps"]),
+        warmup_steps=warmup if warmup > 0 else 0,
+        weight_decay=float(hyper["weight_decay"]),
+        lr_scheduler_type=pick("lr_scheduler_type"),
+        max_grad_norm=float(pick("max_grad_norm")),
+        adam_beta1=float(pick("adam_beta1")),
+        adam_beta2=float(pick("adam_beta2")),
+        adam_epsilon=float(pick("adam_epsilon")),
+        label_smoothing_factor=float(pick("label_smoothing_factor")),
+        bf16=train.precision == "bf16",
+        fp16=train.precision == "fp16",
+        **({"gradient_checkpointing": True} if train.gradient_checkpointing else {}),
+        seed=train.seed,
+        use_cpu=not torch.cuda.is_available(),
+        # ReportCallback drives evaluation, saving and the last log of each report interval.
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="steps",
+        logging_steps=10,  # how soon a NaN loss is seen
+        logging_nan_inf_filter=False,  # a NaN loss must reach the callback, not be filtered out
+        include_num_input_tokens_seen=True,
+        prediction_loss_only=True,
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Packed blocks are all `block_size` long: stack them; labels are the inputs (the model shifts)."""
+    import torch
+
+    ids = torch.stack([torch.as_tensor(row["input_ids"]) for row in rows])
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+class ReportCallback(TrainerCallback):
+    """Every `report_every_tokens` tokens, at the end, or at `stop_after_steps`: log, evaluate, save
+    and report at one step. Stops the trial at once on a NaN or inf loss."""
+
+    def __init__(self, spec: Spec, report: Reporter, max_t: int | None):
+        self.every = spec.train.report_every_tokens
+        self.stop_after = spec.train.stop_after_steps
+        self.report = report
+        self.max_t = max_t
+        self.next_report = self.every
+        self.losses: list[float] = []
+        self.eval_loss: float | None = None
+        self.learning_rate: float | None = None
+        self.diverged = False
+        self.reports = 0
+        self.best: float | None = None
+        self.last_time = time.perf_counter()
+        self.last_tokens = 0
+        self.train_seconds = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.next_report = (state.num_input_tokens_seen // self.every + 1) * self.every
+        self.last_tokens = state.num_input_tokens_seen
+        self.last_time = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+            if not math.isfinite(self.losses[-1]):
+                self.diverged = True
+                control.should_training_stop = True
+                control.should_evaluate = control.should_save = False
+        if "learning_rate" in logs:
+            self.learning_rate = float(logs["learning_rate"])
+
+    def _is_last(self, state) -> bool:
+        return state.global_step >= state.max_steps or (
+            self.stop_after is not None and state.global_step >= self.stop_after)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        due = state.num_input_tokens_seen >= self.next_report or self._is_last(state)
+        if due and not self.diverged:
+            control.should_log = control.should_evaluate = control.should_save = True
+            while self.next_report <= state.num_input_tokens_seen:
+                self.next_report += self.every
+        if self.stop_after is not None and state.global_step >= self.stop_after:
+            control.should_training_stop = True
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.eval_loss = float((metrics or {}).get("eval_loss", math.nan))
+        if not math.isfinite(self.eval_loss):
+            self.diverged = True
+            control.should_training_stop = True
+            control.should_save = False
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        final = self._is_last(state)
+        self._send(state, checkpoint, C.COMPLETED if final else C.RUNNING, final)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.diverged:
+            self.eval_loss = math.nan
+            self._send(state, None, C.DIVERGED, True)
+
+    def _send(self, state, checkpoint: Path | None, status: str, final: bool) -> None:
+        now = time.perf_counter()
+        tokens = int(state.num_input_tokens_seen)
+        elapsed = now - self.last_time
+        self.train_seconds += elapsed
+        if self.max_t is not None and tokens >= self.max_t and status == C.RUNNING:
+            status = C.COMPLETED
+        metrics = {
+            C.EVAL_LOSS: self.eval_loss if self.eval_loss is not None else math.nan,
+            C.TRAIN_LOSS: sum(self.losses) / len(self.losses) if self.losses else math.nan,
+            C.LEARNING_RATE: self.learning_rate if self.learning_rate is not None else 0.0,
+            C.EPOCH: float(state.epoch or 0.0),
+            C.STEP: int(state.global_step),
+            C.TOKENS_SEEN: tokens,
+            C.TOKENS_PER_S: (tokens - self.last_tokens) / elapsed if elapsed > 0 else 0.0,
+            C.TRIAL_STATUS: status,
+            C.FINAL: final,
+        }
+        if status != C.DIVERGED:
+            self.reports += 1
+            loss = metrics[C.EVAL_LOSS]
+            self.best = loss if self.best is None else min(self.best, loss)
+        self.losses = []
+        self.report(metrics, str(checkpoint) if checkpoint is not None else None)
+        self.last_time, self.last_tokens = time.perf_counter(), tokens
+
+
+def run_user_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter) -> None:
+    """Run the user's `trial_fn(hyperparameters, report)` with the same reporting contract as ours.
+
+    Each report is completed with the keys the sweep reads; when the function returns, its last
+    report is repeated once marked final, so the trial counts as completed, not stopped.
+    """
+    last: dict[str, Any] = {}
+
+    def user_report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        missing = [k for k in (C.EVAL_LOSS, C.TOKENS_SEEN) if k not in metrics]
+        if missing:
+            raise ValueError(f"trial_fn reported {sorted(metrics)}; every report needs {missing}")
+        last.clear()
+        last.update({C.TRAIN_LOSS: math.nan, C.LEARNING_RATE: 0.0, C.EPOCH: 0.0, C.STEP: 0,
+                     C.TOKENS_PER_S: 0.0, **metrics, C.TRIAL_STATUS: C.RUNNING, C.FINAL: False})
+        report(dict(last), checkpoint_dir)
+
+    ctx.trial_fn(space.resolve(ctx.spec, params), user_report)
+    if last:
+        report({**last, C.TRIAL_STATUS: C.COMPLETED, C.FINAL: True, C.REPEAT: True}, None)
+
+
+def run_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter,
+              resume_from: str | None = None, workdir: str | Path | None = None) -> dict[str, Any]:
+    """Train one trial to its end, reporting as it goes. Returns a summary of the run."""
+    from transformers import Trainer
+
+    from tuner import model as model_lib
+
+    spec = ctx.spec
+    hyper = space.resolve(spec, params)
+    splits = load_prepared(ctx.prepared)
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="tuner-trial-"))
+    args = training_arguments(spec, hyper, workdir / "hf")
+    callback = ReportCallback(spec, report, ctx.max_t)
+    model = model_lib.load_model(ctx.model_path, spec.model.revision, int(hyper["freeze_layers"]))
+    trainer = Trainer(model=model, args=args, data_collator=collate,
+                      train_dataset=splits["train"].with_format("torch"),
+                      eval_dataset=splits["validation"].with_format("torch"), callbacks=[callback])
+    start = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        shutil.rmtree(workdir / "hf", ignore_errors=True)
+    return {"status": C.DIVERGED if callback.diverged else C.COMPLETED, "best_eval_loss": callback.best,
+            "reports": callback.reports, "tokens_seen": int(trainer.state.num_input_tokens_seen),
+            "train_seconds": time.perf_counter() - start, "hyperparameters": hyper}
