@@ -1,127 +1,102 @@
-"""The whole pipeline for real: local Ray, Optuna on SQLite, HF Trainer on a tiny GPT-2, no mocks."""
+"""The search's parts that need no running cluster: the plan, ASHA's rungs, and what Optuna is told."""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
+from pathlib import Path
 
 import optuna
 import pytest
-import torch
-import yaml
 
 from tuner import constants as C
-from tuner import load_spec, run_sweep
-from tuner.data import Prepared, load_prepared
-from tuner.results import load_records
+from tuner import sweep
+from tuner.spec import load_spec
 
-pytestmark = pytest.mark.integration
-
-
-def _study(sweep_dir, name):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_runs_the_number_of_trials_asked(tiny_sweep):
-    records = load_records(tiny_sweep.sweep_dir)
-    assert len(records) == 6
-    assert len(tiny_sweep.leaderboard) == 6
-    assert len(_study(tiny_sweep.sweep_dir, "tiny-test").trials) == 6
+@pytest.fixture
+def spec():
+    return load_spec(ROOT / "search_spaces" / "tiny.yaml")
 
 
-def test_asha_stops_some_trials_and_optuna_records_them_pruned(tiny_sweep):
-    study = {t.user_attrs["ray_trial_id"]: t for t in _study(tiny_sweep.sweep_dir, "tiny-test").trials}
-    records = load_records(tiny_sweep.sweep_dir)
-    stopped = [r for r in records if r["status"] == C.STOPPED_ASHA]
-    assert stopped, [r["status"] for r in records]
-    for record in stopped:
-        trial = study[record["trial_id"]]
-        assert trial.state == optuna.trial.TrialState.PRUNED
-        assert record["rung"] is not None and record["tokens_seen"] >= record["rung"]
-        # intermediate values are keyed by tokens seen, one per report
-        assert len(trial.intermediate_values) == record["reports"]
-    for record in records:
-        if record["status"] == C.COMPLETED:
-            trial = study[record["trial_id"]]
-            assert trial.state == optuna.trial.TrialState.COMPLETE
-            assert trial.value == pytest.approx(record["best_metric"])
+def test_asha_rungs_match_rays_milestones():
+    assert sweep.asha_rungs(16384, 200320, 2) == [16384, 32768, 65536, 131072]
+    assert sweep.asha_rungs(100, 1000, 3) == [100, 300, 900]
+    assert sweep.asha_rungs(1000, 1000, 2) == []
 
 
-def test_leaderboard_rows(tiny_sweep):
-    with open(tiny_sweep.paths["leaderboard"]) as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 6
-    searched = {"learning_rate", "per_device_train_batch_size", "num_train_epochs", "warmup_ratio",
-                "gradient_accumulation_steps", "weight_decay"}
-    assert {"trial_id", "status", "best_eval_loss", "reports", "tokens_seen", "train_seconds"} | searched <= set(rows[0])
-    assert all(row["status"] in C.STATUSES for row in rows)
-    losses = [float(row["best_eval_loss"]) for row in rows if row["status"] in C.PROMOTABLE]
-    assert losses == sorted(losses)  # best first
-    assert rows[0]["trial_id"] == tiny_sweep.best["trial_id"]
-    for row in rows:
-        assert int(row["reports"]) >= 1 and int(row["tokens_seen"]) >= 8192
+def test_plan_derives_max_t_from_the_largest_epoch_count(spec):
+    plan = sweep.make_plan(spec, train_tokens=100_000)
+    assert plan.max_t == 2 * 100_000  # num_train_epochs: int 1..2
+    assert plan.grace_period == 16384
+    assert plan.budget_tokens == 8 * 200_000
+    assert plan.budget_reports == 8 * math.ceil(200_000 / 16384)
+    assert "trial-reports" in plan.describe()
 
 
-def test_best_config_validates_and_fixes_the_winning_hyperparameters(tiny_sweep):
-    path = tiny_sweep.paths["config"]
-    assert path.read_text().startswith("# python launch.py sweep ")
-    spec = load_spec(path)
-    assert spec.name == "tiny-test-best"
-    assert spec.search.num_samples == 1 and spec.scheduler.type == "none"
-    assert spec.search.space == {k: v for k, v in tiny_sweep.best["params"].items()}
-    assert spec.train.stop_after_steps == tiny_sweep.best["best_step"]
-    assert spec.origin.trial_id == tiny_sweep.best["trial_id"]
-    assert spec.origin.value == pytest.approx(tiny_sweep.best["best_metric"])
-    args = json.loads((tiny_sweep.paths["best"] / "training_args.json").read_text())
-    assert args["learning_rate"] == pytest.approx(tiny_sweep.best["params"]["learning_rate"])
+def test_plan_without_data_says_when_the_budget_is_known(spec):
+    plan = sweep.make_plan(spec, train_tokens=None)
+    assert plan.max_t is None and plan.budget_tokens is None
+    assert "known once the data is prepared" in plan.describe()
 
 
-def test_final_eval_is_the_token_weighted_test_loss(tiny_sweep):
-    final = json.loads(tiny_sweep.paths["final_eval"].read_text())
-    assert {"trial_id", "checkpoint", "eval_loss", "perplexity", "num_test_tokens", "base_perplexity"} <= set(final)
-    prepared = Prepared(**json.loads(next((tiny_sweep.sweep_dir / "data").glob("*/prepared.json")).read_text()))
-    test_blocks = load_prepared(prepared)["test"]["input_ids"]
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_sweep.paths["model"]).eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for block in test_blocks:  # one block at a time, the short last one included
-            ids = torch.tensor([block])
-            logits = model(input_ids=ids).logits[0, :-1]
-            total += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
-            count += len(block) - 1
-    assert final["num_test_tokens"] == count == prepared.tokens["test"] - len(test_blocks)
-    assert final["eval_loss"] == pytest.approx(total / count, rel=1e-5)
-    assert final["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
-    assert final["perplexity"] < final["base_perplexity"]
+def test_each_sampler_is_built_and_seeded(spec):
+    for name, cls in [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
+                      ("cmaes", optuna.samplers.CmaEsSampler), ("qmc", optuna.samplers.QMCSampler)]:
+        spec.search.sampler = name
+        first, second = sweep._sampler(spec), sweep._sampler(spec)
+        assert isinstance(first, cls)
+        study_a = optuna.create_study(sampler=first)
+        study_b = optuna.create_study(sampler=second)
+        dist = optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)
+        a = [study_a.ask({"lr": dist}).params["lr"] for _ in range(3)]
+        b = [study_b.ask({"lr": dist}).params["lr"] for _ in range(3)]
+        assert a == b  # same seed, same samples
 
 
-def test_best_model_loads_and_generates(tiny_sweep):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_sweep.paths["model"])
-    tokenizer = AutoTokenizer.from_pretrained(tiny_sweep.paths["model"])
-    ids = tokenizer("The for statement", return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    assert out.shape[1] == ids["input_ids"].shape[1] + 5
-    assert (tiny_sweep.paths["model"] / "model.safetensors").exists()
-    samples = [json.loads(line) for line in tiny_sweep.paths["samples"].read_text().splitlines()]
-    assert len(samples) == 2 and {"prompt", "reference", "tuned", "base"} <= set(samples[0])
+def _searcher(spec, tmp_path):
+    spec.storage = str(tmp_path)
+    spec.search.baseline = None
+    return sweep._searcher(spec, tmp_path)
 
 
-def test_trial_logs_and_records_are_in_the_sweep_dir(tiny_sweep):
-    for record in load_records(tiny_sweep.sweep_dir):
-        assert record["status"] in C.STATUSES
-        log = tiny_sweep.sweep_dir / "logs" / f"{record['trial_id']}.log"
-        assert log.exists()
+def _report(tokens, loss, status=C.RUNNING, final=False):
+    return {C.EVAL_LOSS: loss, C.TOKENS_SEEN: tokens, C.TRIAL_STATUS: status, C.FINAL: final}
 
 
-def test_best_config_retrains_bit_for_bit(tiny_sweep, tmp_path):
-    """Re-running the exported config gives the same model, hence the same test loss, exactly."""
-    again = run_sweep(tiny_sweep.paths["config"], overrides=[f"storage={tmp_path / 'again'}"])
-    assert len(again.leaderboard) == 1
-    first = json.loads(tiny_sweep.paths["final_eval"].read_text())
-    assert again.final_eval["eval_loss"] == first["eval_loss"]
-    assert again.best["best_step"] == tiny_sweep.best["best_step"]
+@pytest.mark.parametrize("status, error, state", [
+    (C.STOPPED_ASHA, False, optuna.trial.TrialState.PRUNED),
+    (C.STOPPED_BUDGET, False, optuna.trial.TrialState.PRUNED),
+    (C.DIVERGED, False, optuna.trial.TrialState.FAIL),
+    (C.RUNNING, True, optuna.trial.TrialState.FAIL),
+])
+def test_optuna_learns_how_each_trial_really_ended(spec, tmp_path, status, error, state):
+    searcher = _searcher(spec, tmp_path)
+    searcher.suggest("t1")
+    searcher.on_trial_result("t1", _report(1000, 5.0))
+    last = _report(2000, math.nan if status == C.DIVERGED else 4.5, status)
+    searcher.on_trial_complete("t1", result=None if error else last, error=error)
+    trial, = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{tmp_path / sweep.STUDY_DB}").trials
+    assert trial.state == state
+    assert trial.user_attrs["ray_trial_id"] == "t1"
+    if state == optuna.trial.TrialState.PRUNED:
+        assert trial.intermediate_values == {1000: 5.0, 2000: 4.5}
+
+
+def test_a_completed_trial_is_valued_at_its_best_report(spec, tmp_path):
+    searcher = _searcher(spec, tmp_path)
+    searcher.suggest("t1")
+    for tokens, loss in [(1000, 5.0), (2000, 4.2)]:
+        searcher.on_trial_result("t1", _report(tokens, loss))
+    searcher.on_trial_complete("t1", result=_report(3000, 4.4, C.COMPLETED, final=True))
+    trial, = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{tmp_path / sweep.STUDY_DB}").trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.value == 4.2
+    assert trial.intermediate_values == {1000: 5.0, 2000: 4.2, 3000: 4.4}
+
+
+def test_classify():
+    assert sweep.classify(None, error=True) == C.FAILED
+    assert sweep.classify({C.TRIAL_STATUS: C.COMPLETED}, error=False) == C.COMPLETED
+    assert sweep.classify({C.TRIAL_STATUS: C.RUNNING}, error=False) == C.STOPPED_BUDGET

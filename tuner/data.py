@@ -98,6 +98,11 @@ def split_records(texts: list[str], ratios: dict[str, float], seed: int) -> dict
     random.Random(seed).shuffle(order)
     n_val = max(1, round(len(texts) * ratios["validation"]))
     n_test = max(1, round(len(texts) * ratios["test"]))
+    while len(texts) - n_val - n_test < 1:  # rounding took everything: give train one back
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
     n_train = len(texts) - n_val - n_test
     cuts = {"train": order[:n_train], "validation": order[n_train:n_train + n_val],
             "test": order[n_train + n_val:]}

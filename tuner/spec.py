@@ -251,13 +251,17 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(node.get(part), dict):
             node[part] = {}
         node = node[part]
-    node[parts[-1]] = yaml.safe_load(text) if text else None
+    try:
+        node[parts[-1]] = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        raise SpecError(f"--set {item!r}: the value {text!r} is not valid YAML; quote strings and close "
+                        "brackets, e.g. --set search.space.weight_decay=\"{type: float, low: 0, high: 0.1}\"") from None
 
 
 def validate(raw: dict[str, Any]) -> Spec:
     problems: list[str] = []
     spec = _build(Spec, raw, "", problems)
-    if spec is not None:
+    if spec is not None:  # None only when `raw` is not a mapping
         _check_rules(spec, raw, problems)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -284,12 +288,10 @@ def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             if required:
                 problems.append(f"{key_path}: missing; it is required")
+                values[name] = None  # keep going: the other checks still report their problems
             continue
         values[name] = _convert(hints[name], raw[name], key_path, problems)
-    try:
-        return cls(**values)
-    except TypeError:
-        return None  # a required field is missing; already reported
+    return cls(**values)
 
 
 def _convert(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
@@ -332,8 +334,9 @@ def _scalar(kind: type, value: Any, path: str, problems: list[str]) -> Any:
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
+            number = as_number(value)
+            if number is not None and number.is_integer():  # 1e6 (YAML reads it as a string), 4.0
+                return int(number)
             problems.append(f"{path}: got {value!r}, expected an integer")
         return value
     if kind is float:
@@ -353,13 +356,15 @@ def as_number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+        number = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             return None
-    return None
+    else:
+        return None
+    return number if math.isfinite(number) else None  # NaN passes every range rule: never a value
 
 
 def _join(path: str, key: Any) -> str:
@@ -371,21 +376,33 @@ def _join(path: str, key: Any) -> str:
 
 
 def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
+    """Cross-field rules, for each section that was built (a malformed one is already reported)."""
     _check_name(spec, problems)
-    _check_data(spec.data, problems)
-    _check_train(spec.train, problems)
-    _check_space(spec, raw, problems)
-    _check_search(spec, problems)
-    _check_scheduler(spec.scheduler, problems)
-    _check_resources(spec.resources, problems)
-    _check_promote(spec.promote, problems)
+    if spec.model is not None and spec.model.freeze_layers is not None:
+        _check_value("freeze_layers", spec.model.freeze_layers, "model.freeze_layers", problems)
+    if spec.data is not None:
+        _check_data(spec.data, problems)
+    if spec.train is not None:
+        _check_train(spec.train, problems)
+    if spec.search is not None:
+        if spec.search.space is None:
+            spec.search.space = {}
+        _check_space(spec, raw, problems)
+        _check_search(spec, problems)
+    if spec.scheduler is not None:
+        _check_scheduler(spec.scheduler, problems)
+    if spec.resources is not None:
+        _check_resources(spec.resources, problems)
+    if spec.promote is not None:
+        _check_promote(spec.promote, problems)
 
 
 def _check_name(spec: Spec, problems: list[str]) -> None:
     name = spec.name
-    if isinstance(name, str) and name and not all(c.isalnum() or c in "-_." for c in name):
-        problems.append(f"name: got {name!r}; use letters, digits, '-', '_' and '.' only "
-                        "(it names the sweep directory and W&B group)")
+    if isinstance(name, str) and name and (not all(c.isalnum() or c in "-_." for c in name)
+                                           or not name[0].isalnum()):
+        problems.append(f"name: got {name!r}; start with a letter or digit and use letters, digits, "
+                        "'-', '_' and '.' only (it names the sweep directory and W&B group)")
 
 
 def _check_data(data: DataSpec, problems: list[str]) -> None:
@@ -491,8 +508,8 @@ def _check_distribution(name: str, entry: dict[str, Any], path: str, problems: l
         problems.append(f"{path}: a log distribution needs low > 0 (low={low:g})")
     if step is not None:
         step_value = as_number(step)
-        if step_value is None or step_value <= 0:
-            problems.append(f"{path}.step: got {step!r}, expected a number > 0")
+        if step_value is None or step_value <= 0 or (kind == "int" and not step_value.is_integer()):
+            problems.append(f"{path}.step: got {step!r}, expected {'an integer' if kind == 'int' else 'a number'} > 0")
         elif log:
             problems.append(f"{path}: `step` and `log` cannot be used together (step={step!r}, log=true)")
 
@@ -530,7 +547,7 @@ def _check_search(spec: Spec, problems: list[str]) -> None:
         problems.append(f"search.time_budget: got {search.time_budget!r}, expected seconds > 0 "
                         "or a duration such as '90s', '30m', '2h'")
     searched = [n for n, e in search.space.items() if is_distribution(e)]
-    if not searched and search.num_samples not in (None, 1) and isinstance(search.num_samples, int):
+    if not searched and isinstance(search.num_samples, int) and search.num_samples > 1:
         problems.append(f"search.num_samples: got {search.num_samples}, but search.space samples "
                         "nothing; set num_samples: 1 or add a distribution to search.space")
     if search.baseline is not None:
@@ -555,7 +572,9 @@ def _check_baseline(search: SearchSpec, problems: list[str]) -> None:
                 problems.append(f"{path}: got {value!r}, expected one of the choices {entry.get('choices')!r}")
         else:
             number, low, high = as_number(value), as_number(entry.get("low")), as_number(entry.get("high"))
-            if number is None or low is None or high is None or not low <= number <= high:
+            if number is not None and entry.get("type") == "int" and not number.is_integer():
+                problems.append(f"{path}: got {value!r}, expected an integer (the search is type: int)")
+            elif number is None or low is None or high is None or not low <= number <= high:
                 problems.append(f"{path}: got {value!r}, expected a value in the searched range "
                                 f"[{entry.get('low')}, {entry.get('high')}]")
 

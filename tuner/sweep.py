@@ -184,6 +184,8 @@ def _optuna_search_class():
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             value = result.get(self.metric)
+            if result.get(C.REPEAT):
+                return  # a closing copy of a report already told
             if trial_id in self._ot_trials and value is not None and math.isfinite(value):
                 self._ot_trials[trial_id].report(value, int(result[C.TOKENS_SEEN]))
 
@@ -397,6 +399,28 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, address: str | None = 
             tuner.fit()
         except KeyboardInterrupt:
             say("interrupted: stopping the running trials; the best so far is promoted")
+        close_unfinished(sweep_dir, spec.name)
     finally:
         if started:
             ray.shutdown()
+
+
+def close_unfinished(sweep_dir: Path, study_name: str) -> None:
+    """Trials the time budget or Ctrl-C cut short: `stopped_budget` in the ledger, and in Optuna
+    PRUNED (they have intermediate values) or FAIL (they never reported)."""
+    import optuna
+
+    for path in sorted((sweep_dir / TRIALS_DIR).glob("*.json")):
+        record = json.loads(path.read_text())
+        if record["status"] in (C.RUNNING, C.PENDING):
+            record["status"] = C.STOPPED_BUDGET
+            record.pop("pending_value", None)
+            path.write_text(json.dumps(record, indent=1, default=str))
+    if not (sweep_dir / STUDY_DB).exists():
+        return
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{sweep_dir / STUDY_DB}")
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if "ray_trial_id" not in trial.user_attrs:
+            continue
+        state = optuna.trial.TrialState.PRUNED if trial.intermediate_values else optuna.trial.TrialState.FAIL
+        study.tell(trial.number, state=state)

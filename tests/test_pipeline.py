@@ -1,0 +1,174 @@
+"""The whole pipeline for real: local Ray, Optuna on SQLite, HF Trainer on a tiny GPT-2, no mocks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from tuner import constants as C
+from tuner import load_spec, run_sweep
+from tuner.data import Prepared, load_prepared
+from tuner.results import load_records
+
+from tests.conftest import TINY as TINY_PATH
+
+pytestmark = pytest.mark.integration
+
+
+def _study(sweep_dir, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+
+
+def test_runs_the_number_of_trials_asked(tiny_sweep):
+    records = load_records(tiny_sweep.sweep_dir)
+    assert len(records) == 6
+    assert len(tiny_sweep.leaderboard) == 6
+    assert len(_study(tiny_sweep.sweep_dir, "tiny-test").trials) == 6
+
+
+def test_asha_stops_some_trials_and_optuna_records_them_pruned(tiny_sweep):
+    study = {t.user_attrs["ray_trial_id"]: t for t in _study(tiny_sweep.sweep_dir, "tiny-test").trials}
+    records = load_records(tiny_sweep.sweep_dir)
+    stopped = [r for r in records if r["status"] == C.STOPPED_ASHA]
+    assert stopped, [r["status"] for r in records]
+    for record in stopped:
+        trial = study[record["trial_id"]]
+        assert trial.state == optuna.trial.TrialState.PRUNED
+        assert record["rung"] is not None and record["tokens_seen"] >= record["rung"]
+        # intermediate values are keyed by tokens seen, one per report
+        assert len(trial.intermediate_values) == record["reports"]
+    for record in records:
+        if record["status"] == C.COMPLETED:
+            trial = study[record["trial_id"]]
+            assert trial.state == optuna.trial.TrialState.COMPLETE
+            assert trial.value == pytest.approx(record["best_metric"])
+
+
+def test_leaderboard_rows(tiny_sweep):
+    with open(tiny_sweep.paths["leaderboard"]) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    searched = {"learning_rate", "per_device_train_batch_size", "num_train_epochs", "warmup_ratio",
+                "gradient_accumulation_steps", "weight_decay"}
+    assert {"trial_id", "status", "best_eval_loss", "reports", "tokens_seen", "train_seconds"} | searched <= set(rows[0])
+    assert all(row["status"] in C.STATUSES for row in rows)
+    losses = [float(row["best_eval_loss"]) for row in rows if row["status"] in C.PROMOTABLE]
+    assert losses == sorted(losses)  # best first
+    assert rows[0]["trial_id"] == tiny_sweep.best["trial_id"]
+    for row in rows:
+        assert int(row["reports"]) >= 1 and int(row["tokens_seen"]) >= 8192
+
+
+def test_best_config_validates_and_fixes_the_winning_hyperparameters(tiny_sweep):
+    path = tiny_sweep.paths["config"]
+    assert path.read_text().startswith("# python launch.py sweep ")
+    spec = load_spec(path)
+    assert spec.name == "tiny-test-best"
+    assert spec.search.num_samples == 1 and spec.scheduler.type == "none"
+    assert spec.search.space == {k: v for k, v in tiny_sweep.best["params"].items()}
+    assert spec.train.stop_after_steps == tiny_sweep.best["best_step"]
+    assert spec.origin.trial_id == tiny_sweep.best["trial_id"]
+    assert spec.origin.value == pytest.approx(tiny_sweep.best["best_metric"])
+    args = json.loads((tiny_sweep.paths["best"] / "training_args.json").read_text())
+    assert args["learning_rate"] == pytest.approx(tiny_sweep.best["params"]["learning_rate"])
+
+
+def test_final_eval_is_the_token_weighted_test_loss(tiny_sweep):
+    final = json.loads(tiny_sweep.paths["final_eval"].read_text())
+    assert {"trial_id", "checkpoint", "eval_loss", "perplexity", "num_test_tokens", "base_perplexity"} <= set(final)
+    prepared = Prepared(**json.loads(next((tiny_sweep.sweep_dir / "data").glob("*/prepared.json")).read_text()))
+    test_blocks = load_prepared(prepared)["test"]["input_ids"]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_sweep.paths["model"]).eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for block in test_blocks:  # one block at a time, the short last one included
+            ids = torch.tensor([block])
+            logits = model(input_ids=ids).logits[0, :-1]
+            total += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+            count += len(block) - 1
+    assert final["num_test_tokens"] == count == prepared.tokens["test"] - len(test_blocks)
+    assert final["eval_loss"] == pytest.approx(total / count, rel=1e-5)
+    assert final["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+    assert final["perplexity"] < final["base_perplexity"]
+
+
+def test_best_model_loads_and_generates(tiny_sweep):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_sweep.paths["model"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_sweep.paths["model"])
+    ids = tokenizer("The for statement", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 5
+    assert (tiny_sweep.paths["model"] / "model.safetensors").exists()
+    samples = [json.loads(line) for line in tiny_sweep.paths["samples"].read_text().splitlines()]
+    assert len(samples) == 2 and {"prompt", "reference", "tuned", "base"} <= set(samples[0])
+
+
+def test_trial_logs_and_records_are_in_the_sweep_dir(tiny_sweep):
+    for record in load_records(tiny_sweep.sweep_dir):
+        assert record["status"] in C.STATUSES
+        log = tiny_sweep.sweep_dir / "logs" / f"{record['trial_id']}.log"
+        assert log.exists()
+
+
+def test_best_config_retrains_bit_for_bit(tiny_sweep, tmp_path):
+    """Re-running the exported config gives the same model, hence the same test loss, exactly."""
+    again = run_sweep(tiny_sweep.paths["config"], overrides=[f"storage={tmp_path / 'again'}"])
+    assert len(again.leaderboard) == 1
+    first = json.loads(tiny_sweep.paths["final_eval"].read_text())
+    assert again.final_eval["eval_loss"] == first["eval_loss"]
+    assert again.best["best_step"] == tiny_sweep.best["best_step"]
+
+
+def _own_loop(config, report):
+    """A user's own training loop: plain PyTorch on a few fixed blocks, checkpoints by save_pretrained."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    from tuner import builtin
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(builtin.tiny_gpt2_path())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"])
+    blocks = torch.randint(0, 200, (8, 16), generator=torch.Generator().manual_seed(0))
+    held_out = blocks[:2]
+    for step in range(1, 4):
+        loss = model(input_ids=blocks[2:], labels=blocks[2:]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():
+            eval_loss = model(input_ids=held_out, labels=held_out).loss.item()
+        path = tempfile.mkdtemp()
+        model.save_pretrained(path)
+        report({"eval_loss": eval_loss, "tokens_seen": step * 6 * 16, "step": step}, path)
+
+
+def test_a_users_own_training_loop_gets_the_same_search(ray_runtime, tmp_path):
+    result = run_sweep(TINY_PATH, trial_fn=_own_loop, overrides=[
+        "data.max_records=300", "scheduler=none", "search.num_samples=2", "search.baseline=null",
+        "promote.num_samples=1", f"storage={tmp_path / 'own'}"])
+    assert [row["status"] for row in result.leaderboard] == [C.COMPLETED, C.COMPLETED]
+    assert all(row["reports"] == 3 and row["tokens_seen"] == 288 for row in result.leaderboard)
+    assert result.best["best_step"] in (1, 2, 3)
+    assert result.paths["model"].joinpath("model.safetensors").exists()
+
+
+def test_a_time_budget_ends_the_search_and_promotes_the_best_so_far(ray_runtime, tmp_path):
+    result = run_sweep(TINY_PATH, overrides=[
+        "data.max_records=900", "train.report_every_tokens=4096", "search.num_samples=50",
+        "search.time_budget=30s", "scheduler=none", "promote.num_samples=1", f"storage={tmp_path / 'tb'}"])
+    statuses = [row["status"] for row in result.leaderboard]
+    assert len(statuses) < 50 and C.STOPPED_BUDGET in statuses
+    assert all(state in ("COMPLETE", "PRUNED", "FAIL") for state in (row["optuna_state"] for row in result.leaderboard))
+    assert result.paths["config"].exists()
