@@ -90,3 +90,11 @@ def test_status_and_export_of_a_finished_sweep(tiny_sweep):
     config = json.loads(exported.stdout)
     assert config["name"] == "tiny-test-best"
     assert config["origin"]["trial_id"] == tiny_sweep.best["trial_id"]
+
+
+def test_sweep_refuses_to_freeze_more_blocks_than_the_model_has(tmp_path):
+    path = write_spec(tmp_path, search__space__freeze_layers={"type": "int", "low": 0, "high": 3},
+                      search__baseline__freeze_layers=0, storage=str(tmp_path / "run"))
+    result = launch("sweep", str(path))
+    assert result.returncode == 2
+    assert "search.space.freeze_layers: up to 3 blocks frozen" in result.stderr and "at most 2" in result.stderr

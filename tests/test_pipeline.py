@@ -172,3 +172,11 @@ def test_a_time_budget_ends_the_search_and_promotes_the_best_so_far(ray_runtime,
     assert len(statuses) < 50 and C.STOPPED_BUDGET in statuses
     assert all(state in ("COMPLETE", "PRUNED", "FAIL") for state in (row["optuna_state"] for row in result.leaderboard))
     assert result.paths["config"].exists()
+
+
+def test_final_eval_says_whether_tuning_beat_the_baseline(tiny_sweep):
+    final = json.loads(tiny_sweep.paths["final_eval"].read_text())
+    baseline = final["baseline"]
+    record = next(r for r in load_records(tiny_sweep.sweep_dir) if r["trial_id"] == baseline["trial_id"])
+    assert record["params"]["learning_rate"] == pytest.approx(5e-5)  # the enqueued HF defaults
+    assert baseline["tuning_beat_baseline"] == (tiny_sweep.best["best_metric"] < record["best_metric"])

@@ -868,3 +868,9 @@ def test_regression_fractional_baseline_for_int_distribution():
 def test_integer_fields_read_yaml_exponent_strings():
     """YAML reads `1e6` as a string; an integral one is the integer the user meant."""
     assert validate(base(scheduler={"type": "asha", "max_t": "1e6"})).scheduler.max_t == 1_000_000
+
+
+def test_fp16_without_a_gpu_is_refused():
+    fails(base(train={"precision": "fp16"}), "train.precision: got 'fp16'", "needs a GPU")
+    spec = validate(base(train={"precision": "fp16"}, resources={"gpus_per_trial": 1}))
+    assert spec.train.precision == "fp16"

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from tuner import data, export, model, promote, results, space, sweep
 from tuner import constants as C
 from tuner.errors import UserError
-from tuner.spec import Spec, is_distribution, load_spec, to_yaml
+from tuner.spec import Spec, load_spec, to_yaml
 from tuner.trial import TrialContext
 
 log = logging.getLogger("tuner")
@@ -52,21 +52,25 @@ def resolve_spec(spec_or_path: Spec | str | Path | dict, overrides: list[str] | 
 
 def largest_batch(spec: Spec) -> int:
     """The most blocks one optimizer step can take: the largest batch times the largest accumulation."""
-    def largest(name: str) -> int:
-        entry = spec.search.space.get(name)
-        if is_distribution(entry):
-            return int(max(entry["choices"]) if entry["type"] == "categorical" else entry["high"])
-        return int(space.fixed_values(spec)[name])
-    return largest("per_device_train_batch_size") * largest("gradient_accumulation_steps")
+    return int(space.largest(spec, "per_device_train_batch_size")) * int(space.largest(spec, "gradient_accumulation_steps"))
 
 
 def check_model(spec: Spec) -> None:
-    """Checks that need the model's config: the block fits its position embeddings."""
+    """Checks that need the model's config: the block fits its positions, the frozen blocks exist."""
     config = model.load_config(spec.model.name_or_path, spec.model.revision)
+    problems = []
     limit = model.max_positions(config)
     if limit is not None and spec.data.block_size > limit:
-        raise UserError(f"data.block_size: got {spec.data.block_size}, but {spec.model.name_or_path} "
+        problems.append(f"data.block_size: got {spec.data.block_size}, but {spec.model.name_or_path} "
                         f"has {limit} positions; set data.block_size to at most {limit}")
+    blocks = getattr(config, "num_hidden_layers", None)
+    frozen = int(space.largest(spec, "freeze_layers"))
+    if blocks is not None and frozen > blocks:
+        where = "search.space.freeze_layers" if "freeze_layers" in spec.search.space else "model.freeze_layers"
+        problems.append(f"{where}: up to {frozen} blocks frozen, but {spec.model.name_or_path} has "
+                        f"{blocks}; freeze at most {blocks}")
+    if problems:
+        raise UserError("the model does not fit the spec:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | None = None,
@@ -101,6 +105,10 @@ def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | 
 
     metrics, samples, best_model = promote.final_evaluation(
         best["best_checkpoint"], ctx.model_path, prepared, spec.promote, spec.model.revision)
+    baseline = results.baseline_comparison(results.load_records(sweep_dir), spec.search.baseline, best,
+                                           spec.search.mode)
+    if baseline is not None:
+        metrics["baseline"] = baseline
     best_dir = export.write_best(spec, best, metrics, samples, best_model, prepared.tokenizer_path)
     final_eval = json.loads((best_dir / "final_eval.json").read_text())
     _summary(spec, best, final_eval, best_dir)
@@ -126,6 +134,11 @@ def _summary(spec: Spec, best: dict[str, Any], final: dict[str, Any], best_dir: 
     log.info("best trial %s: search %s %.4f at step %s; test perplexity %.2f%s",
              best["trial_id"], spec.search.metric, best["best_metric"], best["best_step"],
              final["perplexity"], base_text)
+    if "baseline" in final:
+        baseline = final["baseline"]
+        verdict = "beat" if baseline["tuning_beat_baseline"] else "did not beat"
+        log.info("tuning %s the baseline (trial %s, %s, search %s %s)", verdict, baseline["trial_id"],
+                 baseline["status"], spec.search.metric, baseline["search_metric"])
     log.info("results: %s (leaderboard.csv, best/config.yaml, best/model, best/final_eval.json)",
              spec.sweep_dir)
 

@@ -95,3 +95,26 @@ def best_records(sweep_dir: Path, mode: str) -> list[dict[str, Any]]:
     """Promotable trials with a checkpoint, best first. NaN or inf never wins."""
     records = [r for r in load_records(sweep_dir) if sort_key(r, mode)[0] == 0 and r.get("best_checkpoint")]
     return sorted(records, key=lambda r: sort_key(r, mode))
+
+
+def baseline_comparison(records: list[dict[str, Any]], baseline: dict[str, Any] | None,
+                        best: dict[str, Any], mode: str) -> dict[str, Any] | None:
+    """Did tuning beat the baseline trial (the one enqueued with `search.baseline`)?"""
+    if not baseline:
+        return None
+    match = next((r for r in records if _same_params(r.get("params", {}), baseline)), None)
+    if match is None:
+        return None
+    value = match.get("best_metric")
+    beaten = value is None or not math.isfinite(value) or (
+        best["best_metric"] < value if mode == "min" else best["best_metric"] > value)
+    return {"trial_id": match["trial_id"], "status": match["status"], "search_metric": value,
+            "tuning_beat_baseline": bool(beaten and best["trial_id"] != match["trial_id"])}
+
+
+def _same_params(params: dict[str, Any], baseline: dict[str, Any]) -> bool:
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+        return a == b
+    return all(same(params.get(k), v) for k, v in baseline.items())

@@ -67,11 +67,16 @@ def searched_names(spec: Spec) -> list[str]:
     return [name for name, entry in spec.search.space.items() if is_distribution(entry)]
 
 
-def max_epochs(spec: Spec) -> float:
-    """The largest epoch count any trial can get: it sets ASHA's max_t."""
-    entry = spec.search.space.get("num_train_epochs")
+def largest(spec: Spec, name: str) -> float:
+    """The largest value hyperparameter `name` can take in this sweep."""
+    entry = spec.search.space.get(name)
     if is_distribution(entry):
         if entry["type"] == "categorical":
-            return max(float(c) for c in entry["choices"])
-        return float(as_number(entry["high"]))
-    return float(fixed_values(spec)["num_train_epochs"])
+            return max(as_number(c) for c in entry["choices"])
+        return as_number(entry["high"])
+    return as_number(fixed_values(spec)[name])
+
+
+def max_epochs(spec: Spec) -> float:
+    """The largest epoch count any trial can get: it sets ASHA's max_t."""
+    return float(largest(spec, "num_train_epochs"))

@@ -393,6 +393,9 @@ def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
         _check_scheduler(spec.scheduler, problems)
     if spec.resources is not None:
         _check_resources(spec.resources, problems)
+        if spec.train is not None and spec.train.precision == "fp16" and spec.resources.gpus_per_trial == 0:
+            problems.append("train.precision: got 'fp16', but resources.gpus_per_trial is 0; fp16 "
+                            "training needs a GPU: use fp32 (or bf16) on CPU, or give trials GPUs")
     if spec.promote is not None:
         _check_promote(spec.promote, problems)
 
