@@ -1,7 +1,7 @@
 """tuner: hyperparameter search for fine-tuning causal language models.
 
     python launch.py sweep SPEC [--name NAME] [--set key.path=value ...] [--num-samples N] [--address ADDR]
-    python launch.py validate SPEC [--set key.path=value ...]
+    python launch.py validate SPEC [--set key.path=value ...] [--address ADDR]
     python launch.py status SWEEP_DIR
     python launch.py export SWEEP_DIR [--format yaml|json]
 
@@ -46,7 +46,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         prepared = json.loads(Path(meta).read_text())
         train_tokens = prepared["blocks"]["train"] * prepared["block_size"]
     print(to_yaml(spec, f"# resolved spec: {args.spec}\n"))
-    print("plan:\n  " + sweep.make_plan(spec, train_tokens).describe().replace("\n", "\n  "))
+    concurrency = None
+    if args.address:  # the plan against the live cluster: its nodes, GPUs and what fits
+        from tuner import cluster
+
+        sweep.init_ray(args.address)
+        nodes = cluster.inspect()
+        print(nodes.describe())
+        cluster.check(spec, nodes)
+        concurrency = cluster.concurrency(spec, nodes)
+    print("plan:\n  " + sweep.make_plan(spec, train_tokens, concurrency).describe().replace("\n", "\n  "))
     print(f"sweep directory: {spec.sweep_dir}")
     return 0
 
@@ -98,6 +107,7 @@ def parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a spec and print the plan; builds nothing")
     validate.add_argument("spec")
     validate.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    validate.add_argument("--address", help="also plan against this running Ray cluster")
     validate.set_defaults(run=cmd_validate)
 
     status = commands.add_parser("status", help="print a sweep's leaderboard (running or finished)")

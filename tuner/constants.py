@@ -17,6 +17,8 @@ REPORT_KEYS = (EVAL_LOSS, TRAIN_LOSS, LEARNING_RATE, EPOCH, STEP, TOKENS_SEEN, T
 # Extra keys on a report: how the trial stands after it.
 TRIAL_STATUS = "trial_status"  # "running" until the last report, then one of STATUSES
 FINAL = "final_report"  # True on the trial's own last report
+NODE_ID = "node_id"  # the Ray node(s) the trial ran on (nodes on one machine share an IP)
+GPU_IDS = "gpu_ids"  # the GPU ids Ray gave it: "node:ids", one entry per worker
 REPEAT = "repeat_report"  # True on a closing copy of the last report (not counted again)
 
 # ASHA compares trials after the same amount of data, whatever their batch size.

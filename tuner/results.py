@@ -16,7 +16,7 @@ from tuner.sweep import STUDY_DB, TRIALS_DIR
 
 FIRST = ("trial_id", "status", "rung")
 LAST = ("best_eval_loss", "best_metric", "best_step", "reports", "tokens_seen", "train_seconds",
-        "optuna_trial", "optuna_state", "log_file")
+        "node_id", "gpu_ids", "optuna_trial", "optuna_state", "log_file")
 
 
 def load_records(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -13,13 +13,16 @@ import json
 import logging
 import math
 import os
+import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from tuner import cluster
 from tuner import constants as C
 from tuner import space
+from tuner.distributed import CHECKPOINT_PATH
 from tuner.spec import Spec, parse_duration
 
 if TYPE_CHECKING:  # the training core imports transformers: load it only where trials run
@@ -30,6 +33,7 @@ log = logging.getLogger("tuner")
 TUNE_DIR = "tune"  # Ray Tune's experiment directory inside the sweep directory
 TRIALS_DIR = "trials"  # one JSON record per trial, written by TrialLedger
 LOGS_DIR = "logs"  # one log file per trial
+DRIVER_CPUS = 0.1  # what the Tune driver of a data-parallel trial holds; its workers hold the rest
 STUDY_DB = "optuna.db"
 # Our own progress lines replace Tune's tables; its snapshot warnings are about its own bookkeeping.
 QUIET_RAY = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
@@ -74,7 +78,8 @@ def asha_rungs(grace_period: int, max_t: int, reduction_factor: float) -> list[i
             if grace_period * reduction_factor ** k < max_t]
 
 
-def make_plan(spec: Spec, train_tokens: int | None) -> Plan:
+def make_plan(spec: Spec, train_tokens: int | None, concurrency: int | None = None) -> Plan:
+    """The sweep's budget; `concurrency` is what the live cluster allows, where it is known."""
     sched = spec.scheduler
     max_t = sched.max_t
     if max_t is None and train_tokens is not None:
@@ -85,13 +90,13 @@ def make_plan(spec: Spec, train_tokens: int | None) -> Plan:
                                           int(max_t / sched.reduction_factor ** 3))
         grace = min(grace, max_t)
         rungs = asha_rungs(grace, max_t, sched.reduction_factor)
-    concurrency = str(spec.search.max_concurrent_trials or "as many as the resources allow "
-                      f"({spec.resources.cpus_per_trial:g} CPU, {spec.resources.gpus_per_trial:g} GPU per trial)")
+    slots = str(concurrency or spec.search.max_concurrent_trials or "as many as the resources allow "
+                f"({spec.resources.cpus_per_trial:g} CPU, {spec.resources.gpus_per_trial:g} GPU per trial)")
     budget_tokens = budget_reports = None
     if max_t is not None:
         budget_tokens = spec.search.num_samples * max_t
         budget_reports = spec.search.num_samples * math.ceil(max_t / spec.train.report_every_tokens)
-    return Plan(spec.search.num_samples, concurrency, spec.train.report_every_tokens, max_t, grace,
+    return Plan(spec.search.num_samples, slots, spec.train.report_every_tokens, max_t, grace,
                 sched.reduction_factor, rungs, budget_tokens, budget_reports)
 
 
@@ -105,9 +110,13 @@ def tune_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
 
     from tuner.trial import run_trial, run_user_trial
 
+    from tuner.distributed import placement, placement_keys
+
+    where = placement_keys([placement()])
+
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report({**metrics, **where}, checkpoint=checkpoint)
 
     checkpoint = tune.get_checkpoint()
     with trial_log(ctx.spec.sweep_dir / LOGS_DIR / f"{tune.get_context().get_trial_id()}.log"):
@@ -267,6 +276,7 @@ def _ledger_class():
                     "reports": 0, "best_eval_loss": None, "best_metric": None, "best_step": None,
                     "best_checkpoint": None, "tokens_seen": 0, "train_seconds": 0.0, "rung": None,
                     "error": None, "log_file": str(self.dir.parent / LOGS_DIR / f"{trial.trial_id}.log"),
+                    C.NODE_ID: None, C.GPU_IDS: None, "started_at": None, "ended_at": None,
                     "trial_dir": str(trial.path), "history": []}
             return self.records[trial.trial_id]
 
@@ -279,6 +289,7 @@ def _ledger_class():
         def on_trial_start(self, iteration, trials, trial, **info):
             record = self._record(trial)
             record["status"] = C.RUNNING
+            record["started_at"] = time.time()
             self._write(record)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -294,20 +305,26 @@ def _ledger_class():
             if result.get(C.TRIAL_STATUS) != C.DIVERGED and not result.get(C.REPEAT):
                 record["reports"] += 1
                 record["history"].append({k: result.get(k) for k in C.REPORT_KEYS})
+            record[C.NODE_ID], record[C.GPU_IDS] = result.get(C.NODE_ID), result.get(C.GPU_IDS)
             record["tokens_seen"] = int(result.get(C.TOKENS_SEEN, 0))
             record["train_seconds"] = float(result.get("time_total_s", 0.0))
             record["pending_value"] = value
+            if result.get(CHECKPOINT_PATH):  # a data-parallel trial: Train stored the checkpoint
+                self._checkpointed(record, result, result[CHECKPOINT_PATH])
             self._write(record)
 
         def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
             record = self._record(trial)
+            self._checkpointed(record, trial.last_result, checkpoint.path)
+            self._write(record)
+
+        def _checkpointed(self, record: dict[str, Any], result: dict[str, Any], path: str) -> None:
+            """A checkpoint was kept for the last report: is it the trial's best?"""
             value = record.pop("pending_value", None)
             if value is not None and math.isfinite(value) and (
                     record["best_metric"] is None or self.sign * value < self.sign * record["best_metric"]):
-                last = trial.last_result
-                record.update(best_metric=value, best_eval_loss=last.get(C.EVAL_LOSS),
-                              best_step=last.get(C.STEP), best_checkpoint=checkpoint.path)
-            self._write(record)
+                record.update(best_metric=value, best_eval_loss=result.get(C.EVAL_LOSS),
+                              best_step=result.get(C.STEP), best_checkpoint=path)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._finish(trial, classify(trial.last_result, error=False), trials)
@@ -320,6 +337,7 @@ def _ledger_class():
         def _finish(self, trial, status: str, trials) -> None:
             record = self._record(trial)
             record["status"] = status
+            record["ended_at"] = time.time()
             record.pop("pending_value", None)
             self._write(record)
             self.say(self._progress(trial.trial_id, record, trials))
@@ -363,6 +381,22 @@ def init_ray(address: str | None) -> bool:
     return True
 
 
+def _trainable(spec: Spec, ctx: TrialContext):
+    """The Tune trainable with its resources: a single-process trial holds its CPUs and GPU share;
+    a data-parallel trial's driver holds almost nothing, its Train workers hold the GPUs."""
+    from dataclasses import replace
+
+    from ray import tune
+
+    if cluster.workers(spec) > 1:
+        from tuner.distributed import ddp_trainable
+
+        ctx = replace(ctx, workers_have_cuda=cluster.workers_have_cuda())
+        return tune.with_resources(tune.with_parameters(ddp_trainable, ctx=ctx), {"cpu": DRIVER_CPUS})
+    return tune.with_resources(tune.with_parameters(tune_trainable, ctx=ctx),
+                               {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial})
+
+
 def run_search(spec: Spec, ctx: TrialContext, plan: Plan, address: str | None = None,
                say: Callable[[str], None] = log.info) -> None:
     """Run the search to its end (all trials, the time budget, or Ctrl-C)."""
@@ -377,16 +411,18 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, address: str | None = 
     sweep_dir = spec.sweep_dir
     started = init_ray(address)
     try:
-        trainable = tune.with_resources(
-            tune.with_parameters(tune_trainable, ctx=ctx),
-            {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial})
+        nodes = cluster.inspect()
+        cluster.check(spec, nodes)
+        limit = cluster.concurrency(spec, nodes)
+        say(f"{nodes.describe()}\nconcurrent trials: {limit or 'as many as the CPUs allow'}")
+        trainable = _trainable(spec, ctx)
         budget = parse_duration(spec.search.time_budget) if spec.search.time_budget else None
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(spec, sweep_dir), scheduler=_scheduler(spec, plan),
                 num_samples=spec.search.num_samples,
-                max_concurrent_trials=spec.search.max_concurrent_trials, time_budget_s=budget,
+                max_concurrent_trials=limit, time_budget_s=budget,
                 reuse_actors=True, trial_dirname_creator=lambda trial: trial.trial_id),
             run_config=tune.RunConfig(
                 name=TUNE_DIR, storage_path=str(sweep_dir), verbose=0,

@@ -37,6 +37,7 @@ class TrialContext:
     model_path: str  # what from_pretrained takes for the base model
     max_t: int | None = None  # ASHA's max_t in tokens: a trial reaching it has completed
     trial_fn: Callable | None = None  # the user's own training loop, in place of `run_trial`
+    workers_have_cuda: bool = False  # data-parallel trials use nccl when true, else gloo
 
 
 def training_arguments(spec: Spec, hyper: dict[str, Any], output_dir: str | Path):
