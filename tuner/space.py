@@ -6,16 +6,19 @@ defaults fill in the rest, so every trial sees one complete set of hyperparamete
 
 from __future__ import annotations
 
-from typing import Any
-
-import optuna.distributions as od
+from typing import TYPE_CHECKING, Any
 
 from tuner.constants import HYPERPARAMETER_DEFAULTS
 from tuner.spec import RULES, SEARCHABLE, Spec, as_number, is_distribution
 
+if TYPE_CHECKING:  # Optuna is needed to search, not to train: trials import this module too
+    import optuna.distributions as od
+
 
 def to_distribution(name: str, entry: dict[str, Any]) -> od.BaseDistribution:
     """One validated space entry → its Optuna distribution."""
+    import optuna.distributions as od
+
     kind = entry["type"]
     if kind == "categorical":
         return od.CategoricalDistribution(entry["choices"])
