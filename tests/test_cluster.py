@@ -38,8 +38,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+CACHE = Path(tempfile.mkdtemp(prefix="tuner-cluster-cache-"))  # the nodes' and drivers' TUNER_CACHE
+
+
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1", **extra}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1", "TUNER_CACHE": str(CACHE),
+           **extra}
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -62,7 +66,7 @@ def cluster():
     second = subprocess.Popen([RAY, "start", "--address", address, "--temp-dir", temps[1], *common], env=_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_nodes(address, 2)
-    yield {"address": address, "dashboard": f"http://127.0.0.1:{dashboard}"}
+    yield {"address": address, "dashboard": f"http://127.0.0.1:{dashboard}", "cache": CACHE}
     for process in (second, head):
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
@@ -127,6 +131,28 @@ def test_a_data_parallel_trial_trains_reports_and_checkpoints_as_one_trial(clust
     assert (Path(record["best_checkpoint"]) / "model.safetensors").exists()
     final = json.loads((tmp_path / "sweep" / "best" / "final_eval.json").read_text())
     assert final["trial_id"] == record["trial_id"] and final["perplexity"] > 0
+
+
+def test_bucket_storage_checkpoints_to_the_bucket_and_nodes_read_local_data(cluster, tmp_path):
+    bucket = tmp_path / "bucket"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "sweep", str(ROOT / "search_spaces" / "tiny.yaml"),
+         "--address", cluster["address"], "--name", "bucket-test", "--num-samples", "4",
+         "--set", f"storage=file://{bucket}", "--set", "resources.gpus_per_trial=1",
+         "--set", "resources.cpus_per_trial=0.5", *SMALL],
+        env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    local = tmp_path / "runs" / "bucket-test"  # the driver's own files
+    records = load_records(local)
+    assert len(records) == 4 and len({r[C.NODE_ID] for r in records}) == 2
+    for record in records:
+        assert record["best_checkpoint"].startswith(f"file://{bucket}/tune/")
+    fingerprint = next((local / "data").iterdir()).name
+    assert (bucket / "data" / fingerprint / "prepared.json").exists()  # written to storage once
+    copies = list((cluster["cache"] / "data").glob(f"{fingerprint}*"))
+    assert [c.name for c in copies] == [fingerprint]  # one node-local copy on this machine
+    for name in ("optuna.db", "leaderboard.csv", "best/config.yaml", "trials"):
+        assert (bucket / name).exists(), name  # the results are in the bucket too
 
 
 def test_validate_prints_the_plan_against_the_live_cluster(cluster):

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from tuner import constants as C
-from tuner import sweep
+from tuner import storage, sweep
 from tuner.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_optuna_learns_how_each_trial_really_ended(spec, tmp_path, status, error
     searcher.on_trial_result("t1", _report(1000, 5.0))
     last = _report(2000, math.nan if status == C.DIVERGED else 4.5, status)
     searcher.on_trial_complete("t1", result=None if error else last, error=error)
-    trial, = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{tmp_path / sweep.STUDY_DB}").trials
+    trial, = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{storage.local_study(tmp_path)}").trials
     assert trial.state == state
     assert trial.user_attrs["ray_trial_id"] == "t1"
     if state == optuna.trial.TrialState.PRUNED:
@@ -90,7 +90,7 @@ def test_a_completed_trial_is_valued_at_its_best_report(spec, tmp_path):
     for tokens, loss in [(1000, 5.0), (2000, 4.2)]:
         searcher.on_trial_result("t1", _report(tokens, loss))
     searcher.on_trial_complete("t1", result=_report(3000, 4.4, C.COMPLETED, final=True))
-    trial, = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{tmp_path / sweep.STUDY_DB}").trials
+    trial, = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{storage.local_study(tmp_path)}").trials
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.value == 4.2
     assert trial.intermediate_values == {1000: 5.0, 2000: 4.2, 3000: 4.4}

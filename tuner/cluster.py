@@ -61,6 +61,44 @@ def workers_have_cuda() -> bool:
     return bool(ray.get(probe.remote()))
 
 
+def probe_storage(location: str, cluster: Cluster) -> None:
+    """Is `location` shared? The driver writes a marker; a task pinned to every node reads it back.
+
+    Decided by a probe, not by the path's shape: `/mnt/x` may be NFS on one cluster and a local disk
+    on another. Only a multi-node cluster is probed; one node always sees its own disk."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from tuner import storage
+
+    if len(cluster.nodes) < 2:
+        return
+    marker, token = storage.join(location, ".tuner-probe"), uuid.uuid4().hex
+    storage.write_text(marker, token)
+
+    @ray.remote(num_cpus=0)
+    def read(path: str) -> str | None:
+        from tuner import storage
+
+        try:
+            return storage.read_text(path)
+        except (OSError, FileNotFoundError):
+            return None
+
+    seen = ray.get([read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False))
+                    .remote(marker) for n in cluster.nodes])
+    refuse_unshared(location, [n.node_id for n, got in zip(cluster.nodes, seen) if got != token])
+
+
+def refuse_unshared(location: str, blind: list[str]) -> None:
+    if blind:
+        raise UserError(f"storage: {location!r} is not shared: node(s) {', '.join(b[:12] for b in blind)} "
+                        "cannot read what the driver wrote there. Set storage to s3://bucket/path, "
+                        "gs://bucket/path, or a path on a filesystem every node mounts (e.g. NFS)")
+
+
 def workers(spec: Spec) -> int:
     """Processes per trial: more than one GPU per trial means data-parallel, one worker per GPU."""
     gpus = spec.resources.gpus_per_trial

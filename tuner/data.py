@@ -18,7 +18,7 @@ import os
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,19 @@ class Prepared:
     blocks: dict[str, int]  # full blocks per split (test: plus one partial block where there is one)
     tokens: dict[str, int]  # tokens per split
     records: dict[str, int]  # records per split after cleaning
+    shared: str | None = None  # the prepared directory on storage every node reaches
 
     def train_tokens(self) -> int:
         return self.blocks["train"] * self.block_size
+
+    def on_this_node(self) -> "Prepared":
+        """A copy that reads from this node's local cache (copied there once from storage)."""
+        from tuner import storage
+
+        if self.shared is None:
+            return self
+        local = storage.node_copy(self.shared, self.fingerprint)
+        return replace(self, path=str(local / "arrow"), tokenizer_path=str(local / "tokenizer"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from tuner import constants as C
+from tuner import storage
 from tuner.trial import TrialContext
 
 TRAIN_DIR = "train"  # Ray Train's runs inside the sweep directory, one per trial
@@ -39,7 +40,9 @@ def train_worker(config: dict[str, Any]) -> None:
 
     import torch
 
-    ctx: TrialContext = config["ctx"]
+    from tuner.sweep import on_this_node
+
+    ctx: TrialContext = on_this_node(config["ctx"])
     if not torch.cuda.is_available():  # GPUs only declared (a test cluster): train on the CPU
         os.environ["ACCELERATE_TORCH_DEVICE"] = "cpu"  # Train set it to the GPU it assigned
     rank = ray.train.get_context().get_world_rank()
@@ -80,11 +83,14 @@ def ddp_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         # nccl needs CUDA on the workers; a cluster whose GPUs are only declared trains with gloo.
         torch_config=TorchConfig(backend="nccl" if ctx.workers_have_cuda else "gloo"),
         run_config=ray.train.RunConfig(
-            name=tune.get_context().get_trial_id(), storage_path=str(spec.sweep_dir / TRAIN_DIR),
+            name=tune.get_context().get_trial_id(), storage_path=storage.join(spec.location, TRAIN_DIR),
             failure_config=ray.train.FailureConfig(max_failures=2),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=spec.search.metric,
                 checkpoint_score_order=spec.search.mode),
             callbacks=[TuneReportCallback()]),
     )
-    trainer.fit()
+    from tuner.sweep import LOGS_DIR, trial_log
+
+    with trial_log(spec.sweep_dir / LOGS_DIR / f"{tune.get_context().get_trial_id()}.log"):
+        trainer.fit()  # the workers' own output stays in Ray's worker logs on their nodes

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from tuner import data, export, model, promote, results, space, sweep
+from tuner import data, export, model, promote, results, space, storage, sweep
 from tuner import constants as C
 from tuner.errors import UserError
 from tuner.spec import Spec, load_spec, to_yaml
@@ -85,13 +85,14 @@ def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | 
     _quiet_libraries()
     spec = resolve_spec(spec_or_path, overrides, name, num_samples)
     sweep_dir = spec.sweep_dir
-    spec.storage = str(sweep_dir)  # absolute: trials run in other working directories
+    if not storage.is_uri(spec.storage):
+        spec.storage = str(sweep_dir)  # absolute: trials run in other working directories
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / SPEC_FILE).write_text(to_yaml(spec))
     log.info("sweep %s: %s", spec.name, sweep_dir)
 
     check_model(spec)
-    prepared = data.prepare(spec, sweep_dir)
+    prepared = publish(spec, data.prepare(spec, sweep_dir))
     data.check_prepared(spec, prepared, largest_batch(spec))
     plan = sweep.make_plan(spec, prepared.train_tokens())
     log.info("plan:\n  %s", plan.describe().replace("\n", "\n  "))
@@ -104,18 +105,43 @@ def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | 
     best = _promotable(sweep_dir, spec)
 
     metrics, samples, best_model = promote.final_evaluation(
-        best["best_checkpoint"], ctx.model_path, prepared, spec.promote, spec.model.revision)
+        fetch(best["best_checkpoint"], sweep_dir / "promoted" / best["trial_id"]), ctx.model_path,
+        prepared, spec.promote, spec.model.revision)
     baseline = results.baseline_comparison(results.load_records(sweep_dir), spec.search.baseline, best,
                                            spec.search.mode)
     if baseline is not None:
         metrics["baseline"] = baseline
     best_dir = export.write_best(spec, best, metrics, samples, best_model, prepared.tokenizer_path)
     final_eval = json.loads((best_dir / "final_eval.json").read_text())
+    if storage.is_uri(spec.location):  # the bucket gets the driver's files too: results in one place
+        for name in (SPEC_FILE, sweep.TRIALS_DIR, sweep.LOGS_DIR, sweep.STUDY_DB, "leaderboard.csv", export.BEST_DIR):
+            if (sweep_dir / name).exists():
+                storage.upload(sweep_dir / name, storage.join(spec.location, name))
     _summary(spec, best, final_eval, best_dir)
     return SweepResult(sweep_dir, board, best, final_eval, {
         "leaderboard": sweep_dir / "leaderboard.csv", "best": best_dir,
         "config": best_dir / "config.yaml", "model": best_dir / "model",
         "final_eval": best_dir / "final_eval.json", "samples": best_dir / "samples.jsonl"})
+
+
+def publish(spec: Spec, prepared: data.Prepared) -> data.Prepared:
+    """Put the prepared data where every node reaches it (once), and say where."""
+    local = Path(prepared.path).parent
+    if not storage.is_uri(spec.location):
+        return replace(prepared, shared=str(local))
+    remote = storage.join(spec.location, "data", prepared.fingerprint)
+    if not storage.exists(storage.join(remote, "prepared.json")):
+        log.info("data: uploading the prepared data to %s", remote)
+        storage.upload(local, remote)
+    return replace(prepared, shared=remote)
+
+
+def fetch(checkpoint: str, local: Path) -> str:
+    """A local directory holding `checkpoint` (downloaded when it lives in a bucket)."""
+    if not storage.is_uri(checkpoint):
+        return checkpoint
+    storage.download(checkpoint, local)
+    return str(local)
 
 
 def _promotable(sweep_dir: Path, spec: Spec) -> dict[str, Any]:

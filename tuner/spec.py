@@ -153,13 +153,20 @@ class Spec:
     search: SearchSpec = field(default_factory=SearchSpec)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
-    storage: str | None = None  # the sweep directory; default runs/<name>
+    storage: str | None = None  # a path every node shares, or s3:// / gs://; default runs/<name>
     promote: PromoteSpec = field(default_factory=PromoteSpec)
     origin: OriginSpec | None = None
 
     @property
     def sweep_dir(self) -> Path:
-        return Path(self.storage or f"runs/{self.name}").expanduser().resolve()
+        """The driver's own directory for the sweep: the storage path, or runs/<name> for a bucket."""
+        local = f"runs/{self.name}" if self.storage is None or "://" in self.storage else self.storage
+        return Path(local).expanduser().resolve()
+
+    @property
+    def location(self) -> str:
+        """Where every node finds checkpoints and data: the bucket URI, or the sweep directory."""
+        return self.storage if self.storage and "://" in self.storage else str(self.sweep_dir)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -398,6 +405,11 @@ def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
                             "training needs a GPU: use fp32 (or bf16) on CPU, or give trials GPUs")
     if spec.promote is not None:
         _check_promote(spec.promote, problems)
+    if isinstance(spec.storage, str) and "://" in spec.storage:
+        scheme = spec.storage.split("://", 1)[0]
+        if scheme not in ("s3", "gs", "file"):
+            problems.append(f"storage: got {spec.storage!r}; use s3://bucket/path, gs://bucket/path, or a "
+                            "path on a filesystem every node mounts")
 
 
 def _check_name(spec: Spec, problems: list[str]) -> None:

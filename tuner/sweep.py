@@ -15,13 +15,13 @@ import math
 import os
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from tuner import cluster
 from tuner import constants as C
-from tuner import space
+from tuner import space, storage
 from tuner.distributed import CHECKPOINT_PATH
 from tuner.spec import Spec, parse_duration
 
@@ -34,7 +34,7 @@ TUNE_DIR = "tune"  # Ray Tune's experiment directory inside the sweep directory
 TRIALS_DIR = "trials"  # one JSON record per trial, written by TrialLedger
 LOGS_DIR = "logs"  # one log file per trial
 DRIVER_CPUS = 0.1  # what the Tune driver of a data-parallel trial holds; its workers hold the rest
-STUDY_DB = "optuna.db"
+STUDY_DB = storage.STUDY_DB  # the copy in the sweep directory; the live study is on the driver's disk
 # Our own progress lines replace Tune's tables; its snapshot warnings are about its own bookkeeping.
 QUIET_RAY = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 
@@ -118,6 +118,7 @@ def tune_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report({**metrics, **where}, checkpoint=checkpoint)
 
+    ctx = on_this_node(ctx)
     checkpoint = tune.get_checkpoint()
     with trial_log(ctx.spec.sweep_dir / LOGS_DIR / f"{tune.get_context().get_trial_id()}.log"):
         if ctx.trial_fn is not None:
@@ -127,6 +128,15 @@ def tune_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         else:
             with checkpoint.as_directory() as resume_from:
                 run_trial(config, ctx, report, resume_from=resume_from)
+
+
+def on_this_node(ctx: TrialContext) -> TrialContext:
+    """Trials away from the driver's node read a node-local copy of the prepared data."""
+    import ray
+
+    if ctx.driver_node is None or ray.get_runtime_context().get_node_id() == ctx.driver_node:
+        return ctx
+    return replace(ctx, prepared=ctx.prepared.on_this_node())
 
 
 @contextlib.contextmanager
@@ -229,11 +239,11 @@ def _searcher(spec: Spec, sweep_dir: Path):
     distributions = space.distributions(spec)
     if not distributions:
         return None  # a fixed config (e.g. an exported best): nothing to sample
-    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / STUDY_DB}")
+    study = optuna.storages.RDBStorage(f"sqlite:///{storage.local_study(sweep_dir)}")
     baseline = [dict(spec.search.baseline)] if spec.search.baseline else None
     return _optuna_search_class()(
         space=distributions, metric=spec.search.metric, mode=spec.search.mode,
-        points_to_evaluate=baseline, sampler=_sampler(spec), study_name=spec.name, storage=storage)
+        points_to_evaluate=baseline, sampler=_sampler(spec), study_name=spec.name, storage=study)
 
 
 def _scheduler(spec: Spec, plan: Plan):
@@ -261,12 +271,23 @@ def _ledger_class():
         into the result itself, so the searcher reads the same status.
         """
 
-        def __init__(self, sweep_dir: Path, plan: Plan, metric: str, mode: str, say: Callable[[str], None]):
+        def __init__(self, spec: Spec, plan: Plan, say: Callable[[str], None]):
+            sweep_dir, metric, mode = spec.sweep_dir, spec.search.metric, spec.search.mode
+            self.scheme = storage.scheme(spec.location)
             self.dir = sweep_dir / TRIALS_DIR
             self.dir.mkdir(parents=True, exist_ok=True)
             self.plan, self.metric, self.sign = plan, metric, 1 if mode == "min" else -1
             self.say = say
             self.records: dict[str, dict[str, Any]] = {}
+
+        def get_state(self) -> None:
+            """Called by Tune at every experiment checkpoint: the study's copy goes with it."""
+            storage.copy_study(storage.local_study(self.dir.parent), self.dir.parent / STUDY_DB)
+            return None
+
+        def _uri(self, path: str) -> str:
+            """Ray gives checkpoint paths without the bucket's scheme."""
+            return f"{self.scheme}://{path}" if self.scheme and "://" not in path else path
 
         def _record(self, trial) -> dict[str, Any]:
             if trial.trial_id not in self.records:
@@ -310,12 +331,12 @@ def _ledger_class():
             record["train_seconds"] = float(result.get("time_total_s", 0.0))
             record["pending_value"] = value
             if result.get(CHECKPOINT_PATH):  # a data-parallel trial: Train stored the checkpoint
-                self._checkpointed(record, result, result[CHECKPOINT_PATH])
+                self._checkpointed(record, result, self._uri(result[CHECKPOINT_PATH]))
             self._write(record)
 
         def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
             record = self._record(trial)
-            self._checkpointed(record, trial.last_result, checkpoint.path)
+            self._checkpointed(record, trial.last_result, self._uri(checkpoint.path))
             self._write(record)
 
         def _checkpointed(self, record: dict[str, Any], result: dict[str, Any], path: str) -> None:
@@ -384,8 +405,6 @@ def init_ray(address: str | None) -> bool:
 def _trainable(spec: Spec, ctx: TrialContext):
     """The Tune trainable with its resources: a single-process trial holds its CPUs and GPU share;
     a data-parallel trial's driver holds almost nothing, its Train workers hold the GPUs."""
-    from dataclasses import replace
-
     from ray import tune
 
     if cluster.workers(spec) > 1:
@@ -413,6 +432,8 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, address: str | None = 
     try:
         nodes = cluster.inspect()
         cluster.check(spec, nodes)
+        cluster.probe_storage(spec.location, nodes)
+        ctx = replace(ctx, driver_node=ray.get_runtime_context().get_node_id())
         limit = cluster.concurrency(spec, nodes)
         say(f"{nodes.describe()}\nconcurrent trials: {limit or 'as many as the CPUs allow'}")
         trainable = _trainable(spec, ctx)
@@ -425,11 +446,11 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, address: str | None = 
                 max_concurrent_trials=limit, time_budget_s=budget,
                 reuse_actors=True, trial_dirname_creator=lambda trial: trial.trial_id),
             run_config=tune.RunConfig(
-                name=TUNE_DIR, storage_path=str(sweep_dir), verbose=0,
+                name=TUNE_DIR, storage_path=spec.location, verbose=0,
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=1, checkpoint_score_attribute=spec.search.metric,
                     checkpoint_score_order=spec.search.mode),
-                callbacks=[_ledger_class()(sweep_dir, plan, spec.search.metric, spec.search.mode, say)]),
+                callbacks=[_ledger_class()(spec, plan, say)]),
         )
         try:
             tuner.fit()
@@ -452,11 +473,13 @@ def close_unfinished(sweep_dir: Path, study_name: str) -> None:
             record["status"] = C.STOPPED_BUDGET
             record.pop("pending_value", None)
             path.write_text(json.dumps(record, indent=1, default=str))
-    if not (sweep_dir / STUDY_DB).exists():
+    local = storage.local_study(sweep_dir)
+    if not local.exists():
         return
-    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{sweep_dir / STUDY_DB}")
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{local}")
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if "ray_trial_id" not in trial.user_attrs:
             continue
         state = optuna.trial.TrialState.PRUNED if trial.intermediate_values else optuna.trial.TrialState.FAIL
         study.tell(trial.number, state=state)
+    storage.copy_study(local, sweep_dir / STUDY_DB)

@@ -38,6 +38,7 @@ class TrialContext:
     max_t: int | None = None  # ASHA's max_t in tokens: a trial reaching it has completed
     trial_fn: Callable | None = None  # the user's own training loop, in place of `run_trial`
     workers_have_cuda: bool = False  # data-parallel trials use nccl when true, else gloo
+    driver_node: str | None = None  # the Ray node that prepared the data; others copy it locally
 
 
 def training_arguments(spec: Spec, hyper: dict[str, Any], output_dir: str | Path):
