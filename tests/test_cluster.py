@@ -42,8 +42,10 @@ CACHE = Path(tempfile.mkdtemp(prefix="tuner-cluster-cache-"))  # the nodes' and 
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1", "TUNER_CACHE": str(CACHE),
-           **extra}
+    # The venv's bin first on PATH, as for a user with it activated: job entrypoints run `python`.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1",
+           "TUNER_CACHE": str(CACHE), **extra}
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -66,6 +68,7 @@ def cluster():
     second = subprocess.Popen([RAY, "start", "--address", address, "--temp-dir", temps[1], *common], env=_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_nodes(address, 2)
+    _wait_for_job_agent(f"http://127.0.0.1:{dashboard}")
     yield {"address": address, "dashboard": f"http://127.0.0.1:{dashboard}", "cache": CACHE}
     for process in (second, head):
         process.send_signal(signal.SIGTERM)
@@ -83,6 +86,17 @@ def _wait_for_nodes(address: str, count: int) -> None:
             return
         time.sleep(2)
     raise RuntimeError(f"the cluster at {address} never had {count} nodes")
+
+
+def _wait_for_job_agent(dashboard: str) -> None:
+    """The head's job agent registers a little after the node: submit a no-op job until it takes it."""
+    for _ in range(60):
+        result = subprocess.run([RAY, "job", "submit", "--address", dashboard, "--", "true"], env=_env(),
+                                capture_output=True, text=True)
+        if result.returncode == 0:
+            return
+        time.sleep(2)
+    raise RuntimeError(f"the job server at {dashboard} never took a job")
 
 
 def sweep(cluster, tmp_path: Path, gpus: float, samples: int, *extra: str) -> subprocess.CompletedProcess:

@@ -273,7 +273,7 @@ def _ledger_class():
 
         def __init__(self, spec: Spec, plan: Plan, say: Callable[[str], None]):
             sweep_dir, metric, mode = spec.sweep_dir, spec.search.metric, spec.search.mode
-            self.scheme = storage.scheme(spec.location)
+            self.location, self.scheme = spec.location, storage.scheme(spec.location)
             self.dir = sweep_dir / TRIALS_DIR
             self.dir.mkdir(parents=True, exist_ok=True)
             self.plan, self.metric, self.sign = plan, metric, 1 if mode == "min" else -1
@@ -282,7 +282,7 @@ def _ledger_class():
 
         def get_state(self) -> None:
             """Called by Tune at every experiment checkpoint: the study's copy goes with it."""
-            storage.copy_study(storage.local_study(self.dir.parent), self.dir.parent / STUDY_DB)
+            copy_study_to_storage(self.dir.parent, self.location)
             return None
 
         def _uri(self, path: str) -> str:
@@ -457,9 +457,18 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, address: str | None = 
         except KeyboardInterrupt:
             say("interrupted: stopping the running trials; the best so far is promoted")
         close_unfinished(sweep_dir, spec.name)
+        copy_study_to_storage(sweep_dir, spec.location)
     finally:
         if started:
             ray.shutdown()
+
+
+def copy_study_to_storage(sweep_dir: Path, location: str) -> None:
+    """A consistent copy of the live study into the sweep directory and, for a bucket, the bucket."""
+    copy = sweep_dir / STUDY_DB
+    storage.copy_study(storage.local_study(sweep_dir), copy)
+    if copy.exists() and storage.is_uri(location):
+        storage.upload(copy, storage.join(location, STUDY_DB))
 
 
 def close_unfinished(sweep_dir: Path, study_name: str) -> None:
@@ -482,4 +491,3 @@ def close_unfinished(sweep_dir: Path, study_name: str) -> None:
             continue
         state = optuna.trial.TrialState.PRUNED if trial.intermediate_values else optuna.trial.TrialState.FAIL
         study.tell(trial.number, state=state)
-    storage.copy_study(local, sweep_dir / STUDY_DB)
