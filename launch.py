@@ -4,6 +4,7 @@
     python launch.py validate SPEC [--set key.path=value ...] [--address ADDR]
     python launch.py status SWEEP_DIR
     python launch.py export SWEEP_DIR [--format yaml|json]
+    python launch.py sync SWEEP_DIR [--dry-run]
 
 `sweep` runs the whole pipeline: spec → prepared data → Optuna + ASHA on Ray Tune → leaderboard →
 final evaluation of the best checkpoint → export. Bad input exits with code 2 and one message.
@@ -61,7 +62,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from tuner import results
+    from tuner import results, tracking
     from tuner.pipeline import load_sweep_spec
 
     spec = load_sweep_spec(args.sweep_dir)
@@ -70,6 +71,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(results.format_table(rows))
     for row in rows:
         print(f"  {row['trial_id']}: log {row['log_file']}")
+    offline = tracking.offline_runs(args.sweep_dir)
+    if offline:
+        print(f"W&B: {len(offline)} offline runs in {tracking.WANDB_DIR}/; upload them with "
+              f"`python launch.py sync {args.sweep_dir}`")
     return 0
 
 
@@ -84,6 +89,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError(f"{args.sweep_dir}: no best config yet; the sweep exports one when it ends")
     print(read_best_config(args.sweep_dir, args.format), end="")
     return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Upload the sweep's offline W&B runs, once a key is available."""
+    from pathlib import Path
+
+    from tuner import tracking
+    from tuner.pipeline import load_sweep_spec
+
+    spec = load_sweep_spec(args.sweep_dir)
+    return tracking.sync(Path(args.sweep_dir), spec.tracking.wandb, dry_run=args.dry_run)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,12 +134,21 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("sweep_dir")
     export.add_argument("--format", choices=("yaml", "json"), default="yaml")
     export.set_defaults(run=cmd_export)
+
+    sync = commands.add_parser("sync", help="upload a sweep's offline W&B runs")
+    sync.add_argument("sweep_dir")
+    sync.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
+    sync.set_defaults(run=cmd_sync)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s")
     logging.getLogger("tuner").setLevel(logging.INFO)
+    from tuner.secret import RedactingFilter
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     try:
         args = parser().parse_args(argv)
         return args.run(args)

@@ -11,6 +11,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "search_spaces" / "tiny.yaml"
 
+# Sentinel secrets for the whole session, set before any Ray runtime starts so every trial process
+# has them too: tests assert they never reach a file. W&B stays offline (nothing is uploaded).
+SENTINEL_WANDB_KEY = "SENTINELwandbkey0000aaaa1111bbbb2222cccc"
+SENTINEL_HF_TOKEN = "SENTINELhftoken0000dddd3333eeee"
+os.environ["WANDB_API_KEY"] = SENTINEL_WANDB_KEY
+os.environ["HF_TOKEN"] = SENTINEL_HF_TOKEN
+os.environ["WANDB_MODE"] = "offline"
+
 # Small enough for 2 cores, big enough that ASHA has rungs to stop trials at.
 SWEEP_OVERRIDES = [
     "data.max_records=900",
@@ -20,6 +28,7 @@ SWEEP_OVERRIDES = [
     "search.n_startup_trials=3",
     "search.space.num_train_epochs={type: int, low: 1, high: 2}",
     "promote.num_samples=2",
+    "tracking.wandb.mode=offline",
 ]
 
 

@@ -59,13 +59,17 @@ def cluster():
     port, dashboard = _free_port(), _free_port()
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--num-gpus", "2",
               "--disable-usage-stats", "--block"]
-    head = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--temp-dir", temps[0],
+    # Each node's agent on its own HTTP port: the default (52365) may be held by another Ray on this
+    # machine, and an agent without its port leaves the head unable to take jobs.
+    agents = [["--dashboard-agent-listen-port", str(_free_port())] for _ in range(2)]
+    head = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--temp-dir", temps[0], *agents[0],
                              "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                              "--dashboard-port", str(dashboard), *common],
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     _wait_for_nodes(address, 1)
-    second = subprocess.Popen([RAY, "start", "--address", address, "--temp-dir", temps[1], *common], env=_env(),
+    second = subprocess.Popen([RAY, "start", "--address", address, "--temp-dir", temps[1], *agents[1], *common],
+                              env=_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_nodes(address, 2)
     _wait_for_job_agent(f"http://127.0.0.1:{dashboard}")
@@ -90,9 +94,10 @@ def _wait_for_nodes(address: str, count: int) -> None:
 
 def _wait_for_job_agent(dashboard: str) -> None:
     """The head's job agent registers a little after the node: submit a no-op job until it takes it."""
-    for _ in range(60):
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
         result = subprocess.run([RAY, "job", "submit", "--address", dashboard, "--", "true"], env=_env(),
-                                capture_output=True, text=True)
+                                capture_output=True, text=True, timeout=120)
         if result.returncode == 0:
             return
         time.sleep(2)

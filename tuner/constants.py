@@ -12,6 +12,7 @@ EPOCH = "epoch"
 STEP = "step"
 TOKENS_SEEN = "tokens_seen"
 TOKENS_PER_S = "tokens_per_s"
+GPU_MEMORY_MB = "gpu_memory_mb"  # peak GPU memory of the trial so far, on GPU only
 REPORT_KEYS = (EVAL_LOSS, TRAIN_LOSS, LEARNING_RATE, EPOCH, STEP, TOKENS_SEEN, TOKENS_PER_S)
 
 # Extra keys on a report: how the trial stands after it.

@@ -174,9 +174,12 @@ def _data_files(pattern: str) -> list[str]:
     return files
 
 
-def load_source(data: DataSpec) -> dict[str, list[str]]:
-    """The source's records as texts, by the source's own split names (one `train` for files)."""
+def load_source(data: DataSpec, token_env: str | None = None) -> dict[str, list[str]]:
+    """The source's records as texts, by the source's own split names (one `train` for files).
+    A hub dataset is read with the token in `token_env`, if any."""
     import datasets
+
+    from tuner import secret
 
     if data.path is not None:
         files = _data_files(data.path)
@@ -185,7 +188,8 @@ def load_source(data: DataSpec) -> dict[str, list[str]]:
         loaded = datasets.load_dataset(kind, data_files={"train": files}, **kwargs)
     else:
         try:
-            loaded = datasets.load_dataset(data.dataset, data.config)
+            token = secret.from_env(token_env)
+            loaded = datasets.load_dataset(data.dataset, data.config, **({"token": token} if token else {}))
         except Exception as exc:  # the hub raises many kinds; all mean "cannot load this"
             raise UserError(f"data.dataset: cannot load {data.dataset!r} (config {data.config!r}): "
                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
@@ -260,8 +264,8 @@ def prepare(spec: Spec, sweep_dir: Path) -> Prepared:
         log.info("data: reusing prepared data %s (%s train blocks)", out, prepared.blocks["train"])
         return prepared
     log.info("data: preparing %s", spec.data.path or f"{spec.data.dataset} ({spec.data.config})")
-    tokenizer = model_lib.load_tokenizer(spec.model.name_or_path, spec.model.revision)
-    splits, counts = clean_and_split(spec.data, load_source(spec.data))
+    tokenizer = model_lib.load_tokenizer(spec.model.name_or_path, spec.model.revision, spec.model.token_env)
+    splits, counts = clean_and_split(spec.data, load_source(spec.data, spec.model.token_env))
     log.info("data: cleaned %s", json.dumps(counts))
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tuner import builtin
+from tuner import builtin, secret
 from tuner.errors import UserError
 
 log = logging.getLogger("tuner")
@@ -27,15 +27,17 @@ def resolve(name_or_path: str) -> str:
     return os.path.expanduser(name_or_path) if name_or_path.startswith(("~", ".", "/")) else name_or_path
 
 
-def _hub_kwargs(revision: str | None) -> dict[str, Any]:
-    return {"revision": revision} if revision else {}
+def _hub_kwargs(revision: str | None, token_env: str | None = None) -> dict[str, Any]:
+    """Hub arguments; the token is read from its environment variable now and passed on, never kept."""
+    token = secret.from_env(token_env)
+    return {**({"revision": revision} if revision else {}), **({"token": token} if token else {})}
 
 
-def load_config(name_or_path: str, revision: str | None = None):
+def load_config(name_or_path: str, revision: str | None = None, token_env: str | None = None):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(resolve(name_or_path), **_hub_kwargs(revision))
+        return AutoConfig.from_pretrained(resolve(name_or_path), **_hub_kwargs(revision, token_env))
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path: cannot load {name_or_path!r} ({_first_line(exc)}); "
                         "give a Hugging Face hub name, a local model directory, or "
@@ -51,12 +53,12 @@ def max_positions(config) -> int | None:
     return None
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None):
+def load_tokenizer(name_or_path: str, revision: str | None = None, token_env: str | None = None):
     """The model's tokenizer, with a pad token set (to EOS) where it has none, and said so."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path), **_hub_kwargs(revision))
+        tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path), **_hub_kwargs(revision, token_env))
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path: cannot load the tokenizer of {name_or_path!r} "
                         f"({_first_line(exc)})") from None
@@ -69,12 +71,13 @@ def load_tokenizer(name_or_path: str, revision: str | None = None):
     return tokenizer
 
 
-def load_model(name_or_path: str | Path, revision: str | None = None, freeze_layers: int = 0):
+def load_model(name_or_path: str | Path, revision: str | None = None, freeze_layers: int = 0,
+               token_env: str | None = None):
     """A causal LM from a hub name, a local path or a checkpoint, with the first blocks frozen."""
     from transformers import AutoModelForCausalLM
 
     name = str(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(resolve(name), **_hub_kwargs(revision))
+    model = AutoModelForCausalLM.from_pretrained(resolve(name), **_hub_kwargs(revision, token_env))
     if freeze_layers:
         freeze(model, freeze_layers)
     return model

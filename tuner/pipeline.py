@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from tuner import data, export, model, promote, results, space, storage, sweep
+from tuner import data, export, model, promote, results, secret, space, storage, sweep, tracking
 from tuner import constants as C
 from tuner.errors import UserError
 from tuner.spec import Spec, load_spec, to_yaml
@@ -57,7 +57,7 @@ def largest_batch(spec: Spec) -> int:
 
 def check_model(spec: Spec) -> None:
     """Checks that need the model's config: the block fits its positions, the frozen blocks exist."""
-    config = model.load_config(spec.model.name_or_path, spec.model.revision)
+    config = model.load_config(spec.model.name_or_path, spec.model.revision, spec.model.token_env)
     problems = []
     limit = model.max_positions(config)
     if limit is not None and spec.data.block_size > limit:
@@ -98,21 +98,37 @@ def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | 
     log.info("plan:\n  %s", plan.describe().replace("\n", "\n  "))
 
     ctx = TrialContext(spec, prepared, model.resolve(spec.model.name_or_path), plan.max_t, trial_fn)
-    sweep.run_search(spec, ctx, plan, address)
+    tracker = tracking.Tracker(spec)
+    board: list[dict[str, Any]] = []
+    result = None
+    try:
+        sweep.run_search(spec, ctx, plan, address, tracker=tracker)
+        board = results.leaderboard(sweep_dir, spec.search.mode, spec.name)
+        results.write_csv(board, sweep_dir / "leaderboard.csv")
+        result = promote_and_export(spec, ctx, board, tracker)
+    finally:
+        tracker.sweep_ended(board, result.paths["best"] if result else None)
+        tracker.close()
+        if storage.is_uri(spec.location) and (sweep_dir / tracking.WANDB_DIR).exists():
+            storage.upload(sweep_dir / tracking.WANDB_DIR, storage.join(spec.location, tracking.WANDB_DIR))
+    return result
 
-    board = results.leaderboard(sweep_dir, spec.search.mode, spec.name)
-    results.write_csv(board, sweep_dir / "leaderboard.csv")
+
+def promote_and_export(spec: Spec, ctx: TrialContext, board: list[dict[str, Any]],
+                       tracker: tracking.Tracker) -> SweepResult:
+    """The best promotable trial's final evaluation on the test split, then `best/`."""
+    sweep_dir, prepared = spec.sweep_dir, ctx.prepared
     best = _promotable(sweep_dir, spec)
-
     metrics, samples, best_model = promote.final_evaluation(
         fetch(best["best_checkpoint"], sweep_dir / "promoted" / best["trial_id"]), ctx.model_path,
-        prepared, spec.promote, spec.model.revision)
+        prepared, spec.promote, spec.model.revision, spec.model.token_env)
     baseline = results.baseline_comparison(results.load_records(sweep_dir), spec.search.baseline, best,
                                            spec.search.mode)
     if baseline is not None:
         metrics["baseline"] = baseline
     best_dir = export.write_best(spec, best, metrics, samples, best_model, prepared.tokenizer_path)
     final_eval = json.loads((best_dir / "final_eval.json").read_text())
+    tracker.final_evaluation(best, final_eval, samples)
     if storage.is_uri(spec.location):  # the bucket gets the driver's files too: results in one place
         for name in (SPEC_FILE, sweep.TRIALS_DIR, sweep.LOGS_DIR, sweep.STUDY_DB, "leaderboard.csv", export.BEST_DIR):
             if (sweep_dir / name).exists():
@@ -180,6 +196,7 @@ def _quiet_libraries() -> None:
     if not log.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("[tuner] %(message)s"))
+        handler.addFilter(secret.RedactingFilter())
         log.addHandler(handler)
         log.setLevel(logging.INFO)
 

@@ -68,7 +68,7 @@ def samples(model, tokenizer, blocks: list[list[int]], settings: PromoteSpec) ->
 
 
 def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, settings: PromoteSpec,
-                     revision: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
+                     revision: str | None = None, token_env: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
     """Evaluate the promoted checkpoint (and the base model) on the full test split.
 
     Returns the metrics, the generated samples and the loaded model (for export).
@@ -82,7 +82,7 @@ def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, setti
     metrics = evaluate(model, test, settings.eval_batch_size)
     generated = samples(model, tokenizer, test, settings)
     if settings.evaluate_base:
-        base = model_lib.load_model(base_model, revision)
+        base = model_lib.load_model(base_model, revision, token_env=token_env)
         base_metrics = evaluate(base, test, settings.eval_batch_size)
         metrics["base_eval_loss"] = base_metrics["eval_loss"]
         metrics["base_perplexity"] = base_metrics["perplexity"]

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from tuner import secret
 from tuner.constants import EVAL_LOSS, HYPERPARAMETER_DEFAULTS, REPORT_KEYS
 from tuner.errors import UserError
 
@@ -34,6 +35,7 @@ class ModelSpec:
     name_or_path: str  # hub name, local path, or builtin:tiny-gpt2 (made locally, no network)
     freeze_layers: int | None = None  # freeze embeddings and the first N blocks (or search it)
     revision: str | None = None  # hub revision (branch, tag or commit)
+    token_env: str | None = None  # the environment variable holding a hub token (e.g. HF_TOKEN)
 
 
 @dataclass
@@ -102,6 +104,7 @@ class SearchSpec:
     max_concurrent_trials: int | None = None  # default: as many as the resources allow
     time_budget: float | str | None = None  # wall clock for the search: seconds, or "90s", "30m", "2h"
     baseline: dict[str, Any] | None = None  # a first trial with these values (e.g. HF's defaults)
+    max_failures: int = 2  # retries of a crashed trial, each from its latest checkpoint
     space: dict[str, Any] = field(default_factory=dict)
 
 
@@ -130,6 +133,22 @@ class PromoteSpec:
 
 
 @dataclass
+class WandbSpec:
+    project: str = "tuner"
+    entity: str | None = None  # a W&B team or user; default: the key's own
+    group: str | None = None  # default: the sweep name
+    tags: list[str] = field(default_factory=list)
+    mode: Literal["online", "offline", "disabled"] | None = None  # default: online with a key, else offline
+    api_key_env: str = "WANDB_API_KEY"  # the environment variable holding the key (never the key)
+    init_timeout: float = 30.0  # seconds an online start may take before falling back to offline
+
+
+@dataclass
+class TrackingSpec:
+    wandb: WandbSpec = field(default_factory=WandbSpec)
+
+
+@dataclass
 class OriginSpec:
     """Where an exported best config came from. Written by `export`, never needed to run."""
 
@@ -155,6 +174,7 @@ class Spec:
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     storage: str | None = None  # a path every node shares, or s3:// / gs://; default runs/<name>
     promote: PromoteSpec = field(default_factory=PromoteSpec)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
     origin: OriginSpec | None = None
 
     @property
@@ -174,7 +194,7 @@ class Spec:
     def fingerprint(self) -> str:
         """A hash of what decides the sweep's results; origin and bookkeeping are left out."""
         data = self.to_dict()
-        for key in ("origin", "storage"):
+        for key in ("origin", "storage", "tracking"):
             data.pop(key)
         data["search"].pop("num_samples")
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -267,6 +287,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 def validate(raw: dict[str, Any]) -> Spec:
     problems: list[str] = []
+    secret.check_spec(raw, problems)
     spec = _build(Spec, raw, "", problems)
     if spec is not None:  # None only when `raw` is not a mapping
         _check_rules(spec, raw, problems)
@@ -326,6 +347,11 @@ def _convert(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
         if hint is SchedulerSpec and value in ("none", None):
             return SchedulerSpec(type="none")
         return _build(hint, value, path, problems)
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            problems.append(f"{path}: got {value!r}, expected a list of non-empty strings")
+            return []
+        return value
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             problems.append(f"{path}: got {value!r}, expected a mapping")
@@ -405,6 +431,8 @@ def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
                             "training needs a GPU: use fp32 (or bf16) on CPU, or give trials GPUs")
     if spec.promote is not None:
         _check_promote(spec.promote, problems)
+    if spec.tracking is not None and spec.tracking.wandb is not None:
+        _check_wandb(spec.tracking.wandb, problems)
     if isinstance(spec.storage, str) and "://" in spec.storage:
         scheme = spec.storage.split("://", 1)[0]
         if scheme not in ("s3", "gs", "file"):
@@ -556,6 +584,7 @@ def _check_search(spec: Spec, problems: list[str]) -> None:
     _at_least(search.num_samples, 1, "search.num_samples", problems)
     if search.max_concurrent_trials is not None:
         _at_least(search.max_concurrent_trials, 1, "search.max_concurrent_trials", problems)
+    _at_least(search.max_failures, 0, "search.max_failures", problems)
     if search.n_startup_trials is not None:
         _at_least(search.n_startup_trials, 0, "search.n_startup_trials", problems)
     if search.time_budget is not None and parse_duration(search.time_budget) is None:
@@ -622,6 +651,16 @@ def _check_promote(promote: PromoteSpec, problems: list[str]) -> None:
     for key in ("eval_batch_size", "prompt_tokens", "max_new_tokens"):
         _at_least(getattr(promote, key), 1, f"promote.{key}", problems)
     _at_least(promote.num_samples, 0, "promote.num_samples", problems)
+
+
+def _check_wandb(wandb: WandbSpec, problems: list[str]) -> None:
+    if isinstance(wandb.init_timeout, float) and wandb.init_timeout <= 0:
+        problems.append(f"tracking.wandb.init_timeout: got {wandb.init_timeout:g}, expected seconds > 0")
+    for key in ("project", "entity", "group"):
+        value = getattr(wandb, key)
+        if isinstance(value, str) and (len(value) > 128 or any(c in value for c in "/\\#?%:")):
+            problems.append(f"tracking.wandb.{key}: got {value!r}; use at most 128 characters and none of "
+                            "/ \\ # ? % :")
 
 
 def _at_least(value: Any, low: int, path: str, problems: list[str]) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from tuner import cluster
 from tuner import constants as C
-from tuner import space, storage
+from tuner import secret, space, storage
 from tuner.distributed import CHECKPOINT_PATH
 from tuner.spec import Spec, parse_duration
 
@@ -146,7 +146,8 @@ def trial_log(path: Path):
     Actors are reused across trials, so the redirection is undone when the trial ends."""
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
-    with open(path, "a", buffering=1) as stream:
+    with open(path, "a", buffering=1) as file:
+        stream = secret.RedactingStream(file)  # no key or token reaches a log we write
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         root.addHandler(handler)
@@ -271,13 +272,15 @@ def _ledger_class():
         into the result itself, so the searcher reads the same status.
         """
 
-        def __init__(self, spec: Spec, plan: Plan, say: Callable[[str], None]):
+        def __init__(self, spec: Spec, plan: Plan, say: Callable[[str], None], tracker=None):
             sweep_dir, metric, mode = spec.sweep_dir, spec.search.metric, spec.search.mode
             self.location, self.scheme = spec.location, storage.scheme(spec.location)
             self.dir = sweep_dir / TRIALS_DIR
             self.dir.mkdir(parents=True, exist_ok=True)
             self.plan, self.metric, self.sign = plan, metric, 1 if mode == "min" else -1
+            self.max_failures = spec.search.max_failures
             self.say = say
+            self.tracker = tracker  # tracking.Tracker: the trial's W&B run follows its record
             self.records: dict[str, dict[str, Any]] = {}
 
         def get_state(self) -> None:
@@ -296,7 +299,7 @@ def _ledger_class():
                     "trial_id": trial.trial_id, "status": C.PENDING, "params": dict(trial.config),
                     "reports": 0, "best_eval_loss": None, "best_metric": None, "best_step": None,
                     "best_checkpoint": None, "tokens_seen": 0, "train_seconds": 0.0, "rung": None,
-                    "error": None, "log_file": str(self.dir.parent / LOGS_DIR / f"{trial.trial_id}.log"),
+                    "error": None, "retries": 0, "log_file": str(self.dir.parent / LOGS_DIR / f"{trial.trial_id}.log"),
                     C.NODE_ID: None, C.GPU_IDS: None, "started_at": None, "ended_at": None,
                     "trial_dir": str(trial.path), "history": []}
             return self.records[trial.trial_id]
@@ -310,8 +313,10 @@ def _ledger_class():
         def on_trial_start(self, iteration, trials, trial, **info):
             record = self._record(trial)
             record["status"] = C.RUNNING
-            record["started_at"] = time.time()
+            record["started_at"] = record["started_at"] or time.time()
             self._write(record)
+            if self.tracker is not None:
+                self.tracker.trial_started(trial.trial_id, dict(trial.config))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             record = self._record(trial)
@@ -326,6 +331,8 @@ def _ledger_class():
             if result.get(C.TRIAL_STATUS) != C.DIVERGED and not result.get(C.REPEAT):
                 record["reports"] += 1
                 record["history"].append({k: result.get(k) for k in C.REPORT_KEYS})
+                if self.tracker is not None:
+                    self.tracker.trial_reported(trial.trial_id, result)
             record[C.NODE_ID], record[C.GPU_IDS] = result.get(C.NODE_ID), result.get(C.GPU_IDS)
             record["tokens_seen"] = int(result.get(C.TOKENS_SEEN, 0))
             record["train_seconds"] = float(result.get("time_total_s", 0.0))
@@ -350,6 +357,17 @@ def _ledger_class():
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._finish(trial, classify(trial.last_result, error=False), trials)
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            """The trial crashed and Tune restarts it from its latest checkpoint."""
+            record = self._record(trial)
+            record["retries"] = record.get("retries", 0) + 1
+            record.setdefault("crashes", []).append(_error_text(trial))
+            self._write(record)
+            self.say(f"trial {trial.trial_id}: crashed ({record['crashes'][-1]}); retry {record['retries']} of "
+                     f"{self.max_failures}, from its latest checkpoint")
+            if self.tracker is not None:
+                self.tracker.trial_retried(trial.trial_id)
+
         def on_trial_error(self, iteration, trials, trial, **info):
             record = self._record(trial)
             record["error"] = _error_text(trial)
@@ -362,6 +380,8 @@ def _ledger_class():
             record.pop("pending_value", None)
             self._write(record)
             self.say(self._progress(trial.trial_id, record, trials))
+            if self.tracker is not None:
+                self.tracker.trial_ended(record)
 
         def _progress(self, trial_id: str, record: dict[str, Any], trials) -> str:
             done = [r for r in self.records.values() if r["status"] not in (C.RUNNING, C.PENDING)]
@@ -417,7 +437,7 @@ def _trainable(spec: Spec, ctx: TrialContext):
 
 
 def run_search(spec: Spec, ctx: TrialContext, plan: Plan, address: str | None = None,
-               say: Callable[[str], None] = log.info) -> None:
+               say: Callable[[str], None] = log.info, tracker=None) -> None:
     """Run the search to its end (all trials, the time budget, or Ctrl-C)."""
     import ray
     from ray import tune
@@ -447,10 +467,11 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, address: str | None = 
                 reuse_actors=True, trial_dirname_creator=lambda trial: trial.trial_id),
             run_config=tune.RunConfig(
                 name=TUNE_DIR, storage_path=spec.location, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=1, checkpoint_score_attribute=spec.search.metric,
                     checkpoint_score_order=spec.search.mode),
-                callbacks=[_ledger_class()(spec, plan, say)]),
+                callbacks=[_ledger_class()(spec, plan, say, tracker)]),
         )
         try:
             tuner.fit()

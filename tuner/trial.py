@@ -178,6 +178,7 @@ class ReportCallback(TrainerCallback):
             C.TOKENS_PER_S: (tokens - self.last_tokens) / elapsed if elapsed > 0 else 0.0,
             C.TRIAL_STATUS: status,
             C.FINAL: final,
+            **gpu_memory(),
         }
         if status != C.DIVERGED:
             self.reports += 1
@@ -188,6 +189,15 @@ class ReportCallback(TrainerCallback):
         self.last_time, self.last_tokens = time.perf_counter(), tokens
 
 
+def gpu_memory() -> dict[str, float]:
+    """The trial's peak GPU memory so far, in MiB; nothing on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    return {C.GPU_MEMORY_MB: torch.cuda.max_memory_allocated() / 2**20}
+
+
 def run_user_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter) -> None:
     """Run the user's `trial_fn(hyperparameters, report)` with the same reporting contract as ours.
 
@@ -195,13 +205,15 @@ def run_user_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter) 
     report is repeated once marked final, so the trial counts as completed, not stopped.
     """
     last: dict[str, Any] = {}
+    count = [0]  # reports so far: the step of a report that names none
 
     def user_report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
         missing = [k for k in (C.EVAL_LOSS, C.TOKENS_SEEN) if k not in metrics]
         if missing:
             raise ValueError(f"trial_fn reported {sorted(metrics)}; every report needs {missing}")
+        count[0] += 1
         last.clear()
-        last.update({C.TRAIN_LOSS: math.nan, C.LEARNING_RATE: 0.0, C.EPOCH: 0.0, C.STEP: 0,
+        last.update({C.TRAIN_LOSS: math.nan, C.LEARNING_RATE: 0.0, C.EPOCH: 0.0, C.STEP: count[0],
                      C.TOKENS_PER_S: 0.0, **metrics, C.TRIAL_STATUS: C.RUNNING, C.FINAL: False})
         report(dict(last), checkpoint_dir)
 
@@ -223,7 +235,8 @@ def run_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter,
     workdir = Path(workdir or tempfile.mkdtemp(prefix="tuner-trial-"))
     args = training_arguments(spec, hyper, workdir / "hf")
     callback = ReportCallback(spec, report, ctx.max_t)
-    model = model_lib.load_model(ctx.model_path, spec.model.revision, int(hyper["freeze_layers"]))
+    model = model_lib.load_model(ctx.model_path, spec.model.revision, int(hyper["freeze_layers"]),
+                                 spec.model.token_env)
     trainer = Trainer(model=model, args=args, data_collator=collate,
                       train_dataset=splits["train"].with_format("torch"),
                       eval_dataset=splits["validation"].with_format("torch"), callbacks=[callback])
