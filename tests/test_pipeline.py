@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -180,3 +181,32 @@ def test_final_eval_says_whether_tuning_beat_the_baseline(tiny_sweep):
     record = next(r for r in load_records(tiny_sweep.sweep_dir) if r["trial_id"] == baseline["trial_id"])
     assert record["params"]["learning_rate"] == pytest.approx(5e-5)  # the enqueued HF defaults
     assert baseline["tuning_beat_baseline"] == (tiny_sweep.best["best_metric"] < record["best_metric"])
+
+
+def test_promotion_falls_back_to_the_next_best_readable_checkpoint(tiny_sweep, tmp_path, caplog):
+    """A copy of the finished sweep whose best checkpoint is gone, and whose second best is corrupt."""
+    import logging
+    import shutil
+
+    from tuner import data, model, tracking
+    from tuner.pipeline import promote_and_export
+    from tuner.trial import TrialContext
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_sweep.sweep_dir, copy, ignore=shutil.ignore_patterns("best", "wandb"))
+    for path in (copy / "trials").glob("*.json"):  # the records point into the copy
+        path.write_text(path.read_text().replace(str(tiny_sweep.sweep_dir), str(copy)))
+    ranked = [r for r in tiny_sweep.leaderboard if r["status"] in C.PROMOTABLE]
+    records = {r["trial_id"]: r for r in load_records(copy)}
+    first, second, third = (records[row["trial_id"]] for row in ranked[:3])
+    shutil.rmtree(first["best_checkpoint"])
+    (Path(second["best_checkpoint"]) / "model.safetensors").write_bytes(b"not a safetensors file")
+
+    spec = load_spec(copy / "spec.yaml", [f"storage={copy}", "tracking.wandb.mode=disabled"])
+    ctx = TrialContext(spec, data.prepare(spec, copy), model.resolve(spec.model.name_or_path))
+    with caplog.at_level(logging.WARNING, logger="tuner"):
+        result = promote_and_export(spec, ctx, tiny_sweep.leaderboard, tracking.Tracker(spec))
+    assert result.best["trial_id"] == third["trial_id"]
+    assert yaml.safe_load((copy / "best" / "config.yaml").read_text())["origin"]["trial_id"] == third["trial_id"]
+    warned = [r.getMessage() for r in caplog.records if "missing or unreadable" in r.getMessage()]
+    assert len(warned) == 2 and first["trial_id"] in warned[0] and second["trial_id"] in warned[1]

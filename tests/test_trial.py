@@ -94,3 +94,41 @@ def test_a_nan_loss_stops_the_trial_and_reports_it_diverged(small):
     (metrics, checkpoint), = sent
     assert metrics[C.TRIAL_STATUS] == C.DIVERGED and metrics[C.FINAL]
     assert math.isnan(metrics[C.EVAL_LOSS]) and checkpoint is None
+
+
+def _oom_when(monkeypatch, too_big) -> None:
+    """Raise the error torch raises on CUDA out-of-memory when `too_big(trainer, inputs)`."""
+    import torch
+    from transformers import Trainer
+
+    real = Trainer.training_step
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        if too_big(self, inputs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return real(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", training_step)
+
+
+def test_an_oom_retries_with_half_the_micro_batch_and_the_same_steps(small, monkeypatch):
+    spec, prepared = small
+    reference, _ = _run(spec, prepared)
+    # Out of memory at micro-batch 8, after the first report: the retry must not report step 4 again.
+    _oom_when(monkeypatch, lambda trainer, inputs: inputs["input_ids"].shape[0] > 4 and trainer.state.global_step >= 5)
+    reports, summary = _run(spec, prepared)
+    assert [m[C.STEP] for m, _ in reports] == [m[C.STEP] for m, _ in reference]  # same effective batch
+    assert [m[C.MICRO_BATCH] for m, _ in reports] == [8] + [4] * (len(reports) - 1)
+    assert [m[C.ACCUMULATION] for m, _ in reports] == [2] + [4] * (len(reports) - 1)
+    assert reports[-1][0][C.TRIAL_STATUS] == C.COMPLETED and summary["status"] == C.COMPLETED
+    assert reports[-1][0][C.TOKENS_SEEN] == reference[-1][0][C.TOKENS_SEEN]
+
+
+def test_an_oom_at_half_the_batch_too_ends_the_trial_as_oom_without_raising(small, monkeypatch):
+    spec, prepared = small
+    _oom_when(monkeypatch, lambda trainer, inputs: True)
+    reports, summary = _run(spec, prepared)
+    assert summary["status"] == C.OOM
+    (last, files), = reports
+    assert last[C.TRIAL_STATUS] == C.OOM and last[C.FINAL] and math.isnan(last[C.EVAL_LOSS]) and not files
+    assert last[C.MICRO_BATCH] == 4 and last[C.ACCUMULATION] == 4

@@ -20,6 +20,8 @@ TRIAL_STATUS = "trial_status"  # "running" until the last report, then one of ST
 FINAL = "final_report"  # True on the trial's own last report
 NODE_ID = "node_id"  # the Ray node(s) the trial ran on (nodes on one machine share an IP)
 GPU_IDS = "gpu_ids"  # the GPU ids Ray gave it: "node:ids", one entry per worker
+MICRO_BATCH = "micro_batch"  # the per-device batch the trial actually trained with (halved after an OOM)
+ACCUMULATION = "accumulation"  # the gradient accumulation it actually used (doubled after an OOM)
 REPEAT = "repeat_report"  # True on a closing copy of the last report (not counted again)
 
 # ASHA compares trials after the same amount of data, whatever their batch size.
@@ -36,6 +38,8 @@ DIVERGED = "diverged"  # NaN or inf loss
 OOM = "oom"
 FAILED = "failed"
 STATUSES = (COMPLETED, STOPPED_ASHA, STOPPED_PATIENCE, STOPPED_BUDGET, DIVERGED, OOM, FAILED)
+# Statuses a trial reports itself on its last report (with a NaN metric): never counted as a report.
+ABORTED = (DIVERGED, OOM)
 # Statuses whose checkpoints may be promoted: the trial trained normally up to its last report.
 PROMOTABLE = (COMPLETED, STOPPED_ASHA, STOPPED_PATIENCE, STOPPED_BUDGET)
 

@@ -264,7 +264,8 @@ def prepare(spec: Spec, sweep_dir: Path) -> Prepared:
         log.info("data: reusing prepared data %s (%s train blocks)", out, prepared.blocks["train"])
         return prepared
     log.info("data: preparing %s", spec.data.path or f"{spec.data.dataset} ({spec.data.config})")
-    tokenizer = model_lib.load_tokenizer(spec.model.name_or_path, spec.model.revision, spec.model.token_env)
+    tokenizer = model_lib.load_tokenizer(spec.model.name_or_path, spec.model.revision, spec.model.token_env,
+                                         spec.model.trust_remote_code)
     splits, counts = clean_and_split(spec.data, load_source(spec.data, spec.model.token_env))
     log.info("data: cleaned %s", json.dumps(counts))
     tmp = out.with_name(out.name + ".tmp")

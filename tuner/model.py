@@ -27,18 +27,25 @@ def resolve(name_or_path: str) -> str:
     return os.path.expanduser(name_or_path) if name_or_path.startswith(("~", ".", "/")) else name_or_path
 
 
-def _hub_kwargs(revision: str | None, token_env: str | None = None) -> dict[str, Any]:
-    """Hub arguments; the token is read from its environment variable now and passed on, never kept."""
+def _hub_kwargs(revision: str | None, token_env: str | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Hub arguments; the token is read from its environment variable now and passed on, never kept.
+    `trust_remote_code` is passed only when the spec turns it on (validation demands a pinned revision)."""
     token = secret.from_env(token_env)
-    return {**({"revision": revision} if revision else {}), **({"token": token} if token else {})}
+    return {**({"revision": revision} if revision else {}), **({"token": token} if token else {}),
+            **({"trust_remote_code": True} if trust_remote_code else {})}
 
 
-def load_config(name_or_path: str, revision: str | None = None, token_env: str | None = None):
+def load_config(name_or_path: str, revision: str | None = None, token_env: str | None = None,
+                trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(resolve(name_or_path), **_hub_kwargs(revision, token_env))
+        return AutoConfig.from_pretrained(resolve(name_or_path), **_hub_kwargs(revision, token_env, trust_remote_code))
     except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise UserError(f"model.trust_remote_code: {name_or_path!r} runs its own code from the model "
+                            "repository; read that code, then set model.trust_remote_code: true and pin "
+                            "model.revision to the commit you read") from None
         raise UserError(f"model.name_or_path: cannot load {name_or_path!r} ({_first_line(exc)}); "
                         "give a Hugging Face hub name, a local model directory, or "
                         f"{builtin.TINY_GPT2}") from None
@@ -53,12 +60,14 @@ def max_positions(config) -> int | None:
     return None
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None, token_env: str | None = None):
+def load_tokenizer(name_or_path: str, revision: str | None = None, token_env: str | None = None,
+                   trust_remote_code: bool = False):
     """The model's tokenizer, with a pad token set (to EOS) where it has none, and said so."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path), **_hub_kwargs(revision, token_env))
+        tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path),
+                                                  **_hub_kwargs(revision, token_env, trust_remote_code))
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path: cannot load the tokenizer of {name_or_path!r} "
                         f"({_first_line(exc)})") from None
@@ -72,12 +81,12 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, token_env: st
 
 
 def load_model(name_or_path: str | Path, revision: str | None = None, freeze_layers: int = 0,
-               token_env: str | None = None):
+               token_env: str | None = None, trust_remote_code: bool = False):
     """A causal LM from a hub name, a local path or a checkpoint, with the first blocks frozen."""
     from transformers import AutoModelForCausalLM
 
     name = str(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(resolve(name), **_hub_kwargs(revision, token_env))
+    model = AutoModelForCausalLM.from_pretrained(resolve(name), **_hub_kwargs(revision, token_env, trust_remote_code))
     if freeze_layers:
         freeze(model, freeze_layers)
     return model

@@ -57,7 +57,8 @@ def largest_batch(spec: Spec) -> int:
 
 def check_model(spec: Spec) -> None:
     """Checks that need the model's config: the block fits its positions, the frozen blocks exist."""
-    config = model.load_config(spec.model.name_or_path, spec.model.revision, spec.model.token_env)
+    config = model.load_config(spec.model.name_or_path, spec.model.revision, spec.model.token_env,
+                               spec.model.trust_remote_code)
     problems = []
     limit = model.max_positions(config)
     if limit is not None and spec.data.block_size > limit:
@@ -118,10 +119,7 @@ def promote_and_export(spec: Spec, ctx: TrialContext, board: list[dict[str, Any]
                        tracker: tracking.Tracker) -> SweepResult:
     """The best promotable trial's final evaluation on the test split, then `best/`."""
     sweep_dir, prepared = spec.sweep_dir, ctx.prepared
-    best = _promotable(sweep_dir, spec)
-    metrics, samples, best_model = promote.final_evaluation(
-        fetch(best["best_checkpoint"], sweep_dir / "promoted" / best["trial_id"]), ctx.model_path,
-        prepared, spec.promote, spec.model.revision, spec.model.token_env)
+    best, (metrics, samples, best_model) = _evaluate_best_readable(spec, ctx)
     baseline = results.baseline_comparison(results.load_records(sweep_dir), spec.search.baseline, best,
                                            spec.search.mode)
     if baseline is not None:
@@ -160,14 +158,26 @@ def fetch(checkpoint: str, local: Path) -> str:
     return str(local)
 
 
-def _promotable(sweep_dir: Path, spec: Spec) -> dict[str, Any]:
+def _evaluate_best_readable(spec: Spec, ctx: TrialContext) -> tuple[dict[str, Any], tuple]:
+    """The final evaluation of the best trial whose checkpoint can be read, best first: a missing or
+    corrupt checkpoint falls back to the next best, and says so."""
+    sweep_dir = spec.sweep_dir
     candidates = results.best_records(sweep_dir, spec.search.mode)
-    if not candidates:
-        lines = [f"  {r['trial_id']}: {r['status']}" + (f" ({r['error']})" if r.get("error") else "")
-                 for r in results.load_records(sweep_dir)]
-        raise SweepFailed("no trial finished with a finite "
-                          f"{spec.search.metric}; nothing to promote or export:\n" + "\n".join(lines))
-    return candidates[0]
+    skipped = []
+    for record in candidates:
+        try:
+            checkpoint = fetch(record["best_checkpoint"], sweep_dir / "promoted" / record["trial_id"])
+            return record, promote.final_evaluation(checkpoint, ctx.model_path, ctx.prepared, spec.promote,
+                                                    spec.model.revision, spec.model.token_env,
+                                                    spec.model.trust_remote_code)
+        except (promote.UnreadableCheckpoint, OSError) as exc:
+            skipped.append(f"  {record['trial_id']}: {exc}")
+            log.warning("promote: the checkpoint of trial %s is missing or unreadable (%s); promoting the "
+                        "next best trial instead", record["trial_id"], exc)
+    lines = skipped or [f"  {r['trial_id']}: {r['status']}" + (f" ({r['error']})" if r.get("error") else "")
+                        for r in results.load_records(sweep_dir)]
+    reason = "no readable checkpoint" if skipped else f"no trial finished with a finite {spec.search.metric}"
+    raise SweepFailed(f"{reason}; nothing to promote or export:\n" + "\n".join(lines))
 
 
 def _summary(spec: Spec, best: dict[str, Any], final: dict[str, Any], best_dir: Path) -> None:

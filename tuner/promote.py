@@ -17,6 +17,24 @@ from tuner.spec import PromoteSpec
 log = logging.getLogger("tuner")
 
 
+class UnreadableCheckpoint(Exception):
+    """The checkpoint to promote is missing or cannot be loaded: promotion takes the next best."""
+
+
+def load_checkpoint(checkpoint: str, trust_remote_code: bool = False):
+    """The checkpoint's model, or UnreadableCheckpoint saying why not."""
+    from pathlib import Path
+
+    from tuner import model as model_lib
+
+    if not Path(checkpoint).is_dir():
+        raise UnreadableCheckpoint(f"{checkpoint} does not exist")
+    try:
+        return model_lib.load_model(checkpoint, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # safetensors, config and OS errors all mean: not loadable
+        raise UnreadableCheckpoint(f"{checkpoint}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+
+
 def token_loss(model, blocks: list[list[int]], batch_size: int) -> tuple[float, int]:
     """Summed next-token cross-entropy over `blocks`, and the number of tokens predicted."""
     import torch
@@ -68,7 +86,8 @@ def samples(model, tokenizer, blocks: list[list[int]], settings: PromoteSpec) ->
 
 
 def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, settings: PromoteSpec,
-                     revision: str | None = None, token_env: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
+                     revision: str | None = None, token_env: str | None = None,
+                     trust_remote_code: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
     """Evaluate the promoted checkpoint (and the base model) on the full test split.
 
     Returns the metrics, the generated samples and the loaded model (for export).
@@ -77,12 +96,13 @@ def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, setti
 
     tokenizer = model_lib.load_tokenizer(prepared.tokenizer_path)
     test = load_prepared(prepared)["test"]["input_ids"]
+    model = load_checkpoint(checkpoint, trust_remote_code)
     log.info("promote: evaluating %s on %d test blocks", checkpoint, len(test))
-    model = model_lib.load_model(checkpoint)
     metrics = evaluate(model, test, settings.eval_batch_size)
     generated = samples(model, tokenizer, test, settings)
     if settings.evaluate_base:
-        base = model_lib.load_model(base_model, revision, token_env=token_env)
+        base = model_lib.load_model(base_model, revision, token_env=token_env,
+                                    trust_remote_code=trust_remote_code)
         base_metrics = evaluate(base, test, settings.eval_batch_size)
         metrics["base_eval_loss"] = base_metrics["eval_loss"]
         metrics["base_perplexity"] = base_metrics["perplexity"]

@@ -15,7 +15,7 @@ from tuner import constants as C
 from tuner.sweep import STUDY_DB, TRIALS_DIR
 
 FIRST = ("trial_id", "status", "rung")
-LAST = ("best_eval_loss", "best_metric", "best_step", "reports", "retries", "tokens_seen", "train_seconds",
+LAST = ("best_eval_loss", "best_metric", "best_step", "reports", "retries", "micro_batch", "accumulation", "tokens_seen", "train_seconds",
         "node_id", "gpu_ids", "optuna_trial", "optuna_state", "log_file")
 
 

@@ -36,6 +36,7 @@ class ModelSpec:
     freeze_layers: int | None = None  # freeze embeddings and the first N blocks (or search it)
     revision: str | None = None  # hub revision (branch, tag or commit)
     token_env: str | None = None  # the environment variable holding a hub token (e.g. HF_TOKEN)
+    trust_remote_code: bool = False  # run the model repository's own code; needs a pinned revision
 
 
 @dataclass
@@ -411,6 +412,11 @@ def _join(path: str, key: Any) -> str:
 def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
     """Cross-field rules, for each section that was built (a malformed one is already reported)."""
     _check_name(spec, problems)
+    if spec.model is not None and spec.model.trust_remote_code is True and not (
+            isinstance(spec.model.revision, str) and len(spec.model.revision) == 40
+            and all(c in "0123456789abcdef" for c in spec.model.revision)):
+        problems.append(f"model.revision: got {spec.model.revision!r} with model.trust_remote_code: true; "
+                        "remote code runs on every node, so pin the 40-character commit hash you reviewed")
     if spec.model is not None and spec.model.freeze_layers is not None:
         _check_value("freeze_layers", spec.model.freeze_layers, "model.freeze_layers", problems)
     if spec.data is not None:

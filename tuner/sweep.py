@@ -328,12 +328,15 @@ def _ledger_class():
                     result[C.TRIAL_STATUS] = C.STOPPED_ASHA
                     record["rung"] = max([r for r in self.plan.rungs if r <= tokens], default=None)
             value = result.get(self.metric)
-            if result.get(C.TRIAL_STATUS) != C.DIVERGED and not result.get(C.REPEAT):
+            if result.get(C.TRIAL_STATUS) not in C.ABORTED and not result.get(C.REPEAT):
                 record["reports"] += 1
                 record["history"].append({k: result.get(k) for k in C.REPORT_KEYS})
                 if self.tracker is not None:
                     self.tracker.trial_reported(trial.trial_id, result)
             record[C.NODE_ID], record[C.GPU_IDS] = result.get(C.NODE_ID), result.get(C.GPU_IDS)
+            for key in (C.MICRO_BATCH, C.ACCUMULATION):  # what it trained with (an OOM halves the batch)
+                if result.get(key) is not None:
+                    record[key] = result[key]
             record["tokens_seen"] = int(result.get(C.TOKENS_SEEN, 0))
             record["train_seconds"] = float(result.get("time_total_s", 0.0))
             record["pending_value"] = value

@@ -120,7 +120,8 @@ def trial_summary(record: dict[str, Any]) -> dict[str, Any]:
     status = record["status"]
     summary = {"status": status, "best_eval_loss": record.get("best_eval_loss"),
                "best_step": record.get("best_step"), "reports": record.get("reports"),
-               "tokens_seen": record.get("tokens_seen"), "retries": record.get("retries", 0)}
+               "tokens_seen": record.get("tokens_seen"), "retries": record.get("retries", 0),
+               "micro_batch": record.get(C.MICRO_BATCH), "accumulation": record.get(C.ACCUMULATION)}
     if status == C.STOPPED_ASHA:
         summary.update(stopped_at_report=record.get("reports"), stopped_at_tokens=record.get("rung"))
     if record.get("error"):

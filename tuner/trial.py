@@ -8,6 +8,8 @@ same step, so ASHA never decides on numbers older than the checkpoint it would k
 
 from __future__ import annotations
 
+import gc
+import logging
 import math
 import shutil
 import tempfile
@@ -26,6 +28,7 @@ from tuner.spec import Spec
 # metrics, checkpoint directory (None for a report without one). The directory may be deleted once
 # the call returns: a reporter that keeps checkpoints copies it.
 Reporter = Callable[[dict[str, Any], "str | None"], None]
+log = logging.getLogger("tuner")
 
 
 @dataclass
@@ -224,19 +227,90 @@ def run_user_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter) 
 
 def run_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter,
               resume_from: str | None = None, workdir: str | Path | None = None) -> dict[str, Any]:
-    """Train one trial to its end, reporting as it goes. Returns a summary of the run."""
+    """Train one trial to its end, reporting as it goes. Returns a summary of the run.
+
+    CUDA out-of-memory is handled here, not by Tune's retries (which would repeat the same OOM):
+    the trial restarts once with half the micro-batch (rounded up) and twice the accumulation, the
+    same effective batch and so the same steps; reports it had already made are not made again. If
+    that runs out of memory too, the trial ends with status `oom`, without raising.
+    """
+    hyper = space.resolve(ctx.spec, params)
+    once = ReportOnce(report)
+    try:
+        return _train(hyper, ctx, once, resume_from, workdir)
+    except oom_error() as exc:
+        smaller = halved(hyper)
+        log.warning("out of memory at micro-batch %s (%s); retrying with micro-batch %s and accumulation %s",
+                    hyper["per_device_train_batch_size"], str(exc).splitlines()[0] if str(exc) else "OOM",
+                    smaller["per_device_train_batch_size"], smaller["gradient_accumulation_steps"])
+    free_cuda()
+    try:
+        return _train(smaller, ctx, once, resume_from, workdir)
+    except oom_error():
+        free_cuda()
+        once.end(C.OOM, smaller)
+        return {"status": C.OOM, "best_eval_loss": None, "reports": once.reports, "tokens_seen": once.tokens,
+                "train_seconds": 0.0, "hyperparameters": smaller}
+
+
+def oom_error() -> type[BaseException]:
+    import torch
+
+    return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def halved(hyper: dict[str, Any]) -> dict[str, Any]:
+    """Half the micro-batch (rounded up), twice the accumulation: the same effective batch."""
+    batch, accumulation = int(hyper["per_device_train_batch_size"]), int(hyper["gradient_accumulation_steps"])
+    return {**hyper, "per_device_train_batch_size": math.ceil(batch / 2),
+            "gradient_accumulation_steps": accumulation * 2}
+
+
+def free_cuda() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class ReportOnce:
+    """Passes reports on, each step once: a restart after an OOM does not repeat a report."""
+
+    def __init__(self, report: Reporter):
+        self.report, self.step, self.tokens, self.reports, self.last = report, -1, 0, 0, {}
+
+    def __call__(self, metrics: dict[str, Any], checkpoint: str | None) -> None:
+        if metrics[C.STEP] <= self.step and metrics[C.TRIAL_STATUS] not in C.ABORTED and not metrics[C.FINAL]:
+            return
+        self.step, self.tokens, self.last = metrics[C.STEP], metrics[C.TOKENS_SEEN], metrics
+        if metrics[C.TRIAL_STATUS] not in C.ABORTED:
+            self.reports += 1
+        self.report(metrics, checkpoint)
+
+    def end(self, status: str, hyper: dict[str, Any]) -> None:
+        """The trial's last report when it cannot go on: a NaN metric and its status."""
+        self.report({**{k: self.last.get(k, 0.0) for k in C.REPORT_KEYS}, C.EVAL_LOSS: math.nan,
+                     C.STEP: max(self.step, 0), C.TOKENS_SEEN: self.tokens, C.TRIAL_STATUS: status, C.FINAL: True,
+                     C.MICRO_BATCH: int(hyper["per_device_train_batch_size"]),
+                     C.ACCUMULATION: int(hyper["gradient_accumulation_steps"])}, None)
+
+
+def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_from: str | None,
+           workdir: str | Path | None) -> dict[str, Any]:
     from transformers import Trainer
 
     from tuner import model as model_lib
 
     spec = ctx.spec
-    hyper = space.resolve(spec, params)
+    used = {C.MICRO_BATCH: int(hyper["per_device_train_batch_size"]),
+            C.ACCUMULATION: int(hyper["gradient_accumulation_steps"])}
     splits = load_prepared(ctx.prepared)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="tuner-trial-"))
     args = training_arguments(spec, hyper, workdir / "hf")
-    callback = ReportCallback(spec, report, ctx.max_t)
+    callback = ReportCallback(spec, lambda metrics, checkpoint: report({**metrics, **used}, checkpoint), ctx.max_t)
     model = model_lib.load_model(ctx.model_path, spec.model.revision, int(hyper["freeze_layers"]),
-                                 spec.model.token_env)
+                                 spec.model.token_env, spec.model.trust_remote_code)
     trainer = Trainer(model=model, args=args, data_collator=collate,
                       train_dataset=splits["train"].with_format("torch"),
                       eval_dataset=splits["validation"].with_format("torch"), callbacks=[callback])
