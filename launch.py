@@ -71,6 +71,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(results.format_table(rows))
     for row in rows:
         print(f"  {row['trial_id']}: log {row['log_file']}")
+    print(f"disk: {results.disk_summary(spec)}")
     offline = tracking.offline_runs(args.sweep_dir)
     if offline:
         print(f"W&B: {len(offline)} offline runs in {tracking.WANDB_DIR}/; upload them with "

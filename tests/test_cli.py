@@ -86,7 +86,8 @@ def test_status_and_export_of_a_finished_sweep(tiny_sweep):
         assert row["trial_id"] in status.stdout
     assert "logs/" in status.stdout
     runs = len(tiny_sweep.leaderboard) + 2  # trials, the sweep run, the final evaluation
-    assert f"W&B: {runs} offline runs" in status.stdout and "launch.py sync" in status.stdout
+    assert f"W&B: {runs} offline runs" in status.stdout
+    assert "disk: " in status.stdout and "2 trial checkpoints kept" in status.stdout and "launch.py sync" in status.stdout
     exported = launch("export", str(tiny_sweep.sweep_dir), "--format", "json")
     assert exported.returncode == 0, exported.stderr
     config = json.loads(exported.stdout)

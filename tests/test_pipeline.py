@@ -184,7 +184,7 @@ def test_final_eval_says_whether_tuning_beat_the_baseline(tiny_sweep):
 
 
 def test_promotion_falls_back_to_the_next_best_readable_checkpoint(tiny_sweep, tmp_path, caplog):
-    """A copy of the finished sweep whose best checkpoint is gone, and whose second best is corrupt."""
+    """A copy of the finished sweep whose best checkpoint is corrupt, then gone."""
     import logging
     import shutil
 
@@ -196,17 +196,30 @@ def test_promotion_falls_back_to_the_next_best_readable_checkpoint(tiny_sweep, t
     shutil.copytree(tiny_sweep.sweep_dir, copy, ignore=shutil.ignore_patterns("best", "wandb"))
     for path in (copy / "trials").glob("*.json"):  # the records point into the copy
         path.write_text(path.read_text().replace(str(tiny_sweep.sweep_dir), str(copy)))
-    ranked = [r for r in tiny_sweep.leaderboard if r["status"] in C.PROMOTABLE]
     records = {r["trial_id"]: r for r in load_records(copy)}
-    first, second, third = (records[row["trial_id"]] for row in ranked[:3])
-    shutil.rmtree(first["best_checkpoint"])
-    (Path(second["best_checkpoint"]) / "model.safetensors").write_bytes(b"not a safetensors file")
-
+    kept = [records[row["trial_id"]] for row in tiny_sweep.leaderboard if not row["checkpoint_deleted"]
+            and row["status"] in C.PROMOTABLE]
+    first, second = kept[:2]
     spec = load_spec(copy / "spec.yaml", [f"storage={copy}", "tracking.wandb.mode=disabled"])
     ctx = TrialContext(spec, data.prepare(spec, copy), model.resolve(spec.model.name_or_path))
+
+    (Path(first["best_checkpoint"]) / "model.safetensors").write_bytes(b"not a safetensors file")
     with caplog.at_level(logging.WARNING, logger="tuner"):
-        result = promote_and_export(spec, ctx, tiny_sweep.leaderboard, tracking.Tracker(spec))
-    assert result.best["trial_id"] == third["trial_id"]
-    assert yaml.safe_load((copy / "best" / "config.yaml").read_text())["origin"]["trial_id"] == third["trial_id"]
+        corrupt = promote_and_export(spec, ctx, tiny_sweep.leaderboard, tracking.Tracker(spec))
+        shutil.rmtree(first["best_checkpoint"])
+        missing = promote_and_export(spec, ctx, tiny_sweep.leaderboard, tracking.Tracker(spec))
+    assert corrupt.best["trial_id"] == missing.best["trial_id"] == second["trial_id"]
+    assert yaml.safe_load((copy / "best" / "config.yaml").read_text())["origin"]["trial_id"] == second["trial_id"]
     warned = [r.getMessage() for r in caplog.records if "missing or unreadable" in r.getMessage()]
-    assert len(warned) == 2 and first["trial_id"] in warned[0] and second["trial_id"] in warned[1]
+    assert len(warned) == 2 and all(first["trial_id"] in w for w in warned) and "does not exist" in warned[1]
+
+
+def test_only_the_best_checkpoints_remain(tiny_sweep):
+    """Each ended trial keeps its best checkpoint only; sweep-wide, the `keep_best` (2) best."""
+    records = load_records(tiny_sweep.sweep_dir)
+    remaining = sorted(str(p) for p in (tiny_sweep.sweep_dir / "tune").glob("*/checkpoint_*"))
+    kept = sorted(r["best_checkpoint"] for r in records if r["best_checkpoint"] and not r.get("checkpoint_deleted"))
+    assert remaining == kept and len(kept) == 2
+    best_two = [row["trial_id"] for row in tiny_sweep.leaderboard if row["status"] in C.PROMOTABLE][:2]
+    assert {r["trial_id"] for r in records if r["best_checkpoint"] in kept} == set(best_two)
+    assert tiny_sweep.best["best_checkpoint"] in kept

@@ -54,6 +54,7 @@ def test_reports_every_report_every_tokens_with_a_checkpoint_at_that_step(small)
         assert set(C.REPORT_KEYS) <= set(metrics)
         assert math.isfinite(metrics[C.EVAL_LOSS])
         assert "model.safetensors" in files and "trainer_state.json" in files
+        assert "training_args.bin" not in files  # what resume needs, no more (and nothing pickled)
     assert summary["reports"] == len(reports)
     assert summary["best_eval_loss"] == min(m[C.EVAL_LOSS] for m, _ in reports)
 

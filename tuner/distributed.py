@@ -84,7 +84,7 @@ def ddp_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         torch_config=TorchConfig(backend="nccl" if ctx.workers_have_cuda else "gloo"),
         run_config=ray.train.RunConfig(
             name=tune.get_context().get_trial_id(), storage_path=storage.join(spec.location, TRAIN_DIR),
-            failure_config=ray.train.FailureConfig(max_failures=2),
+            failure_config=ray.train.FailureConfig(max_failures=spec.search.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=spec.search.metric,
                 checkpoint_score_order=spec.search.mode),

@@ -15,7 +15,8 @@ from tuner import constants as C
 from tuner.sweep import STUDY_DB, TRIALS_DIR
 
 FIRST = ("trial_id", "status", "rung")
-LAST = ("best_eval_loss", "best_metric", "best_step", "reports", "retries", "micro_batch", "accumulation", "tokens_seen", "train_seconds",
+LAST = ("best_eval_loss", "best_metric", "best_step", "reports", "retries", "restarted_from_step_0",
+        "micro_batch", "accumulation", "checkpoint_deleted", "tokens_seen", "train_seconds",
         "node_id", "gpu_ids", "optuna_trial", "optuna_state", "log_file")
 
 
@@ -93,7 +94,8 @@ def _cell(value: Any) -> str:
 
 def best_records(sweep_dir: Path, mode: str) -> list[dict[str, Any]]:
     """Promotable trials with a checkpoint, best first. NaN or inf never wins."""
-    records = [r for r in load_records(sweep_dir) if sort_key(r, mode)[0] == 0 and r.get("best_checkpoint")]
+    records = [r for r in load_records(sweep_dir) if sort_key(r, mode)[0] == 0 and r.get("best_checkpoint")
+               and not r.get("checkpoint_deleted")]
     return sorted(records, key=lambda r: sort_key(r, mode))
 
 
@@ -118,3 +120,17 @@ def _same_params(params: dict[str, Any], baseline: dict[str, Any]) -> bool:
             return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
         return a == b
     return all(same(params.get(k), v) for k, v in baseline.items())
+
+
+def disk_summary(spec) -> str:
+    """What the sweep occupies: its directory, and its bucket where it has one."""
+    from tuner import storage
+
+    def mib(location: str) -> str:
+        return f"{storage.size_bytes(location) / 2**20:.1f} MiB"
+
+    kept = sum(1 for r in load_records(spec.sweep_dir) if r.get("best_checkpoint") and not r.get("checkpoint_deleted"))
+    text = f"{mib(str(spec.sweep_dir))} in {spec.sweep_dir}"
+    if storage.is_uri(spec.location):
+        text += f", {mib(spec.location)} in {spec.location}"
+    return f"{text}; {kept} trial checkpoints kept (promote.keep_best: {spec.promote.keep_best})"

@@ -131,6 +131,7 @@ class PromoteSpec:
     max_new_tokens: int = 32
     do_sample: bool = False  # greedy by default, so samples are reproducible
     evaluate_base: bool = True  # also evaluate the model before fine-tuning (base_perplexity)
+    keep_best: int = 2  # best checkpoints kept sweep-wide; the others are deleted once they cannot win
 
 
 @dataclass
@@ -657,6 +658,7 @@ def _check_promote(promote: PromoteSpec, problems: list[str]) -> None:
     for key in ("eval_batch_size", "prompt_tokens", "max_new_tokens"):
         _at_least(getattr(promote, key), 1, f"promote.{key}", problems)
     _at_least(promote.num_samples, 0, "promote.num_samples", problems)
+    _at_least(promote.keep_best, 1, "promote.keep_best", problems)
 
 
 def _check_wandb(wandb: WandbSpec, problems: list[str]) -> None:

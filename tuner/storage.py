@@ -130,3 +130,43 @@ def copy_study(source: Path, destination: Path) -> None:
     with sqlite3.connect(source) as src, sqlite3.connect(tmp) as dst:
         src.backup(dst)
     os.replace(tmp, destination)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keeping disk in check: checkpoints that can no longer matter are removed.
+
+
+def remove(location: str) -> None:
+    """Delete the directory at `location`, wherever it lives; gone already is fine."""
+    fs, path = _fs(location)
+    try:
+        fs.delete_dir(path)
+    except (FileNotFoundError, OSError):
+        pass
+
+
+def subdirs(location: str, prefix: str) -> list[str]:
+    """The subdirectories of `location` whose names start with `prefix`, as locations."""
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return []
+    return [join(location, info.base_name) for info in infos
+            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(prefix)]
+
+
+def size_bytes(location: str) -> int:
+    """Bytes under `location` (a file or a directory tree)."""
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    info = fs.get_file_info(path)
+    if info.type == pyarrow.fs.FileType.File:
+        return info.size or 0
+    if info.type != pyarrow.fs.FileType.Directory:
+        return 0
+    return sum(i.size or 0 for i in fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
+               if i.type == pyarrow.fs.FileType.File)

@@ -278,7 +278,7 @@ def _ledger_class():
             self.dir = sweep_dir / TRIALS_DIR
             self.dir.mkdir(parents=True, exist_ok=True)
             self.plan, self.metric, self.sign = plan, metric, 1 if mode == "min" else -1
-            self.max_failures = spec.search.max_failures
+            self.max_failures, self.keep_best = spec.search.max_failures, spec.promote.keep_best
             self.say = say
             self.tracker = tracker  # tracking.Tracker: the trial's W&B run follows its record
             self.records: dict[str, dict[str, Any]] = {}
@@ -328,7 +328,10 @@ def _ledger_class():
                     result[C.TRIAL_STATUS] = C.STOPPED_ASHA
                     record["rung"] = max([r for r in self.plan.rungs if r <= tokens], default=None)
             value = result.get(self.metric)
-            if result.get(C.TRIAL_STATUS) not in C.ABORTED and not result.get(C.REPEAT):
+            # A retried trial redoes the steps after its last persisted checkpoint: a report it had
+            # already made before the crash is not counted twice.
+            redone = bool(record["history"]) and result.get(C.STEP, 0) <= record["history"][-1][C.STEP]
+            if result.get(C.TRIAL_STATUS) not in C.ABORTED and not result.get(C.REPEAT) and not redone:
                 record["reports"] += 1
                 record["history"].append({k: result.get(k) for k in C.REPORT_KEYS})
                 if self.tracker is not None:
@@ -364,6 +367,8 @@ def _ledger_class():
             """The trial crashed and Tune restarts it from its latest checkpoint."""
             record = self._record(trial)
             record["retries"] = record.get("retries", 0) + 1
+            if record["reports"] == 0:  # nothing to resume from: say so in the leaderboard
+                record["restarted_from_step_0"] = record.get("restarted_from_step_0", 0) + 1
             record.setdefault("crashes", []).append(_error_text(trial))
             self._write(record)
             self.say(f"trial {trial.trial_id}: crashed ({record['crashes'][-1]}); retry {record['retries']} of "
@@ -381,10 +386,38 @@ def _ledger_class():
             record["status"] = status
             record["ended_at"] = time.time()
             record.pop("pending_value", None)
+            self._prune(record)
             self._write(record)
+            self._keep_best()
             self.say(self._progress(trial.trial_id, record, trials))
             if self.tracker is not None:
                 self.tracker.trial_ended(record)
+
+        def _prune(self, record: dict[str, Any]) -> None:
+            """An ended trial keeps its best checkpoint only (none if it cannot be promoted): Tune
+            also keeps the latest one while a trial runs, for resume."""
+            best = record["best_checkpoint"] if record["status"] in C.PROMOTABLE else None
+            folders = {self._uri(record["trial_dir"])}
+            if record["best_checkpoint"]:
+                folders.add(record["best_checkpoint"].rstrip("/").rsplit("/", 1)[0])
+            for folder in folders:
+                for checkpoint in storage.subdirs(folder, "checkpoint_"):
+                    if checkpoint.rstrip("/") != (best or "").rstrip("/"):
+                        storage.remove(checkpoint)
+            if record["best_checkpoint"] and best is None:
+                record["checkpoint_deleted"] = True
+
+        def _keep_best(self) -> None:
+            """Sweep-wide, `keep_best` checkpoints: one that `keep_best` ended trials already beat can
+            never be among them again, so it goes."""
+            ended = sorted((r for r in self.records.values() if r["status"] in C.PROMOTABLE
+                            and r["best_checkpoint"] and r["best_metric"] is not None
+                            and math.isfinite(r["best_metric"]) and not r.get("checkpoint_deleted")),
+                           key=lambda r: self.sign * r["best_metric"])
+            for record in ended[self.keep_best:]:
+                storage.remove(record["best_checkpoint"])
+                record["checkpoint_deleted"] = True
+                self._write(record)
 
         def _progress(self, trial_id: str, record: dict[str, Any], trials) -> str:
             done = [r for r in self.records.values() if r["status"] not in (C.RUNNING, C.PENDING)]

@@ -155,6 +155,8 @@ class ReportCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        # Resume needs weights, optimizer, scheduler, RNG and trainer state; not the pickled arguments.
+        (checkpoint / "training_args.bin").unlink(missing_ok=True)
         final = self._is_last(state)
         self._send(state, checkpoint, C.COMPLETED if final else C.RUNNING, final)
         shutil.rmtree(checkpoint, ignore_errors=True)
