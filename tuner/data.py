@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tuner import builtin
-from tuner.errors import UserError
+from tuner.errors import UserError, first_line
 from tuner.spec import CleanSpec, DataSpec, Spec
 
 log = logging.getLogger("tuner")
@@ -179,7 +179,7 @@ def load_source(data: DataSpec, token_env: str | None = None) -> dict[str, list[
     A hub dataset is read with the token in `token_env`, if any."""
     import datasets
 
-    from tuner import secret
+    from tuner import model as model_lib
 
     if data.path is not None:
         files = _data_files(data.path)
@@ -188,11 +188,10 @@ def load_source(data: DataSpec, token_env: str | None = None) -> dict[str, list[
         loaded = datasets.load_dataset(kind, data_files={"train": files}, **kwargs)
     else:
         try:
-            token = secret.from_env(token_env)
-            loaded = datasets.load_dataset(data.dataset, data.config, **({"token": token} if token else {}))
+            loaded = datasets.load_dataset(data.dataset, data.config, **model_lib.hub_kwargs(None, token_env))
         except Exception as exc:  # the hub raises many kinds; all mean "cannot load this"
             raise UserError(f"data.dataset: cannot load {data.dataset!r} (config {data.config!r}): "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                            f"{first_line(exc)}") from None
     out: dict[str, list[str]] = {}
     for name, split in loaded.items():
         if data.text_column not in split.column_names:

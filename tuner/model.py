@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner import builtin, secret
-from tuner.errors import UserError
+from tuner.errors import UserError, first_line
 
 log = logging.getLogger("tuner")
 
@@ -27,7 +27,7 @@ def resolve(name_or_path: str) -> str:
     return os.path.expanduser(name_or_path) if name_or_path.startswith(("~", ".", "/")) else name_or_path
 
 
-def _hub_kwargs(revision: str | None, token_env: str | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
+def hub_kwargs(revision: str | None, token_env: str | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
     """Hub arguments; the token is read from its environment variable now and passed on, never kept.
     `trust_remote_code` is passed only when the spec turns it on (validation demands a pinned revision)."""
     token = secret.from_env(token_env)
@@ -40,13 +40,13 @@ def load_config(name_or_path: str, revision: str | None = None, token_env: str |
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(resolve(name_or_path), **_hub_kwargs(revision, token_env, trust_remote_code))
+        return AutoConfig.from_pretrained(resolve(name_or_path), **hub_kwargs(revision, token_env, trust_remote_code))
     except (OSError, ValueError) as exc:
         if "trust_remote_code" in str(exc):
             raise UserError(f"model.trust_remote_code: {name_or_path!r} runs its own code from the model "
                             "repository; read that code, then set model.trust_remote_code: true and pin "
                             "model.revision to the commit you read") from None
-        raise UserError(f"model.name_or_path: cannot load {name_or_path!r} ({_first_line(exc)}); "
+        raise UserError(f"model.name_or_path: cannot load {name_or_path!r} ({first_line(exc)}); "
                         "give a Hugging Face hub name, a local model directory, or "
                         f"{builtin.TINY_GPT2}") from None
 
@@ -67,10 +67,10 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, token_env: st
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path),
-                                                  **_hub_kwargs(revision, token_env, trust_remote_code))
+                                                  **hub_kwargs(revision, token_env, trust_remote_code))
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path: cannot load the tokenizer of {name_or_path!r} "
-                        f"({_first_line(exc)})") from None
+                        f"({first_line(exc)})") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UserError(f"model.name_or_path: the tokenizer of {name_or_path!r} has neither a pad "
@@ -86,7 +86,7 @@ def load_model(name_or_path: str | Path, revision: str | None = None, freeze_lay
     from transformers import AutoModelForCausalLM
 
     name = str(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(resolve(name), **_hub_kwargs(revision, token_env, trust_remote_code))
+    model = AutoModelForCausalLM.from_pretrained(resolve(name), **hub_kwargs(revision, token_env, trust_remote_code))
     if freeze_layers:
         freeze(model, freeze_layers)
     return model
@@ -118,6 +118,3 @@ def transformer_blocks(model) -> list:
     raise UserError(f"model: cannot find the {count} transformer blocks of "
                     f"{type(model).__name__} to freeze; set freeze_layers: 0")
 
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

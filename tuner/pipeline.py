@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from tuner import data, export, model, promote, results, secret, space, storage, sweep, tracking
 from tuner import constants as C
-from tuner.errors import UserError
+from tuner.errors import UserError, first_line
 from tuner.spec import Spec, load_spec, to_yaml
 from tuner.trial import TrialContext
 
@@ -154,7 +154,10 @@ def fetch(checkpoint: str, local: Path) -> str:
     """A local directory holding `checkpoint` (downloaded when it lives in a bucket)."""
     if not storage.is_uri(checkpoint):
         return checkpoint
-    storage.download(checkpoint, local)
+    try:
+        storage.download(checkpoint, local)
+    except OSError as exc:  # gone from the bucket, or unreachable: promotion takes the next best
+        raise promote.UnreadableCheckpoint(f"{checkpoint}: {first_line(exc)}") from None
     return str(local)
 
 
@@ -170,7 +173,7 @@ def _evaluate_best_readable(spec: Spec, ctx: TrialContext) -> tuple[dict[str, An
             return record, promote.final_evaluation(checkpoint, ctx.model_path, ctx.prepared, spec.promote,
                                                     spec.model.revision, spec.model.token_env,
                                                     spec.model.trust_remote_code)
-        except (promote.UnreadableCheckpoint, OSError) as exc:
+        except promote.UnreadableCheckpoint as exc:  # not the base model's errors: those are not the checkpoint's
             skipped.append(f"  {record['trial_id']}: {exc}")
             log.warning("promote: the checkpoint of trial %s is missing or unreadable (%s); promoting the "
                         "next best trial instead", record["trial_id"], exc)

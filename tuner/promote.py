@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from tuner.data import Prepared, load_prepared
+from tuner.errors import first_line
 from tuner.spec import PromoteSpec
 
 log = logging.getLogger("tuner")
@@ -32,7 +33,7 @@ def load_checkpoint(checkpoint: str, trust_remote_code: bool = False):
     try:
         return model_lib.load_model(checkpoint, trust_remote_code=trust_remote_code)
     except Exception as exc:  # safetensors, config and OS errors all mean: not loadable
-        raise UnreadableCheckpoint(f"{checkpoint}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+        raise UnreadableCheckpoint(f"{checkpoint}: {first_line(exc)}") from None
 
 
 def token_loss(model, blocks: list[list[int]], batch_size: int) -> tuple[float, int]:
@@ -94,9 +95,9 @@ def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, setti
     """
     from tuner import model as model_lib
 
+    model = load_checkpoint(checkpoint, trust_remote_code)  # first: an unreadable one costs nothing else
     tokenizer = model_lib.load_tokenizer(prepared.tokenizer_path)
     test = load_prepared(prepared)["test"]["input_ids"]
-    model = load_checkpoint(checkpoint, trust_remote_code)
     log.info("promote: evaluating %s on %d test blocks", checkpoint, len(test))
     metrics = evaluate(model, test, settings.eval_batch_size)
     generated = samples(model, tokenizer, test, settings)

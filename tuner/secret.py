@@ -105,11 +105,16 @@ class RedactingStream(io.TextIOBase):
 
 
 class RedactingFilter(logging.Filter):
-    """Scrubs secret values from log records before a handler writes them."""
+    """Scrubs secret values from log records before a handler writes them. The environment is read
+    once, here, not for every record."""
+
+    def __init__(self):
+        super().__init__()
+        self.known = secret_values()
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact(message)
+        cleaned = redact(message, self.known)
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from tuner import constants as C
 from tuner import secret, space
+from tuner.errors import UserError, first_line
 from tuner.spec import Spec, WandbSpec
 
 log = logging.getLogger("tuner")
@@ -170,7 +171,7 @@ class Tracker:
                                   settings=wandb.Settings(**settings, **({"api_key": key} if key else {})))
             except Exception as exc:  # no network, a bad key, a server down: keep the sweep going
                 self.mode = "offline"
-                self.say(f"W&B: could not start online ({secret.redact(_first_line(exc))}); logging offline "
+                self.say(f"W&B: could not start online ({secret.redact(first_line(exc))}); logging offline "
                          f"to {self.dir} instead; upload later with `python launch.py sync {self.spec.sweep_dir}`")
                 if "id" in kwargs:  # W&B keeps a failed start's id taken for this process
                     kwargs = {**kwargs, "id": kwargs["id"] + "-offline"}
@@ -186,7 +187,7 @@ class Tracker:
             yield True
         except Exception as exc:
             self.failed = True
-            self.say(f"W&B: {what} failed ({secret.redact(_first_line(exc))}); tracking is off for the rest "
+            self.say(f"W&B: {what} failed ({secret.redact(first_line(exc))}); tracking is off for the rest "
                      "of this sweep, the sweep goes on")
 
     # Trials --------------------------------------------------------------------------------
@@ -313,10 +314,6 @@ def _cell(value: Any) -> Any:
     return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 # ---------------------------------------------------------------------------------------------
 # Uploading offline runs later.
 
@@ -334,8 +331,6 @@ def sync_command(runs: list[Path], settings: WandbSpec, dry_run: bool = False) -
 def sync(sweep_dir: Path, settings: WandbSpec, dry_run: bool = False,
          run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> int:
     """Upload a sweep's offline runs with `wandb sync`, the key passed in the environment only."""
-    from tuner.errors import UserError
-
     runs = offline_runs(sweep_dir)
     if not runs:
         raise UserError(f"{sweep_dir}: no offline W&B runs under {Path(sweep_dir) / WANDB_DIR}; "

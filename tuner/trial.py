@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 from tuner import constants as C
 from tuner import space
 from tuner.data import Prepared, load_prepared
+from tuner.errors import first_line
 from tuner.spec import Spec
 
 # metrics, checkpoint directory (None for a report without one). The directory may be deleted once
@@ -243,7 +244,7 @@ def run_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter,
     except oom_error() as exc:
         smaller = halved(hyper)
         log.warning("out of memory at micro-batch %s (%s); retrying with micro-batch %s and accumulation %s",
-                    hyper["per_device_train_batch_size"], str(exc).splitlines()[0] if str(exc) else "OOM",
+                    hyper["per_device_train_batch_size"], first_line(exc),
                     smaller["per_device_train_batch_size"], smaller["gradient_accumulation_steps"])
     free_cuda()
     try:
