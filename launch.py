@@ -1,6 +1,7 @@
 """tuner: hyperparameter search for fine-tuning causal language models.
 
-    python launch.py sweep SPEC [--name NAME] [--set key.path=value ...] [--num-samples N] [--address ADDR]
+    python launch.py sweep SPEC [--name NAME] [--set key.path=value ...] [--num-samples N] [--address ADDR] [--force]
+    python launch.py resume SWEEP_DIR [--num-samples N] [--address ADDR] [--force]
     python launch.py validate SPEC [--set key.path=value ...] [--address ADDR]
     python launch.py status SWEEP_DIR
     python launch.py export SWEEP_DIR [--format yaml|json]
@@ -8,6 +9,7 @@
 
 `sweep` runs the whole pipeline: spec → prepared data → Optuna + ASHA on Ray Tune → leaderboard →
 final evaluation of the best checkpoint → export. Bad input exits with code 2 and one message.
+Run again (or `resume`d) on the same sweep directory, a sweep goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -20,11 +22,26 @@ from tuner.errors import UserError
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from tuner.pipeline import SweepFailed, run_sweep
+    from tuner.pipeline import run_sweep
+
+    return _run(lambda: run_sweep(args.spec, overrides=args.set, name=args.name, num_samples=args.num_samples,
+                                  address=args.address, force=args.force))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Go on with an interrupted sweep (its driver killed) under the spec saved in its directory."""
+    from tuner.pipeline import resume_sweep
+
+    return _run(lambda: resume_sweep(args.sweep_dir, address=args.address, force=args.force,
+                                     num_samples=args.num_samples))
+
+
+def _run(sweep) -> int:
+    """A sweep's exit code: 0 with its results, 1 when no trial left anything to promote."""
+    from tuner.pipeline import SweepFailed
 
     try:
-        result = run_sweep(args.spec, overrides=args.set, name=args.name, num_samples=args.num_samples,
-                           address=args.address)
+        result = sweep()
     except SweepFailed as exc:
         print(f"tuner: sweep failed: {exc}", file=sys.stderr)
         return 1
@@ -119,7 +136,16 @@ def parser() -> argparse.ArgumentParser:
                        help="override one spec value, e.g. --set search.num_samples=4 (repeatable)")
     sweep.add_argument("--num-samples", type=int, help="override search.num_samples")
     sweep.add_argument("--address", help="attach to a running Ray cluster (default: a private local one)")
+    sweep.add_argument("--force", action="store_true",
+                       help="go on with an existing sweep directory even though the spec changed")
     sweep.set_defaults(run=cmd_sweep)
+
+    resume = commands.add_parser("resume", help="go on with an interrupted sweep (same as re-running `sweep`)")
+    resume.add_argument("sweep_dir", help="the directory `sweep` printed, e.g. runs/tiny")
+    resume.add_argument("--num-samples", type=int, help="raise search.num_samples: run that many trials in all")
+    resume.add_argument("--address", help="attach to a running Ray cluster (default: a private local one)")
+    resume.add_argument("--force", action="store_true", help="resume even though the saved spec was edited")
+    resume.set_defaults(run=cmd_resume)
 
     validate = commands.add_parser("validate", help="check a spec and print the plan; builds nothing")
     validate.add_argument("spec")

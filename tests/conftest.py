@@ -3,6 +3,7 @@ every test which only reads its results shares, so the suite pays for it once.""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -30,6 +31,17 @@ SWEEP_OVERRIDES = [
     "promote.num_samples=2",
     "tracking.wandb.mode=offline",
 ]
+
+
+def write_remote_code_model(folder: Path) -> Path:
+    """A local model whose config class lives in the repository's own Python file."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "remote-gpt", "auto_map": {"AutoConfig": "configuration_remote.RemoteConfig"}}))
+    (folder / "configuration_remote.py").write_text(
+        "from transformers import PretrainedConfig\n\n"
+        "class RemoteConfig(PretrainedConfig):\n    model_type = 'remote-gpt'\n")
+    return folder
 
 
 @pytest.fixture(scope="session")

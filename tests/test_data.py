@@ -266,6 +266,20 @@ def test_clean_and_split_max_records_before_seeded_split():
     assert sorted(t for s in SPLITS for t in splits[s]) == sorted(f"r{i}" for i in range(10))
 
 
+def test_clean_and_split_nothing_left_names_the_source_and_the_counts():
+    texts = ["<p></p>", "   ", "<br/>", "hello", "hello"]
+    with pytest.raises(UserError, match=re.escape("data.path: only 1 record(s) of 'notes.jsonl' left after "
+                                                  "cleaning (5 in, 3 empty, 1 duplicate)")):
+        clean_and_split(DataSpec(path="notes.jsonl"), {"train": texts})
+
+
+def test_clean_and_split_an_own_split_left_empty_is_named():
+    source = {"train": ["a", "b"], "validation": ["v"], "test": ["a", " ", "<b></b>"]}
+    with pytest.raises(UserError, match=re.escape("data.dataset: no records left after cleaning in the "
+                                                  "split(s) test (3 in, 2 empty, 1 duplicate) of 'org/set'")):
+        clean_and_split(DataSpec(dataset="org/set"), source)
+
+
 # ---------------------------------------------------------------------------------------------
 # check_prepared.
 
@@ -299,6 +313,17 @@ def test_check_prepared_reports_every_empty_split():
 def test_check_prepared_train_smaller_than_batch():
     with pytest.raises(UserError, match="the train split has 3 blocks, fewer than the largest effective batch"):
         check_prepared(data_spec(), prepared({"train": 3, "validation": 1, "test": 1}), largest_batch=4)
+
+
+def test_check_prepared_names_the_fields_behind_the_largest_batch():
+    spec = validate({"name": "d", "model": {"name_or_path": "builtin:tiny-gpt2"}, "data": {"path": "x.jsonl"},
+                     "train": {"gradient_accumulation_steps": 2},
+                     "search": {"space": {"per_device_train_batch_size": {"type": "categorical",
+                                                                          "choices": [8, 16]}}}})
+    with pytest.raises(UserError, match=re.escape(
+            "search.space.per_device_train_batch_size × train.gradient_accumulation_steps: the train split "
+            "has 20 blocks, fewer than the largest effective batch (16 × 2 = 32 blocks)")):
+        check_prepared(spec, prepared({"train": 20, "validation": 1, "test": 1}), largest_batch=32)
 
 
 def test_check_prepared_passes():

@@ -1,8 +1,8 @@
-"""Model loading rules: remote code only when the spec allows it, with a pinned revision."""
+"""Model loading rules: remote code only when the spec allows it, with a pinned revision; a local
+path that holds no model is named as such."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
@@ -11,22 +11,14 @@ from tuner.errors import UserError
 from tuner.pipeline import check_model
 from tuner.spec import SpecError, load_spec
 
-from tests.conftest import TINY
+from tests.conftest import TINY, write_remote_code_model
 
 COMMIT = "0123456789abcdef" * 2 + "01234567"
 
 
 @pytest.fixture
 def remote_code_model(tmp_path):
-    """A local model whose config class lives in the repository's own Python file."""
-    folder = tmp_path / "remote-model"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "remote-gpt", "auto_map": {"AutoConfig": "configuration_remote.RemoteConfig"}}))
-    (folder / "configuration_remote.py").write_text(
-        "from transformers import PretrainedConfig\n\n"
-        "class RemoteConfig(PretrainedConfig):\n    model_type = 'remote-gpt'\n")
-    return folder
+    return write_remote_code_model(tmp_path / "remote-model")
 
 
 def test_a_model_needing_remote_code_is_refused_without_trust(remote_code_model, tmp_path):
@@ -47,3 +39,13 @@ def test_trust_remote_code_needs_a_pinned_commit():
     assert "model.revision: got 'main'" in str(error.value) and "commit hash" in str(error.value)
     assert load_spec(TINY, ["model.trust_remote_code=true", f"model.revision={COMMIT}"]).model.trust_remote_code
     assert load_spec(TINY).model.trust_remote_code is False
+
+
+@pytest.mark.parametrize("make, found", [(lambda p: None, "no such directory"),
+                                         (lambda p: p.mkdir(), "a directory without config.json")])
+def test_a_model_path_that_is_not_a_model_directory_is_named(tmp_path, make, found):
+    """A local path is never looked up on the hub: the message says what is there instead."""
+    path = tmp_path / "my-model"
+    make(path)
+    with pytest.raises(UserError, match=f"model.name_or_path: got '{path}', {found}; give a model directory"):
+        model.load_config(str(path))

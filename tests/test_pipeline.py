@@ -165,6 +165,38 @@ def test_a_users_own_training_loop_gets_the_same_search(ray_runtime, tmp_path):
     assert result.paths["model"].joinpath("model.safetensors").exists()
 
 
+def _nan_above(learning_rate):
+    def loop(config, report):
+        """The same loop, except that its loss is NaN from the first step above `learning_rate`."""
+        if config["learning_rate"] > learning_rate:
+            for step in range(1, 4):
+                report({"eval_loss": math.nan, "tokens_seen": step * 96, "step": step})
+        _own_loop(config, report)
+    return loop
+
+
+def test_a_nan_configuration_is_diverged_fails_in_optuna_and_is_never_best(ray_runtime, tmp_path):
+    result = run_sweep(TINY_PATH, trial_fn=_nan_above(0.00999), overrides=[
+        "data.max_records=300", "scheduler=none", "search.num_samples=3", "search.baseline.learning_rate=0.01",
+        "search.space.learning_rate.high=0.01", "promote.num_samples=1", f"storage={tmp_path / 'nan'}"])
+    nan = [row for row in result.leaderboard if row["learning_rate"] == 0.01]
+    assert len(nan) == 1 and nan[0]["status"] == C.DIVERGED and nan[0]["optuna_state"] == "FAIL"
+    assert nan[0]["reports"] == 0 and nan[0]["tokens_seen"] == 96  # stopped at its first report
+    assert nan[0] is result.leaderboard[-1] and result.best["trial_id"] != nan[0]["trial_id"]
+    assert nan[0]["best_metric"] is None and math.isfinite(result.final_eval["perplexity"])
+
+
+def test_a_sweep_in_which_no_trial_completes_fails_and_exports_nothing(ray_runtime, tmp_path):
+    from tuner.pipeline import SweepFailed
+
+    with pytest.raises(SweepFailed, match="no trial finished with a finite eval_loss") as failed:
+        run_sweep(TINY_PATH, trial_fn=_nan_above(5e-3), overrides=[
+            "data.max_records=300", "scheduler=none", "search.num_samples=2", "search.baseline=null",
+            "search.space.learning_rate={type: float, low: 6.0e-3, high: 1.0e-2}", f"storage={tmp_path / 'none'}"])
+    assert str(failed.value).count(f": {C.DIVERGED}") == 2  # why each trial ended
+    assert not (tmp_path / "none" / "best").exists()
+
+
 def test_a_time_budget_ends_the_search_and_promotes_the_best_so_far(ray_runtime, tmp_path):
     result = run_sweep(TINY_PATH, overrides=[
         "data.max_records=900", "train.report_every_tokens=4096", "search.num_samples=50",

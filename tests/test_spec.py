@@ -81,6 +81,13 @@ def test_unknown_top_level_key():
     fails(base(trian={"learning_rate": 1e-4}), "trian: unknown key", "allowed keys: name, model, data")
 
 
+def test_unknown_key_suggests_the_closest_one():
+    message = fails(base(train={"lerning_rate": 1e-4}), "train.lerning_rate: unknown key (did you mean "
+                    "'learning_rate'?); allowed keys: learning_rate")
+    assert "did you mean" not in fails(base(train={"colour": "blue"}), "train.colour: unknown key; allowed")
+    assert message.count("did you mean") == 1
+
+
 def test_unknown_nested_key():
     fails(base(train={"learning_rat": 1e-4}), "train.learning_rat: unknown key", "learning_rate")
 
@@ -324,6 +331,26 @@ def test_step_and_log_cannot_be_combined():
 def test_step_must_be_positive_number(step):
     raw = with_space(weight_decay={"type": "float", "low": 0.0, "high": 0.1, "step": step})
     fails(raw, f"search.space.weight_decay.step: got {step!r}, expected a number > 0")
+
+
+@pytest.mark.parametrize("name, entry, high", [
+    ("warmup_ratio", {"type": "float", "low": 0.0, "high": 0.1, "step": 0.03}, "0.09"),
+    ("gradient_accumulation_steps", {"type": "int", "low": 1, "high": 4, "step": 2}, "3"),
+    ("weight_decay", {"type": "float", "low": 0.0, "high": 0.1, "step": 0.5}, "0"),
+])
+def test_step_must_divide_the_range(name, entry, high):
+    """Optuna would quietly lower `high` to the last whole step; the spec says so instead."""
+    fails(with_space(**{name: entry}), f"search.space.{name}.step: got {entry['step']!r}, which does not "
+          f"divide the range", f"set high: {high}")
+
+
+@pytest.mark.parametrize("entry", [
+    {"type": "float", "low": 0.0, "high": 0.1, "step": 0.02},  # 0.1 / 0.02 is 5.000000000000001
+    {"type": "float", "low": 0.01, "high": 0.07, "step": 0.02},
+    {"type": "float", "low": 0.05, "high": 0.05, "step": 0.02},
+])
+def test_step_dividing_the_range_up_to_float_error_is_fine(entry):
+    assert validate(with_space(warmup_ratio=entry)).search.space["warmup_ratio"] == entry
 
 
 @pytest.mark.parametrize("key, entry", [

@@ -133,3 +133,73 @@ def test_an_oom_at_half_the_batch_too_ends_the_trial_as_oom_without_raising(smal
     (last, files), = reports
     assert last[C.TRIAL_STATUS] == C.OOM and last[C.FINAL] and math.isnan(last[C.EVAL_LOSS]) and not files
     assert last[C.MICRO_BATCH] == 4 and last[C.ACCUMULATION] == 4
+
+
+def _nan_model(tmp_path: Path) -> str:
+    """The tiny model with one weight NaN: every loss it computes is NaN."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuner import builtin
+
+    nan = AutoModelForCausalLM.from_pretrained(builtin.tiny_gpt2_path())
+    with torch.no_grad():
+        nan.lm_head.weight[0, 0] = float("nan")
+    nan.save_pretrained(tmp_path / "nan")
+    return str(tmp_path / "nan")
+
+
+def test_a_real_nan_loss_stops_the_trainer_at_once_as_diverged(small, tmp_path):
+    spec, prepared = small
+    reports = []
+    ctx = TrialContext(spec, prepared, _nan_model(tmp_path))
+    summary = run_trial(HYPER, ctx, lambda metrics, checkpoint: reports.append((metrics, checkpoint)))
+    (last, checkpoint), = reports  # no evaluation, checkpoint or report of a diverged model
+    assert last[C.TRIAL_STATUS] == C.DIVERGED and last[C.FINAL] and checkpoint is None
+    assert last[C.STEP] <= 10  # the first loss logged (every 10 steps) or evaluated stops it
+    assert summary["status"] == C.DIVERGED
+
+
+def _first_checkpoint(spec, prepared, tmp_path: Path) -> tuple[Path, int]:
+    """A copy of the trial's first checkpoint (the core deletes its own once reported)."""
+    import shutil
+
+    kept = []
+
+    def report(metrics, checkpoint):
+        if checkpoint and not kept:
+            shutil.copytree(checkpoint, tmp_path / "first")
+            kept.append(metrics[C.STEP])
+
+    run_trial(HYPER, TrialContext(spec, prepared, model.resolve(spec.model.name_or_path)), report)
+    return tmp_path / "first", kept[0]
+
+
+def test_a_resumed_trial_goes_on_from_its_checkpoint_step(small, tmp_path):
+    spec, prepared = small
+    checkpoint, step = _first_checkpoint(spec, prepared, tmp_path)
+    reports = []
+    run_trial(HYPER, TrialContext(spec, prepared, model.resolve(spec.model.name_or_path)),
+              lambda metrics, _: reports.append(metrics), resume_from=str(checkpoint))
+    assert reports[0][C.START_STEP] == step > 0 and reports[0][C.STEP] > step
+
+
+def test_a_checkpoint_whose_optimizer_state_would_run_code_is_refused(small, tmp_path):
+    """Optimizer, scheduler and RNG state are loaded weights-only: a pickle that runs code is refused."""
+    import pickle
+
+    from tuner.trial import UnsafeCheckpoint
+
+    spec, prepared = small
+    checkpoint, _ = _first_checkpoint(spec, prepared, tmp_path)
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (checkpoint / "optimizer.pt").write_bytes(pickle.dumps({"state": Payload()}))
+    with pytest.raises(UnsafeCheckpoint, match="refused, not loaded"):
+        run_trial(HYPER, TrialContext(spec, prepared, model.resolve(spec.model.name_or_path)),
+                  lambda *_: None, resume_from=str(checkpoint))
+    assert not marker.exists()

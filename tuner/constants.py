@@ -23,6 +23,7 @@ GPU_IDS = "gpu_ids"  # the GPU ids Ray gave it: "node:ids", one entry per worker
 MICRO_BATCH = "micro_batch"  # the per-device batch the trial actually trained with (halved after an OOM)
 ACCUMULATION = "accumulation"  # the gradient accumulation it actually used (doubled after an OOM)
 REPEAT = "repeat_report"  # True on a closing copy of the last report (not counted again)
+START_STEP = "start_step"  # the global step this run of the trial started from (0, or its checkpoint's)
 
 # ASHA compares trials after the same amount of data, whatever their batch size.
 TIME_ATTR = TOKENS_SEEN
@@ -37,6 +38,10 @@ STOPPED_BUDGET = "stopped_budget"  # the sweep's time budget or Ctrl-C ended it
 DIVERGED = "diverged"  # NaN or inf loss
 OOM = "oom"
 FAILED = "failed"
+# A trial a dead driver had started after Tune's last snapshot: Tune cannot resume it, so its record
+# is set aside (trials/lost/) and, in Optuna, it is FAIL with this user attribute; its configuration
+# runs again as a new trial.
+LOST = "lost"
 STATUSES = (COMPLETED, STOPPED_ASHA, STOPPED_PATIENCE, STOPPED_BUDGET, DIVERGED, OOM, FAILED)
 # Statuses a trial reports itself on its last report (with a NaN metric): never counted as a report.
 ABORTED = (DIVERGED, OOM)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tuner import builtin
+from tuner import builtin, space
 from tuner.errors import UserError, first_line
 from tuner.spec import CleanSpec, DataSpec, Spec
 
@@ -221,17 +221,40 @@ def clean_and_split(data: DataSpec, source: dict[str, list[str]]) -> tuple[dict[
         splits = {}
         for ours in SPLITS:  # train first: a duplicate of a train record is dropped from eval splits
             splits[ours], counts[ours] = clean_records(source[mapping[ours]], data.clean, seen)
+        empty = [f"{mapping[s]} ({_dropped(counts[s])})" for s in SPLITS if not splits[s]]
+        if empty:
+            raise UserError(f"{_source_key(data)}: no records left after cleaning in the split(s) "
+                            f"{', '.join(empty)} of {_source_name(data)!r}; every split needs text: check "
+                            "data.text_column, or turn off data.clean rules that remove what you need")
         counts["source"] = "own splits"
     else:
         everything = [t for name in sorted(source) for t in source[name]]
         texts, counts["all"] = clean_records(everything, data.clean)
         if data.max_records:
             texts = texts[: data.max_records]
+        if len(texts) < len(SPLITS):  # said here, where the source and the cleaning counts are known
+            raise UserError(f"{_source_key(data)}: only {len(texts)} record(s) of {_source_name(data)!r} left "
+                            f"after cleaning ({_dropped(counts['all'])}); a train/validation/test split "
+                            f"needs at least 3: point {_source_key(data)} at more text, or turn off "
+                            "data.clean rules that remove what you need")
         splits = split_records(texts, asdict(data.split), data.seed)
         counts["source"] = "seeded split {train:g}/{validation:g}/{test:g}".format(**asdict(data.split))
     if mapping and data.max_records:
         splits = {name: texts[: data.max_records] for name, texts in splits.items()}
     return splits, counts
+
+
+def _source_key(data: DataSpec) -> str:
+    return "data.path" if data.path is not None else "data.dataset"
+
+
+def _source_name(data: DataSpec) -> str:
+    return data.path if data.path is not None else data.dataset
+
+
+def _dropped(counts: dict[str, int]) -> str:
+    return (f"{counts['records_in']} in, {counts['dropped_empty']} empty, "
+            f"{counts['dropped_duplicate']} duplicate")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,11 +325,23 @@ def check_prepared(spec: Spec, prepared: Prepared, largest_batch: int) -> None:
                             f"only {prepared.tokens[name]} tokens, less than one block; lower "
                             "data.block_size or add data")
     if 0 < prepared.blocks["train"] < largest_batch:
-        problems.append(f"data: the train split has {prepared.blocks['train']} blocks, fewer than the "
-                        f"largest effective batch ({largest_batch} blocks); lower the batch size or "
-                        "accumulation in search.space, or add data")
+        keys, product = _largest_batch(spec, largest_batch)
+        problems.append(f"{keys}: the train split has {prepared.blocks['train']} blocks, fewer than the "
+                        f"largest effective batch ({product}); "
+                        "lower the batch size or accumulation, lower data.block_size for more blocks, "
+                        "or add data")
     if problems:
         raise UserError("the data does not fit the spec:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _largest_batch(spec: Spec, largest_batch: int) -> tuple[str, str]:
+    """The key paths behind the largest effective batch, and its product, for messages."""
+    names = ("per_device_train_batch_size", "gradient_accumulation_steps")
+    keys = [f"search.space.{n}" if n in spec.search.space else f"train.{n}" for n in names]
+    batch, accumulation = (int(space.largest(spec, n)) for n in names)
+    if batch * accumulation != largest_batch:  # a count the caller worked out otherwise
+        return "data", f"{largest_batch} blocks"
+    return " × ".join(keys), f"{batch} × {accumulation} = {largest_batch} blocks"
 
 
 def load_prepared(prepared: Prepared):

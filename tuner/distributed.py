@@ -72,6 +72,9 @@ def ddp_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    if tune.get_context().get_trial_id() in ctx.ended:  # ended after the dead driver's last snapshot
+        tune.report(ctx.ended[tune.get_context().get_trial_id()])
+        return
     spec = ctx.spec
     num_workers = int(spec.resources.gpus_per_trial)
     trainer = TorchTrainer(

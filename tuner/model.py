@@ -39,13 +39,20 @@ def load_config(name_or_path: str, revision: str | None = None, token_env: str |
                 trust_remote_code: bool = False):
     from transformers import AutoConfig
 
+    where = resolve(name_or_path)
+    if where.startswith("/") or name_or_path.startswith(("~", ".")):  # a path, never a hub name
+        if not os.path.isdir(where) or not os.path.isfile(os.path.join(where, "config.json")):
+            found = "a directory without config.json" if os.path.isdir(where) else "no such directory"
+            raise UserError(f"model.name_or_path: got {name_or_path!r}, {found}; give a model directory "
+                            "(saved with save_pretrained), a Hugging Face hub name, or "
+                            f"{builtin.TINY_GPT2}")
     try:
-        return AutoConfig.from_pretrained(resolve(name_or_path), **hub_kwargs(revision, token_env, trust_remote_code))
+        return AutoConfig.from_pretrained(where, **hub_kwargs(revision, token_env, trust_remote_code))
     except (OSError, ValueError) as exc:
         if "trust_remote_code" in str(exc):
-            raise UserError(f"model.trust_remote_code: {name_or_path!r} runs its own code from the model "
-                            "repository; read that code, then set model.trust_remote_code: true and pin "
-                            "model.revision to the commit you read") from None
+            raise UserError(f"model.trust_remote_code: got {str(trust_remote_code).lower()}, but {name_or_path!r} "
+                            "runs its own code from the model repository; read that code, then set "
+                            "model.trust_remote_code: true and pin model.revision to the commit you read") from None
         raise UserError(f"model.name_or_path: cannot load {name_or_path!r} ({first_line(exc)}); "
                         "give a Hugging Face hub name, a local model directory, or "
                         f"{builtin.TINY_GPT2}") from None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from tuner import data, export, model, promote, results, secret, space, storage, sweep, tracking
+from tuner import data, export, model, promote, results, secret, space, state, storage, sweep, tracking
 from tuner import constants as C
 from tuner.errors import UserError, first_line
 from tuner.spec import Spec, load_spec, to_yaml
@@ -74,10 +74,24 @@ def check_model(spec: Spec) -> None:
         raise UserError("the model does not fit the spec:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def check_plan(spec: Spec, plan: sweep.Plan) -> None:
+    """A `grace_period` past the `max_t` the data gives (max_t unset: the largest epochs over the
+    train split) would let ASHA stop nothing; `validate` catches it where max_t is set."""
+    grace = spec.scheduler.grace_period
+    if spec.scheduler.type == "asha" and grace is not None and plan.max_t is not None and grace > plan.max_t:
+        raise UserError(f"scheduler.grace_period: got {grace}, larger than max_t={plan.max_t} tokens (the "
+                        "largest num_train_epochs times the train split's tokens); lower grace_period or "
+                        "set scheduler.max_t")
+
+
 def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | None = None,
               name: str | None = None, num_samples: int | None = None, address: str | None = None,
-              trial_fn: Callable | None = None) -> SweepResult:
+              trial_fn: Callable | None = None, force: bool = False) -> SweepResult:
     """Run a whole sweep and return its leaderboard, best trial, final evaluation and export paths.
+
+    Run again on the same sweep directory, it resumes: an experiment whose driver died is restored,
+    a finished sweep asked for more trials (`num_samples`) runs the missing ones on the same study,
+    and a sweep already promoted is not promoted again. A changed spec is refused unless `force`.
 
     `trial_fn(config, report)`, when given, replaces the built-in Trainer run: it receives the
     trial's hyperparameters and calls `report(metrics, checkpoint_dir)` with at least `eval_loss` and
@@ -88,14 +102,17 @@ def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | 
     sweep_dir = spec.sweep_dir
     if not storage.is_uri(spec.storage):
         spec.storage = str(sweep_dir)  # absolute: trials run in other working directories
+    progress = state.begin(spec, _saved_spec(sweep_dir), force)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / SPEC_FILE).write_text(to_yaml(spec))
+    progress.save(sweep_dir)
     log.info("sweep %s: %s", spec.name, sweep_dir)
 
     check_model(spec)
     prepared = publish(spec, data.prepare(spec, sweep_dir))
     data.check_prepared(spec, prepared, largest_batch(spec))
     plan = sweep.make_plan(spec, prepared.train_tokens())
+    check_plan(spec, plan)
     log.info("plan:\n  %s", plan.describe().replace("\n", "\n  "))
 
     ctx = TrialContext(spec, prepared, model.resolve(spec.model.name_or_path), plan.max_t, trial_fn)
@@ -103,16 +120,85 @@ def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | 
     board: list[dict[str, Any]] = []
     result = None
     try:
-        sweep.run_search(spec, ctx, plan, address, tracker=tracker)
+        search(spec, ctx, plan, address, tracker, progress)
         board = results.leaderboard(sweep_dir, spec.search.mode, spec.name)
         results.write_csv(board, sweep_dir / "leaderboard.csv")
-        result = promote_and_export(spec, ctx, board, tracker)
+        if already_exported(spec, board, progress):
+            log.info("sweep %s: its best of %d trials was promoted and exported already", spec.name, len(board))
+            result = exported_result(spec, board)
+        else:
+            result = promote_and_export(spec, ctx, board, tracker)
+        progress.exported_trials = len(board)
+        progress.save(sweep_dir)
     finally:
         tracker.sweep_ended(board, result.paths["best"] if result else None)
         tracker.close()
         if storage.is_uri(spec.location) and (sweep_dir / tracking.WANDB_DIR).exists():
             storage.upload(sweep_dir / tracking.WANDB_DIR, storage.join(spec.location, tracking.WANDB_DIR))
     return result
+
+
+def resume_sweep(sweep_dir: str | Path, *, address: str | None = None, force: bool = False,
+                 num_samples: int | None = None) -> SweepResult:
+    """Go on with the sweep in `sweep_dir`, under the spec saved there."""
+    if not state.is_sweep_dir(Path(sweep_dir)):
+        load_sweep_spec(sweep_dir)  # says what is missing
+        raise UserError(f"{sweep_dir}: not a sweep directory (no {state.STATE_FILE}); give the directory "
+                        "`launch.py sweep` printed, e.g. runs/tiny")
+    spec = load_sweep_spec(sweep_dir)
+    if not storage.is_uri(spec.storage):
+        spec.storage = str(Path(sweep_dir).resolve())  # the directory may have moved since
+    return run_sweep(spec, num_samples=num_samples, address=address, force=force)
+
+
+def search(spec: Spec, ctx: TrialContext, plan: sweep.Plan, address: str | None, tracker: tracking.Tracker,
+           progress: state.SweepState) -> None:
+    """The Tune experiments this run owes: the one a dead driver left (restored), then one for the
+    trials still missing from `search.num_samples`. The state is saved around each, so a driver
+    killed at any point resumes at the right one."""
+    sweep_dir = spec.sweep_dir
+    while (experiment := state.next_experiment(progress, spec.search.num_samples,
+                                               len(results.load_records(sweep_dir)))) is not None:
+        progress.save(sweep_dir)
+        ended = {r["trial_id"]: last_report(r) for r in results.load_records(sweep_dir)
+                 if r["status"] not in (C.RUNNING, C.PENDING)}
+        restored = experiment.restore
+        complete = sweep.run_search(spec, replace(ctx, ended=ended), plan, address, tracker=tracker,
+                                    experiment=experiment)
+        experiment.finished, experiment.restore = True, False
+        progress.save(sweep_dir)
+        if not (restored and complete):
+            break  # one new experiment per run; Ctrl-C or the time budget end the run
+
+
+def already_exported(spec: Spec, board: list[dict[str, Any]], progress: state.SweepState) -> bool:
+    """Whether best/ already holds this sweep's winner: no trial ran since the export, or the ones
+    that did (an extension) did not beat it. Promotion is a full test-set evaluation: done once."""
+    final = spec.sweep_dir / export.BEST_DIR / "final_eval.json"
+    if not final.exists() or progress.exported_trials is None:
+        return False
+    if progress.exported_trials == len(board):
+        return True
+    best = results.best_records(spec.sweep_dir, spec.search.mode)
+    exported = json.loads(final.read_text())
+    return bool(best) and (best[0]["trial_id"], best[0]["best_checkpoint"]) == (exported["trial_id"],
+                                                                               exported["checkpoint"])
+
+
+def last_report(record: dict[str, Any]) -> dict[str, Any]:
+    """An ended trial's last report again, marked as a repeat of how it ended."""
+    last = record["history"][-1] if record["history"] else {C.EVAL_LOSS: math.nan, C.STEP: 0, C.TOKENS_SEEN: 0}
+    return {**last, C.TRIAL_STATUS: record["status"], C.FINAL: True, C.REPEAT: True}
+
+
+def exported_result(spec: Spec, board: list[dict[str, Any]]) -> SweepResult:
+    """The result of a sweep promoted and exported by an earlier run, read back from best/."""
+    best_dir = spec.sweep_dir / export.BEST_DIR
+    final_eval = json.loads((best_dir / "final_eval.json").read_text())
+    records = {r["trial_id"]: r for r in results.load_records(spec.sweep_dir)}
+    best = records.get(final_eval.get("trial_id")) or (board[0] if board else {})
+    _summary(spec, best, final_eval, best_dir)
+    return _result(spec, board, best, final_eval, best_dir)
 
 
 def promote_and_export(spec: Spec, ctx: TrialContext, board: list[dict[str, Any]],
@@ -128,10 +214,16 @@ def promote_and_export(spec: Spec, ctx: TrialContext, board: list[dict[str, Any]
     final_eval = json.loads((best_dir / "final_eval.json").read_text())
     tracker.final_evaluation(best, final_eval, samples)
     if storage.is_uri(spec.location):  # the bucket gets the driver's files too: results in one place
-        for name in (SPEC_FILE, sweep.TRIALS_DIR, sweep.LOGS_DIR, sweep.STUDY_DB, "leaderboard.csv", export.BEST_DIR):
+        for name in (SPEC_FILE, state.STATE_FILE, sweep.TRIALS_DIR, sweep.LOGS_DIR, sweep.STUDY_DB, "leaderboard.csv", export.BEST_DIR):
             if (sweep_dir / name).exists():
                 storage.upload(sweep_dir / name, storage.join(spec.location, name))
     _summary(spec, best, final_eval, best_dir)
+    return _result(spec, board, best, final_eval, best_dir)
+
+
+def _result(spec: Spec, board: list[dict[str, Any]], best: dict[str, Any], final_eval: dict[str, Any],
+            best_dir: Path) -> SweepResult:
+    sweep_dir = spec.sweep_dir
     return SweepResult(sweep_dir, board, best, final_eval, {
         "leaderboard": sweep_dir / "leaderboard.csv", "best": best_dir,
         "config": best_dir / "config.yaml", "model": best_dir / "model",
@@ -212,6 +304,14 @@ def _quiet_libraries() -> None:
         handler.addFilter(secret.RedactingFilter())
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+
+
+def _saved_spec(sweep_dir: Path) -> Spec | None:
+    """The spec an earlier run saved in the sweep directory, if it still reads (to name what changed)."""
+    try:
+        return load_spec(sweep_dir / SPEC_FILE) if (sweep_dir / SPEC_FILE).is_file() else None
+    except UserError:
+        return None
 
 
 def load_sweep_spec(sweep_dir: str | Path) -> Spec:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -310,7 +311,9 @@ def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            problems.append(f"{_join(path, key)}: unknown key; allowed keys: {', '.join(fields)}")
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"{_join(path, key)}: unknown key{hint}; allowed keys: {', '.join(fields)}")
     values: dict[str, Any] = {}
     for name, f in fields.items():
         key_path = _join(path, name)
@@ -470,7 +473,9 @@ def _check_data(data: DataSpec, problems: list[str]) -> None:
                 problems.append(f"data.split.{key}: got {value!r}, expected a fraction in (0, 1)")
         total = ratios.train + ratios.validation + ratios.test
         if abs(total - 1) > 1e-6:
-            problems.append(f"data.split: ratios sum to {total:g}, expected 1 (e.g. 0.8/0.1/0.1)")
+            problems.append(f"data.split: ratios sum to {total:g}, expected 1 (got train={ratios.train:g}, "
+                            f"validation={ratios.validation:g}, test={ratios.test:g}); make them add up to 1, "
+                            "e.g. 0.8/0.1/0.1")
     _at_least(data.block_size, 2, "data.block_size", problems)
     if data.max_records is not None:
         _at_least(data.max_records, 3, "data.max_records", problems)
@@ -550,18 +555,30 @@ def _check_distribution(name: str, entry: dict[str, Any], path: str, problems: l
     low, high = as_number(low), as_number(high)
     if low > high:
         problems.append(f"{path}: the `low` value must be smaller than or equal to the `high` value "
-                        f"(low={low:g}, high={high:g})")
+                        f"(low={low:g}, high={high:g}); swap them")
     log, step = entry.get("log", False), entry.get("step")
     if not isinstance(log, bool):
         problems.append(f"{path}.log: got {log!r}, expected true or false")
     if log and low <= 0:
-        problems.append(f"{path}: a log distribution needs low > 0 (low={low:g})")
+        problems.append(f"{path}: a log distribution needs low > 0 (low={low:g}); raise low "
+                        f"(e.g. {1 if kind == 'int' else 1e-6:g}) or set log: false")
     if step is not None:
         step_value = as_number(step)
         if step_value is None or step_value <= 0 or (kind == "int" and not step_value.is_integer()):
             problems.append(f"{path}.step: got {step!r}, expected {'an integer' if kind == 'int' else 'a number'} > 0")
         elif log:
             problems.append(f"{path}: `step` and `log` cannot be used together (step={step!r}, log=true)")
+        elif low <= high and not _divides(step_value, high - low):
+            # Optuna would quietly move `high` down to the last step; say so instead.
+            last = low + math.floor((high - low) / step_value + 1e-9) * step_value
+            problems.append(f"{path}.step: got {step!r}, which does not divide the range high - low = "
+                            f"{high - low:g}; use a step that does, or set high: {last:.6g}")
+
+
+def _divides(step: float, span: float) -> bool:
+    """Whether `span` is a whole number of `step`s (within float error: 0.1 / 0.02 is 5.000000000000001)."""
+    count = span / step
+    return math.isclose(count, round(count), rel_tol=1e-9, abs_tol=1e-9)
 
 
 def _check_scheduler_type(value: Any, path: str, problems: list[str]) -> None:
@@ -638,11 +655,12 @@ def _check_scheduler(scheduler: SchedulerSpec, problems: list[str]) -> None:
     if scheduler.grace_period is not None:
         _at_least(scheduler.grace_period, 1, "scheduler.grace_period", problems)
     if isinstance(scheduler.reduction_factor, float) and scheduler.reduction_factor < 2:
-        problems.append(f"scheduler.reduction_factor: got {scheduler.reduction_factor!r}, expected >= 2")
+        problems.append(f"scheduler.reduction_factor: got {scheduler.reduction_factor!r}, expected >= 2 "
+                        "(each rung keeps the best 1/reduction_factor of the trials; 2 to 4 is usual)")
     if (isinstance(scheduler.max_t, int) and isinstance(scheduler.grace_period, int)
             and scheduler.grace_period > scheduler.max_t):
         problems.append(f"scheduler.grace_period: got {scheduler.grace_period}, larger than "
-                        f"max_t={scheduler.max_t}; it must be <= max_t")
+                        f"max_t={scheduler.max_t}; it must be <= max_t: lower grace_period or raise max_t")
 
 
 def _check_resources(resources: ResourcesSpec, problems: list[str]) -> None:

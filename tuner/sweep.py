@@ -24,13 +24,13 @@ from tuner import constants as C
 from tuner import secret, space, storage
 from tuner.distributed import CHECKPOINT_PATH
 from tuner.spec import Spec, parse_duration
+from tuner.state import FIRST_EXPERIMENT, Experiment
 
 if TYPE_CHECKING:  # the training core imports transformers: load it only where trials run
     from tuner.trial import TrialContext
 
 log = logging.getLogger("tuner")
 
-TUNE_DIR = "tune"  # Ray Tune's experiment directory inside the sweep directory
 TRIALS_DIR = "trials"  # one JSON record per trial, written by TrialLedger
 LOGS_DIR = "logs"  # one log file per trial
 DRIVER_CPUS = 0.1  # what the Tune driver of a data-parallel trial holds; its workers hold the rest
@@ -118,9 +118,13 @@ def tune_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report({**metrics, **where}, checkpoint=checkpoint)
 
+    trial_id = tune.get_context().get_trial_id()
+    if trial_id in ctx.ended:  # it ended after the dead driver's last snapshot: say how, once more
+        tune.report(ctx.ended[trial_id])
+        return
     ctx = on_this_node(ctx)
     checkpoint = tune.get_checkpoint()
-    with trial_log(ctx.spec.sweep_dir / LOGS_DIR / f"{tune.get_context().get_trial_id()}.log"):
+    with trial_log(ctx.spec.sweep_dir / LOGS_DIR / f"{trial_id}.log"):
         if ctx.trial_fn is not None:
             run_user_trial(config, ctx, report)
         elif checkpoint is None:
@@ -202,21 +206,28 @@ def _optuna_search_class():
                 self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
             return params
 
+        def _frozen(self, trial_id: str):
+            """The study's own view of the trial (None if this searcher never suggested it)."""
+            if trial_id not in self._ot_trials:
+                return None
+            return self._ot_study.get_trials(deepcopy=False)[self._ot_trials[trial_id].number]
+
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             value = result.get(self.metric)
             if result.get(C.REPEAT):
                 return  # a closing copy of a report already told
-            if trial_id in self._ot_trials and value is not None and math.isfinite(value):
+            frozen = self._frozen(trial_id)
+            if frozen is not None and not frozen.state.is_finished() and value is not None and math.isfinite(value):
                 self._ot_trials[trial_id].report(value, int(result[C.TOKENS_SEEN]))
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             import optuna
 
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
+            frozen = self._frozen(trial_id)
+            if trial_id in self._completed_trials or frozen is None or frozen.state.is_finished():
+                return  # told already (a trial that ended after the dead driver's last snapshot)
             ot_trial = self._ot_trials[trial_id]
             status = classify(result, error)
-            frozen = self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
             if result and result.get(C.TOKENS_SEEN) not in frozen.intermediate_values:
                 self.on_trial_result(trial_id, result)  # a stopping report skips on_trial_result
                 frozen = self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
@@ -231,17 +242,39 @@ def _optuna_search_class():
                 self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
             self._completed_trials.add(trial_id)
 
+        def restore(self, checkpoint_path: str) -> None:
+            """Tune's last snapshot, then the study's trials it did not know of yet: a dead driver left
+            them RUNNING with no Tune trial to finish them. They are marked FAIL and their
+            configurations queued again, so the search still runs each of them once."""
+            import optuna
+
+            super().restore(checkpoint_path)
+            known = set(self._ot_trials)
+            lost = [t for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                    if t.user_attrs.get("ray_trial_id") not in known]
+            for trial in lost:
+                optuna.trial.Trial(self._ot_study, trial._trial_id).set_user_attr(C.LOST, True)
+                self._ot_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+                self._ot_study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+                log.info("optuna: trial %s was running when the driver died, after Tune's last snapshot; marked "
+                         "FAIL and its configuration queued again", trial.number)
+            if lost:
+                # The sampler's random state is the snapshot's, from before it drew the lost trials:
+                # left as it is, it would draw them again, next to their re-queued copies.
+                self._ot_study.sampler.reseed_rng()
+
     return TruthfulOptunaSearch
 
 
-def _searcher(spec: Spec, sweep_dir: Path):
+def _searcher(spec: Spec, sweep_dir: Path, first: bool = True):
+    """OptunaSearch on the sweep's one study; only the sweep's first experiment queues the baseline."""
     import optuna
 
     distributions = space.distributions(spec)
     if not distributions:
         return None  # a fixed config (e.g. an exported best): nothing to sample
     study = optuna.storages.RDBStorage(f"sqlite:///{storage.local_study(sweep_dir)}")
-    baseline = [dict(spec.search.baseline)] if spec.search.baseline else None
+    baseline = [dict(spec.search.baseline)] if spec.search.baseline and first else None
     return _optuna_search_class()(
         space=distributions, metric=spec.search.metric, mode=spec.search.mode,
         points_to_evaluate=baseline, sampler=_sampler(spec), study_name=spec.name, storage=study)
@@ -272,7 +305,8 @@ def _ledger_class():
         into the result itself, so the searcher reads the same status.
         """
 
-        def __init__(self, spec: Spec, plan: Plan, say: Callable[[str], None], tracker=None):
+        def __init__(self, spec: Spec, plan: Plan, say: Callable[[str], None], tracker=None,
+                     experiment: str = FIRST_EXPERIMENT, scheduler=None, restored: bool = False):
             sweep_dir, metric, mode = spec.sweep_dir, spec.search.metric, spec.search.mode
             self.location, self.scheme = spec.location, storage.scheme(spec.location)
             self.dir = sweep_dir / TRIALS_DIR
@@ -281,12 +315,41 @@ def _ledger_class():
             self.max_failures, self.keep_best = spec.search.max_failures, spec.promote.keep_best
             self.say = say
             self.tracker = tracker  # tracking.Tracker: the trial's W&B run follows its record
-            self.records: dict[str, dict[str, Any]] = {}
+            self.experiment, self.scheduler = experiment, scheduler
+            self.restored = restored  # this run restores an experiment whose driver died
+            # Every trial of the sweep (earlier experiments and drivers too): progress and keep_best
+            # are sweep-wide.
+            self.records = {r["trial_id"]: r for r in map(json.loads, map(Path.read_text, sorted(self.dir.glob("*.json"))))}
+            self.started: set[str] = set()  # trials started by this driver
 
-        def get_state(self) -> None:
-            """Called by Tune at every experiment checkpoint: the study's copy goes with it."""
+        def get_state(self) -> dict[str, Any]:
+            """Saved by Tune with every experiment snapshot: ASHA's rungs (Tune keeps no scheduler
+            state of its own), so a restored sweep stops trials against the same cutoffs. The
+            study's copy goes to storage at the same time."""
             copy_study_to_storage(self.dir.parent, self.location)
-            return None
+            return {"scheduler": _scheduler_state(self.scheduler)}
+
+        def set_state(self, state: dict[str, Any]) -> None:
+            _restore_scheduler(self.scheduler, state.get("scheduler"))
+
+        def on_step_begin(self, iteration, trials, **info):
+            """On the first step of a restored experiment, set aside the records of trials that Tune's
+            snapshot does not hold: the dead driver started them after it, and they run again."""
+            if not self.restored:
+                return
+            self.restored = False
+            known = {t.trial_id for t in trials}
+            for record in list(self.records.values()):
+                if record.get("experiment", FIRST_EXPERIMENT) != self.experiment or record["trial_id"] in known:
+                    continue
+                path = self.dir / f"{record['trial_id']}.json"
+                (self.dir / C.LOST).mkdir(exist_ok=True)
+                record["status"] = C.LOST
+                (self.dir / C.LOST / path.name).write_text(json.dumps(record, indent=1, default=str))
+                path.unlink()
+                del self.records[record["trial_id"]]
+                self.say(f"trial {record['trial_id']}: started after the dead driver's last snapshot; "
+                         "its configuration runs again as a new trial")
 
         def _uri(self, path: str) -> str:
             """Ray gives checkpoint paths without the bucket's scheme."""
@@ -296,7 +359,8 @@ def _ledger_class():
             if trial.trial_id not in self.records:
                 path = self.dir / f"{trial.trial_id}.json"
                 self.records[trial.trial_id] = json.loads(path.read_text()) if path.exists() else {
-                    "trial_id": trial.trial_id, "status": C.PENDING, "params": dict(trial.config),
+                    "trial_id": trial.trial_id, "experiment": self.experiment, "status": C.PENDING,
+                    "params": dict(trial.config),
                     "reports": 0, "best_eval_loss": None, "best_metric": None, "best_step": None,
                     "best_checkpoint": None, "tokens_seen": 0, "train_seconds": 0.0, "rung": None,
                     "error": None, "retries": 0, "log_file": str(self.dir.parent / LOGS_DIR / f"{trial.trial_id}.log"),
@@ -312,6 +376,12 @@ def _ledger_class():
 
         def on_trial_start(self, iteration, trials, trial, **info):
             record = self._record(trial)
+            if record["status"] not in (C.RUNNING, C.PENDING):
+                return  # ended after the dead driver's last snapshot: the trainable returns at once
+            if record["status"] == C.RUNNING and trial.trial_id not in self.started:
+                record["awaiting_start"] = True  # running when the driver died: resumed now
+                record["resumes"] = record.get("resumes", 0) + 1
+            self.started.add(trial.trial_id)
             record["status"] = C.RUNNING
             record["started_at"] = record["started_at"] or time.time()
             self._write(record)
@@ -320,6 +390,10 @@ def _ledger_class():
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             record = self._record(trial)
+            if record["status"] not in (C.RUNNING, C.PENDING):
+                return  # a trial that had ended before the driver died, repeating its last report
+            if C.START_STEP in result and record.pop("awaiting_start", False):
+                self._restarted(record, int(result[C.START_STEP]))
             if result.get("done") and not result.get(C.FINAL):
                 tokens = result[C.TOKENS_SEEN]
                 if self.plan.max_t is not None and tokens >= self.plan.max_t:
@@ -354,6 +428,7 @@ def _ledger_class():
 
         def _checkpointed(self, record: dict[str, Any], result: dict[str, Any], path: str) -> None:
             """A checkpoint was kept for the last report: is it the trial's best?"""
+            record["checkpoint_step"] = result.get(C.STEP)  # where a resume of this trial goes on from
             value = record.pop("pending_value", None)
             if value is not None and math.isfinite(value) and (
                     record["best_metric"] is None or self.sign * value < self.sign * record["best_metric"]):
@@ -367,8 +442,7 @@ def _ledger_class():
             """The trial crashed and Tune restarts it from its latest checkpoint."""
             record = self._record(trial)
             record["retries"] = record.get("retries", 0) + 1
-            if record["reports"] == 0:  # nothing to resume from: say so in the leaderboard
-                record["restarted_from_step_0"] = record.get("restarted_from_step_0", 0) + 1
+            record["awaiting_start"] = True
             record.setdefault("crashes", []).append(_error_text(trial))
             self._write(record)
             self.say(f"trial {trial.trial_id}: crashed ({record['crashes'][-1]}); retry {record['retries']} of "
@@ -381,9 +455,19 @@ def _ledger_class():
             record["error"] = _error_text(trial)
             self._finish(trial, C.FAILED, trials)
 
+        def _restarted(self, record: dict[str, Any], start_step: int) -> None:
+            """The first report after a crash or a driver resume says where the trial went on from;
+            step 0 (it had no checkpoint yet) is said in the leaderboard."""
+            record.setdefault("resumed_from_steps", []).append(start_step)
+            if start_step == 0:
+                record["restarted_from_step_0"] = record.get("restarted_from_step_0", 0) + 1
+
         def _finish(self, trial, status: str, trials) -> None:
             record = self._record(trial)
+            if record["status"] not in (C.RUNNING, C.PENDING):
+                return  # ended before the driver died; Tune's snapshot was older
             record["status"] = status
+            record.pop("awaiting_start", None)
             record["ended_at"] = time.time()
             record.pop("pending_value", None)
             self._prune(record)
@@ -434,6 +518,33 @@ def _ledger_class():
     return TrialLedger
 
 
+def _scheduler_state(scheduler) -> bytes | None:
+    """The scheduler's state through its own save (ASHA has one; FIFO keeps none)."""
+    import tempfile
+
+    if scheduler is None or type(scheduler).save is _base_scheduler().save:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        scheduler.save(os.path.join(tmp, "scheduler.pkl"))
+        return Path(tmp, "scheduler.pkl").read_bytes()
+
+
+def _restore_scheduler(scheduler, saved: bytes | None) -> None:
+    import tempfile
+
+    if scheduler is None or saved is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "scheduler.pkl").write_bytes(saved)
+        scheduler.restore(os.path.join(tmp, "scheduler.pkl"))
+
+
+def _base_scheduler():
+    from ray.tune.schedulers import TrialScheduler
+
+    return TrialScheduler
+
+
 def _error_text(trial) -> str:
     error_file = getattr(trial, "error_file", None)
     if error_file and os.path.exists(error_file):
@@ -452,9 +563,10 @@ def init_ray(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    # "local" never joins another cluster that happens to run on this machine.
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    # "local" never joins another cluster that happens to run on this machine; its dashboard is off,
+    # and bound to this machine only were it turned on.
+    local = {"include_dashboard": False, "dashboard_host": "127.0.0.1"} if address is None else {}
+    ray.init(address=address or "local", log_to_driver=False, configure_logging=False, **local)
     return True
 
 
@@ -473,18 +585,27 @@ def _trainable(spec: Spec, ctx: TrialContext):
 
 
 def run_search(spec: Spec, ctx: TrialContext, plan: Plan, address: str | None = None,
-               say: Callable[[str], None] = log.info, tracker=None) -> None:
-    """Run the search to its end (all trials, the time budget, or Ctrl-C)."""
+               say: Callable[[str], None] = log.info, tracker=None,
+               experiment: Experiment | None = None) -> bool:
+    """Run one Tune experiment of the sweep to its end (all its trials, the time budget, or Ctrl-C).
+
+    A restored experiment picks up from Tune's last snapshot: its finished trials stay finished,
+    its running ones go on from their latest checkpoints, Optuna's and ASHA's state come back.
+    Returns whether every trial ended by itself (not cut by the time budget or Ctrl-C).
+    """
     import ray
     from ray import tune
 
     import optuna
 
+    experiment = experiment or Experiment(FIRST_EXPERIMENT, spec.search.num_samples)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name, value in QUIET_RAY.items():
         os.environ.setdefault(name, value)
     sweep_dir = spec.sweep_dir
+    restore_study(sweep_dir, spec.location)
     started = init_ray(address)
+    interrupted = False
     try:
         nodes = cluster.inspect()
         cluster.check(spec, nodes)
@@ -492,32 +613,55 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, address: str | None = 
         ctx = replace(ctx, driver_node=ray.get_runtime_context().get_node_id())
         limit = cluster.concurrency(spec, nodes)
         say(f"{nodes.describe()}\nconcurrent trials: {limit or 'as many as the CPUs allow'}")
+        if experiment.restore:
+            say(f"resuming Tune experiment {experiment.name} from its last snapshot")
         trainable = _trainable(spec, ctx)
         budget = parse_duration(spec.search.time_budget) if spec.search.time_budget else None
+        scheduler = _scheduler(spec, plan)
+        first = experiment.name == FIRST_EXPERIMENT
+        ledger = _ledger_class()(spec, plan, say, tracker, experiment.name, scheduler, experiment.restore)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(spec, sweep_dir), scheduler=_scheduler(spec, plan),
-                num_samples=spec.search.num_samples,
+                search_alg=_searcher(spec, sweep_dir, first and not experiment.restore), scheduler=scheduler,
+                num_samples=experiment.num_samples,
                 max_concurrent_trials=limit, time_budget_s=budget,
                 reuse_actors=True, trial_dirname_creator=lambda trial: trial.trial_id),
             run_config=tune.RunConfig(
-                name=TUNE_DIR, storage_path=spec.location, verbose=0,
+                name=experiment.name, storage_path=spec.location, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=1, checkpoint_score_attribute=spec.search.metric,
                     checkpoint_score_order=spec.search.mode),
-                callbacks=[_ledger_class()(spec, plan, say, tracker)]),
+                callbacks=[ledger]),
+            # Tuner.restore would bring back the pickled callbacks and scheduler of the dead driver;
+            # this restores Tune's snapshot into the ones built here (Tune's own resume path).
+            _tuner_kwargs={"resume_config": tune.ResumeConfig()} if experiment.restore else None,
         )
         try:
             tuner.fit()
         except KeyboardInterrupt:
+            interrupted = True
             say("interrupted: stopping the running trials; the best so far is promoted")
-        close_unfinished(sweep_dir, spec.name)
+        closed = close_unfinished(sweep_dir, spec.name)
         copy_study_to_storage(sweep_dir, spec.location)
     finally:
         if started:
             ray.shutdown()
+    return not interrupted and not closed
+
+
+def restore_study(sweep_dir: Path, location: str) -> None:
+    """The live study lives on the driver's disk: a driver on another machine starts from the copy
+    the sweep directory (or its bucket) holds."""
+    local = storage.local_study(sweep_dir)
+    if local.exists():
+        return
+    remote = storage.join(location, STUDY_DB)
+    if storage.is_uri(location) and storage.exists(remote):
+        storage.download(remote, sweep_dir / STUDY_DB)
+    if (sweep_dir / STUDY_DB).exists():
+        storage.copy_study(sweep_dir / STUDY_DB, local)
 
 
 def copy_study_to_storage(sweep_dir: Path, location: str) -> None:
@@ -528,23 +672,27 @@ def copy_study_to_storage(sweep_dir: Path, location: str) -> None:
         storage.upload(copy, storage.join(location, STUDY_DB))
 
 
-def close_unfinished(sweep_dir: Path, study_name: str) -> None:
+def close_unfinished(sweep_dir: Path, study_name: str) -> int:
     """Trials the time budget or Ctrl-C cut short: `stopped_budget` in the ledger, and in Optuna
-    PRUNED (they have intermediate values) or FAIL (they never reported)."""
+    PRUNED (they have intermediate values) or FAIL (they never reported). Returns how many."""
     import optuna
 
+    closed = 0
     for path in sorted((sweep_dir / TRIALS_DIR).glob("*.json")):
         record = json.loads(path.read_text())
         if record["status"] in (C.RUNNING, C.PENDING):
             record["status"] = C.STOPPED_BUDGET
             record.pop("pending_value", None)
+            record.pop("awaiting_start", None)
             path.write_text(json.dumps(record, indent=1, default=str))
+            closed += 1
     local = storage.local_study(sweep_dir)
     if not local.exists():
-        return
+        return closed
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{local}")
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if "ray_trial_id" not in trial.user_attrs:
             continue
         state = optuna.trial.TrialState.PRUNED if trial.intermediate_values else optuna.trial.TrialState.FAIL
         study.tell(trial.number, state=state)
+    return closed

@@ -301,7 +301,8 @@ class Tracker:
             with self._guard("closing a trial run") as on:
                 if on:
                     run = self.trials.pop(trial_id)
-                    run.summary.setdefault("status", C.STOPPED_BUDGET)
+                    if run.summary.get("status") is None:  # W&B's summary has no setdefault
+                        run.summary["status"] = C.STOPPED_BUDGET
                     run.finish()
         if self.sweep_run is not None:
             with self._guard("closing the sweep run") as on:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import pickle
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +33,10 @@ Reporter = Callable[[dict[str, Any], "str | None"], None]
 log = logging.getLogger("tuner")
 
 
+class UnsafeCheckpoint(Exception):
+    """A checkpoint whose state files could run code if unpickled: never loaded."""
+
+
 @dataclass
 class TrialContext:
     """What every trial of one sweep shares; pickled once and shipped to each worker."""
@@ -43,6 +48,9 @@ class TrialContext:
     trial_fn: Callable | None = None  # the user's own training loop, in place of `run_trial`
     workers_have_cuda: bool = False  # data-parallel trials use nccl when true, else gloo
     driver_node: str | None = None  # the Ray node that prepared the data; others copy it locally
+    # Trials that had ended when a resumed driver's predecessor died, each with its last report: Tune's
+    # older snapshot may still count them as running, and they only repeat that report.
+    ended: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def training_arguments(spec: Spec, hyper: dict[str, Any], output_dir: str | Path):
@@ -117,8 +125,10 @@ class ReportCallback(TrainerCallback):
         self.last_time = time.perf_counter()
         self.last_tokens = 0
         self.train_seconds = 0.0
+        self.start_step = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.start_step = int(state.global_step)  # after resuming from a checkpoint: its step
         self.next_report = (state.num_input_tokens_seen // self.every + 1) * self.every
         self.last_tokens = state.num_input_tokens_seen
         self.last_time = time.perf_counter()
@@ -182,6 +192,7 @@ class ReportCallback(TrainerCallback):
             C.STEP: int(state.global_step),
             C.TOKENS_SEEN: tokens,
             C.TOKENS_PER_S: (tokens - self.last_tokens) / elapsed if elapsed > 0 else 0.0,
+            C.START_STEP: self.start_step,
             C.TRIAL_STATUS: status,
             C.FINAL: final,
             **gpu_memory(),
@@ -221,11 +232,21 @@ def run_user_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter) 
         last.clear()
         last.update({C.TRAIN_LOSS: math.nan, C.LEARNING_RATE: 0.0, C.EPOCH: 0.0, C.STEP: count[0],
                      C.TOKENS_PER_S: 0.0, **metrics, C.TRIAL_STATUS: C.RUNNING, C.FINAL: False})
+        if not all(math.isfinite(float(last[k])) for k in (C.EVAL_LOSS, C.TRAIN_LOSS) if k in metrics):
+            report({**last, C.EVAL_LOSS: math.nan, C.TRIAL_STATUS: C.DIVERGED, C.FINAL: True}, None)
+            raise _Diverged  # stop the user's loop at once, as ReportCallback stops the Trainer
         report(dict(last), checkpoint_dir)
 
-    ctx.trial_fn(space.resolve(ctx.spec, params), user_report)
+    try:
+        ctx.trial_fn(space.resolve(ctx.spec, params), user_report)
+    except _Diverged:
+        return
     if last:
         report({**last, C.TRIAL_STATUS: C.COMPLETED, C.FINAL: True, C.REPEAT: True}, None)
+
+
+class _Diverged(Exception):
+    """A user's training loop reported a NaN or inf loss."""
 
 
 def run_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter,
@@ -320,6 +341,11 @@ def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_fr
     start = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=resume_from)
+    except pickle.UnpicklingError as exc:  # Trainer loads optimizer, scheduler and RNG weights-only
+        if resume_from is None:
+            raise
+        raise UnsafeCheckpoint(f"{resume_from}: its optimizer, scheduler or RNG state holds more than "
+                               f"tensors, so it was refused, not loaded ({first_line(exc)})") from None
     finally:
         shutil.rmtree(workdir / "hf", ignore_errors=True)
     return {"status": C.DIVERGED if callback.diverged else C.COMPLETED, "best_eval_loss": callback.best,

@@ -1,0 +1,172 @@
+"""Bad input, one test per row of README's "Bad input" table: exit 2, one message, no traceback.
+
+Each case runs the real CLI (`launch.main`) on search_spaces/tiny.yaml with `--set` overrides. Spec
+problems are found by `validate`, which builds nothing; data and model problems by `sweep` while it
+prepares, before any trial: here Ray and W&B are replaced by a failure, so a check that lets bad
+input through fails the test instead of starting a search. Models and data are tiny local files
+made below: no network.
+
+Elsewhere: `resume` of a directory that is not a sweep is tested in tests/test_resume.py, and
+`gpus_per_trial` against a real two-node cluster in tests/test_cluster.py
+(test_more_gpus_than_the_cluster_has_is_refused_before_any_trial); here against a fake inventory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import launch
+from tuner import cluster, sweep, tracking
+from tuner.cluster import Cluster, Node
+
+from tests.conftest import TINY, write_remote_code_model
+
+WORDS = "the quick brown fox jumps over the lazy dog while a small model learns to predict text".split()
+RECORDS = [" ".join(WORDS[i % len(WORDS):] + WORDS[:i % len(WORDS)]) + f" {i}" for i in range(40)]
+POSITIONS = 128  # the tiny model's maximum positions
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """A 2-layer GPT-2 (config and tokenizer), a model needing remote code, and small data files."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("bad-input")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(RECORDS, vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+    eos = tokenizer.eos_token_id
+    GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=POSITIONS, vocab_size=len(tokenizer),
+               bos_token_id=eos, eos_token_id=eos).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+
+    write_remote_code_model(root / "remote-model")
+    (root / "not-a-model").mkdir()
+
+    def jsonl(name: str, rows: list[dict]) -> None:
+        (root / name).write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+
+    jsonl("good.jsonl", [{"text": r} for r in RECORDS])  # 40 records: about 20 train blocks of 64 tokens
+    jsonl("body.jsonl", [{"body": r, "id": i} for i, r in enumerate(RECORDS)])
+    jsonl("empty.jsonl", [{"text": t} for t in ["<p></p>", "   ", "<br/>", "hello", "hello"]])
+    (root / "notes.xml").write_text("<notes/>\n")
+    return root
+
+
+MODEL = "model.name_or_path={inputs}/model"
+GOOD = "data.path={inputs}/good.jsonl"
+
+# In README's order. id (the row), command, overrides, substrings of the message: field, bad value, fix.
+ROWS = [
+    # The spec: `validate` finds these without building anything.
+    pytest.param("validate", ["train.lerning_rate=1e-4"],
+                 ["train.lerning_rate: unknown key", "did you mean 'learning_rate'", "allowed keys: "],
+                 id="unknown-key"),
+    pytest.param("validate", ["search.num_samples=many"],
+                 ["search.num_samples: got 'many'", "expected an integer"], id="wrong-type"),
+    pytest.param("validate", ["search.space.weight_decay={type: float, low: 0, high: 0.1, log: true}"],
+                 ["search.space.weight_decay", "needs low > 0 (low=0)", "raise low", "or set log: false"],
+                 id="log-bound-not-positive"),
+    pytest.param("validate", ["search.space.warmup_ratio={type: float, low: 0.1, high: 0.05}"],
+                 ["search.space.warmup_ratio", "(low=0.1, high=0.05); swap them"], id="low-above-high"),
+    pytest.param("validate", ["search.space.per_device_train_batch_size={type: categorical, choices: []}"],
+                 ["search.space.per_device_train_batch_size.choices: got []", "expected a non-empty list"],
+                 id="empty-choices"),
+    pytest.param("validate", ["search.space.warmup_ratio={type: float, low: 0.0, high: 0.1, step: 0.03}"],
+                 ["search.space.warmup_ratio.step: got 0.03", "does not divide", "set high: 0.09"],
+                 id="step-not-dividing-range"),
+    pytest.param("validate", ["search.metric=accuracy"],
+                 ["search.metric: got 'accuracy'", "expected a reported key: eval_loss"], id="unreported-metric"),
+    pytest.param("validate", ["search.mode=minimize"],
+                 ["search.mode: got 'minimize'", "expected one of 'min', 'max'"], id="bad-mode"),
+    pytest.param("validate", ["scheduler.max_t=8192"],
+                 ["scheduler.grace_period: got 16384", "max_t=8192", "lower grace_period or raise max_t"],
+                 id="grace-period-above-max-t"),
+    pytest.param("validate", ["scheduler.reduction_factor=1.5"],
+                 ["scheduler.reduction_factor: got 1.5", "expected >= 2"], id="reduction-factor-below-2"),
+    pytest.param("validate", ["search.num_samples=0"],
+                 ["search.num_samples: got 0", "expected >= 1"], id="num-samples-below-1"),
+    # The data: `sweep` finds these while preparing it, before any trial (the split ratios: `validate`).
+    pytest.param("sweep", [MODEL, "data.path={inputs}/missing.jsonl"],
+                 ["data.path: no file matches '{inputs}/missing.jsonl'", "give an existing file"],
+                 id="missing-file"),
+    pytest.param("sweep", [MODEL, "data.path={inputs}/notes.xml"],
+                 ["data.path: '{inputs}/notes.xml' matches files of type .xml", "use files of one type among"],
+                 id="unknown-format"),
+    pytest.param("sweep", [MODEL, "data.path={inputs}/body.jsonl"],
+                 ["data.text_column: got 'text'", "columns ['body', 'id']", "set data.text_column to one"],
+                 id="missing-text-column"),
+    pytest.param("sweep", [MODEL, "data.path={inputs}/empty.jsonl"],
+                 ["data.path: only 1 record(s) of '{inputs}/empty.jsonl' left after cleaning",
+                  "(5 in, 3 empty, 1 duplicate)", "point data.path at more text"], id="nothing-left"),
+    pytest.param("validate", ["data.split={train: 0.8, validation: 0.2, test: 0.1}"],
+                 ["data.split: ratios sum to 1.1", "validation=0.2", "make them add up to 1"],
+                 id="split-not-summing-to-1"),
+    pytest.param("sweep", [MODEL, GOOD, "data.block_size=512"],
+                 ["data.block_size: got 512", f"has {POSITIONS} positions", f"at most {POSITIONS}"],
+                 id="block-size-beyond-positions"),
+    pytest.param("sweep", [MODEL, GOOD, "data.block_size=64"],
+                 ["search.space.per_device_train_batch_size × search.space.gradient_accumulation_steps",
+                  "fewer than the largest effective batch (32 × 2 = 64 blocks)", "lower the batch size"],
+                 id="fewer-blocks-than-a-batch"),
+    # The model: `sweep` reads its config before preparing the data (an unpinned revision: `validate`).
+    pytest.param("sweep", ["model.name_or_path={inputs}/no-such-model", GOOD],
+                 ["model.name_or_path: got '{inputs}/no-such-model', no such directory", "give a model directory"],
+                 id="unknown-model"),
+    pytest.param("sweep", ["model.name_or_path={inputs}/not-a-model", GOOD],
+                 ["model.name_or_path: got '{inputs}/not-a-model', a directory without config.json"],
+                 id="not-a-model-directory"),
+    pytest.param("sweep", ["model.name_or_path={inputs}/remote-model", GOOD],
+                 ["model.trust_remote_code: got false", "'{inputs}/remote-model' runs its own code",
+                  "set model.trust_remote_code: true and pin model.revision"], id="remote-code-untrusted"),
+    pytest.param("validate", ["model.trust_remote_code=true"],
+                 ["model.revision: got None", "model.trust_remote_code: true", "pin the 40-character commit"],
+                 id="remote-code-unpinned"),
+]
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the search was about to start: the bad input got past the checks")
+
+
+@pytest.mark.parametrize("command, overrides, needles", ROWS)
+def test_bad_input_exits_2_with_one_message(command, overrides, needles, inputs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sweep, "init_ray", _must_not_run)
+    monkeypatch.setattr(tracking, "Tracker", _must_not_run)
+    args = [command, str(TINY), "--set", f"storage={tmp_path / 'sweep'}"]
+    for item in overrides:
+        args += ["--set", item.replace("{inputs}", str(inputs))]
+    code = launch.main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("tuner: error:") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle.replace("{inputs}", str(inputs)) in err, err
+    assert not (tmp_path / "sweep" / "trials").exists()
+
+
+GPU_NODES = Cluster([Node("a" * 32, "10.0.0.1", cpus=8, gpus=2), Node("b" * 32, "10.0.0.2", cpus=8, gpus=2)])
+CPU_NODES = Cluster([Node("c" * 32, "10.0.0.3", cpus=8, gpus=0)])
+
+
+@pytest.mark.parametrize("nodes, gpus, needles", [
+    pytest.param(CPU_NODES, 1, ["resources.gpus_per_trial: got 1", "no node has 1 GPU(s)", "largest node: 0",
+                                "lower it or add GPU nodes"], id="gpus-per-trial-no-gpu-node"),
+    pytest.param(GPU_NODES, 6, ["resources.gpus_per_trial: got 6", "the cluster has 4 GPUs in all",
+                                "at most 4"], id="gpus-per-trial-beyond-cluster"),
+])
+def test_gpus_per_trial_beyond_the_cluster(nodes, gpus, needles, tmp_path, capsys, monkeypatch):
+    """`validate --address` against a fake inventory (the same check `sweep` runs before any trial)."""
+    monkeypatch.setattr(sweep, "init_ray", lambda address: False)
+    monkeypatch.setattr(cluster, "inspect", lambda: nodes)
+    code = launch.main(["validate", str(TINY), "--address", "auto", "--set", f"storage={tmp_path / 'sweep'}",
+                        "--set", f"resources.gpus_per_trial={gpus}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("tuner: error:") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err

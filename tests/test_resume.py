@@ -1,0 +1,219 @@
+"""A driver killed twice, resumed each time; a finished sweep extended; a changed spec refused.
+
+The drivers are real `launch.py` processes (each with its own local Ray runtime) killed with SIGKILL
+at points read from the trial records, then resumed by re-running `sweep` and by `resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import ROOT, TINY
+from tuner import constants as C
+from tuner import results
+from launch import main
+
+SAMPLES = 6
+OVERRIDES = [
+    "data.max_records=900", "train.report_every_tokens=8192", "scheduler.grace_period=8192",
+    "search.n_startup_trials=3", "search.space.num_train_epochs={type: int, low: 1, high: 2}",
+    "promote.num_samples=2", "tracking.wandb.mode=offline",
+]
+
+
+def sweep_args(sweep_dir: Path, samples: int = SAMPLES) -> list[str]:
+    sets = [arg for item in [*OVERRIDES, f"storage={sweep_dir}"] for arg in ("--set", item)]
+    return ["sweep", str(TINY), "--name", "resume-test", "--num-samples", str(samples), *sets]
+
+
+def records(sweep_dir: Path) -> list[dict]:
+    """The trial records as the driver left them, each with `mtime`: when it was last written."""
+    folder = sweep_dir / "trials"
+    found = []
+    for path in folder.glob("*.json") if folder.is_dir() else []:
+        try:
+            found.append({**json.loads(path.read_text()), "mtime": path.stat().st_mtime})
+        except (json.JSONDecodeError, FileNotFoundError):  # being replaced right now
+            pass
+    return found
+
+
+def run_driver(args: list[str], sweep_dir: Path, log: Path, kill_when=None, timeout: float = 400) -> dict:
+    """Run `launch.py ARGS`; SIGKILL the driver process alone once `kill_when(sweep_dir)` holds."""
+    # Each driver its own W&B service, as from a shell: a test process that used W&B exports its own.
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    with open(log, "w") as out:
+        driver = subprocess.Popen([sys.executable, "launch.py", *args], cwd=ROOT, stdout=out, env=env,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    start, killed = time.time(), None
+    try:
+        while driver.poll() is None and time.time() - start < timeout:
+            if kill_when is not None and kill_when(sweep_dir):
+                driver.send_signal(signal.SIGSTOP)  # judge the very state the kill leaves
+                if kill_when(sweep_dir):
+                    driver.send_signal(signal.SIGKILL)  # the driver only: its Ray runtime dies with it
+                    killed = records(sweep_dir)
+                    break
+                driver.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+        driver.wait(timeout=60)
+    finally:
+        try:  # whatever the dead driver's runtime left behind (its agents) goes too
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return {"rc": driver.returncode, "killed": killed, "output": log.read_text()}
+
+
+def all_running_checkpointed(minimum_ended: int):
+    """A point to kill at: some trials ended, each running trial has a checkpoint this driver made,
+    and Tune's last snapshot is newer than every trial record (it holds those checkpoints)."""
+    since = time.time()
+
+    def ready(sweep_dir: Path) -> bool:
+        found = records(sweep_dir)
+        snapshots = [p.stat().st_mtime for p in (sweep_dir / "tune").glob("experiment_state-*.json")]
+        running = [r for r in found if r["status"] == C.RUNNING]
+        return (ended(found) >= minimum_ended and bool(running) and bool(snapshots)
+                and all(r.get("checkpoint_step") and r["mtime"] > since for r in running)
+                and max(snapshots) >= max(r["mtime"] for r in found))
+    return ready
+
+
+def ended(found: list[dict]) -> int:
+    return sum(r["status"] not in (C.RUNNING, C.PENDING) for r in found)
+
+
+@pytest.fixture(scope="module")
+def killed_twice(tmp_path_factory):
+    """Kill the driver early (first trials running), re-run `sweep` (resumes), kill it again later,
+    then `resume` it to the end."""
+    base = tmp_path_factory.mktemp("resume")
+    sweep_dir = base / "resume-test"
+    first = run_driver(sweep_args(sweep_dir), sweep_dir, base / "first.log", all_running_checkpointed(1))
+    second = run_driver(sweep_args(sweep_dir), sweep_dir, base / "second.log",
+                        all_running_checkpointed(ended(first["killed"] or []) + 1))
+    third = run_driver(["resume", str(sweep_dir)], sweep_dir, base / "third.log")
+    return {"dir": sweep_dir, "runs": [first, second, third]}
+
+
+def study_trials(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name="resume-test", storage=f"sqlite:///{sweep_dir / 'optuna.db'}").trials
+
+
+def test_both_kills_landed_mid_search_and_the_last_run_exits_0(killed_twice):
+    first, second, third = killed_twice["runs"]
+    assert first["rc"] == -signal.SIGKILL and second["rc"] == -signal.SIGKILL, (first["output"], second["output"])
+    assert third["rc"] == 0, third["output"]
+    ended_at = [ended(run["killed"]) for run in (first, second)]
+    assert 1 <= ended_at[0] < ended_at[1] < SAMPLES
+    assert "resuming Tune experiment tune" in second["output"] and "resuming Tune experiment tune" in third["output"]
+    assert not any("tracking is off" in run["output"] for run in killed_twice["runs"])  # W&B runs resumed too
+
+
+def test_exactly_num_samples_trials_none_restarted_from_step_0(killed_twice):
+    sweep_dir = killed_twice["dir"]
+    found = results.load_records(sweep_dir)
+    assert len(found) == SAMPLES
+    assert all(r["status"] in C.STATUSES for r in found)
+    assert not any(r.get("restarted_from_step_0") for r in found)
+    # Every trial running at a kill went on from the checkpoint it had then, and no report was
+    # counted twice.
+    expected: dict[str, list[int]] = {}
+    for run in killed_twice["runs"][:2]:
+        for was in (r for r in run["killed"] if r["status"] == C.RUNNING):
+            expected.setdefault(was["trial_id"], []).append(was["checkpoint_step"])
+    assert expected and {r["trial_id"]: r["resumed_from_steps"] for r in found if "resumed_from_steps" in r} == expected
+    assert all(step > 0 for steps in expected.values() for step in steps)
+    for record in found:
+        steps = [h[C.STEP] for h in record["history"]]
+        assert steps == sorted(set(steps)) and record["reports"] == len(steps)
+
+
+def test_finished_trials_were_not_rerun(killed_twice):
+    """A trial that had ended when the driver died was not started again."""
+    sweep_dir = killed_twice["dir"]
+    ended_first = {r["trial_id"] for r in killed_twice["runs"][0]["killed"] if r["status"] not in (C.RUNNING, C.PENDING)}
+    for record in results.load_records(sweep_dir):
+        if record["trial_id"] in ended_first:
+            assert "resumes" not in record and "resumed_from_steps" not in record
+
+
+def test_the_study_maps_one_to_one_onto_the_leaderboard(killed_twice):
+    sweep_dir = killed_twice["dir"]
+    board = results.leaderboard(sweep_dir, "min", "resume-test")
+    trials = study_trials(sweep_dir)
+    finished = [t for t in trials if t.state.is_finished() and not t.user_attrs.get(C.LOST)]
+    assert sorted(t.user_attrs["ray_trial_id"] for t in finished) == sorted(row["trial_id"] for row in board)
+    assert all(row["optuna_state"] in ("COMPLETE", "PRUNED", "FAIL") for row in board)
+    # No configuration ran twice; one lost to a kill ran once more, as the trial naming it.
+    params = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(params) == len(set(params))
+    for lost in (t for t in trials if t.user_attrs.get(C.LOST)):
+        assert lost.state == optuna.trial.TrialState.FAIL
+        copy, = [t for t in finished if t.user_attrs.get("retry_of") == lost.number]
+        assert lost.params.items() <= copy.params.items()  # a kill mid-sampling leaves some unset
+
+
+def test_the_best_checkpoint_was_promoted_once(killed_twice):
+    outputs = [run["output"] for run in killed_twice["runs"]]
+    assert sum(out.count("promote: evaluating") for out in outputs) == 1
+    final = json.loads((killed_twice["dir"] / "best" / "final_eval.json").read_text())
+    board = results.leaderboard(killed_twice["dir"], "min", "resume-test")
+    assert final["trial_id"] == board[0]["trial_id"]
+
+
+def test_running_the_finished_sweep_again_runs_and_promotes_nothing(killed_twice, capsys):
+    sweep_dir = killed_twice["dir"]
+    before = (sweep_dir / "best" / "final_eval.json").stat().st_mtime_ns
+    assert main(sweep_args(sweep_dir)) == 0
+    assert (sweep_dir / "best" / "final_eval.json").stat().st_mtime_ns == before
+    assert len(results.load_records(sweep_dir)) == SAMPLES
+
+
+def test_more_samples_extend_the_finished_sweep_on_the_same_study(killed_twice):
+    sweep_dir = killed_twice["dir"]
+    run = run_driver(sweep_args(sweep_dir, SAMPLES + 2), sweep_dir, sweep_dir.parent / "extend.log")
+    assert run["rc"] == 0, run["output"]
+    found = results.load_records(sweep_dir)
+    assert len(found) == SAMPLES + 2
+    assert sorted(r.get("experiment") for r in found).count("tune-2") == 2
+    assert (sweep_dir / "tune-2").is_dir()
+    board = results.leaderboard(sweep_dir, "min", "resume-test")
+    finished = [t for t in study_trials(sweep_dir) if t.state.is_finished() and not t.user_attrs.get(C.LOST)]
+    assert sorted(t.user_attrs["ray_trial_id"] for t in finished) == sorted(row["trial_id"] for row in board)
+    assert sum(t.params["learning_rate"] == 5e-5 for t in finished) == 1  # the baseline is queued once
+    assert json.loads((sweep_dir / "sweep.json").read_text())["exported_trials"] == SAMPLES + 2
+    final = json.loads((sweep_dir / "best" / "final_eval.json").read_text())
+    assert final["trial_id"] == board[0]["trial_id"]
+    # Promoted again only when one of the new trials won.
+    assert ("promote: evaluating" in run["output"]) == (board[0]["trial_id"] in {r["trial_id"] for r in found
+                                                                               if r["experiment"] == "tune-2"})
+
+
+def test_a_changed_spec_is_refused_unless_forced(killed_twice, capsys):
+    sweep_dir = killed_twice["dir"]
+    changed = [*sweep_args(sweep_dir), "--set", "search.space.weight_decay.high=0.2"]
+    assert main(changed) == 2
+    err = capsys.readouterr().err
+    assert "search.space.weight_decay.high" in err and "--force" in err and "Traceback" not in err
+    assert main(["resume", str(sweep_dir)]) == 0  # the saved spec is unchanged: nothing to run
+    before = json.loads((sweep_dir / "sweep.json").read_text())["spec_hash"]
+    assert main([*changed, "--force"]) == 0
+    assert json.loads((sweep_dir / "sweep.json").read_text())["spec_hash"] != before
+
+
+def test_resume_of_something_not_a_sweep_is_refused(tmp_path, capsys):
+    assert main(["resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: not a sweep directory" in err and "Traceback" not in err
