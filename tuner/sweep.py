@@ -319,7 +319,10 @@ def _ledger_class():
             self.restored = restored  # this run restores an experiment whose driver died
             # Every trial of the sweep (earlier experiments and drivers too): progress and keep_best
             # are sweep-wide.
-            self.records = {r["trial_id"]: r for r in map(json.loads, map(Path.read_text, sorted(self.dir.glob("*.json"))))}
+            self.records = {}
+            for path in sorted(self.dir.glob("*.json")):
+                record = json.loads(path.read_text())
+                self.records[record["trial_id"]] = record
             self.started: set[str] = set()  # trials started by this driver
 
         def get_state(self) -> dict[str, Any]:
@@ -522,7 +525,9 @@ def _scheduler_state(scheduler) -> bytes | None:
     """The scheduler's state through its own save (ASHA has one; FIFO keeps none)."""
     import tempfile
 
-    if scheduler is None or type(scheduler).save is _base_scheduler().save:
+    from ray.tune.schedulers import TrialScheduler
+
+    if scheduler is None or type(scheduler).save is TrialScheduler.save:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         scheduler.save(os.path.join(tmp, "scheduler.pkl"))
@@ -537,12 +542,6 @@ def _restore_scheduler(scheduler, saved: bytes | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "scheduler.pkl").write_bytes(saved)
         scheduler.restore(os.path.join(tmp, "scheduler.pkl"))
-
-
-def _base_scheduler():
-    from ray.tune.schedulers import TrialScheduler
-
-    return TrialScheduler
 
 
 def _error_text(trial) -> str:
