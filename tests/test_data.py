@@ -299,12 +299,12 @@ def test_check_prepared_zero_blocks_names_block_size():
     spec = data_spec(block_size=64)
     with pytest.raises(UserError, match=r"data\.block_size: got 64, but the validation split has only 40 tokens"):
         check_prepared(spec, prepared({"train": 10, "validation": 0, "test": 1},
-                                      {"train": 640, "validation": 40, "test": 50}), largest_batch=1)
+                                      {"train": 640, "validation": 40, "test": 50}))
 
 
 def test_check_prepared_reports_every_empty_split():
     with pytest.raises(UserError) as info:
-        check_prepared(data_spec(), prepared({"train": 0, "validation": 0, "test": 0}), largest_batch=8)
+        check_prepared(data_spec(), prepared({"train": 0, "validation": 0, "test": 0}))
     message = str(info.value)
     assert all(f"the {s} split has only 0 tokens" in message for s in SPLITS)
     assert "fewer than the largest effective batch" not in message  # zero blocks is said once
@@ -312,7 +312,7 @@ def test_check_prepared_reports_every_empty_split():
 
 def test_check_prepared_train_smaller_than_batch():
     with pytest.raises(UserError, match="the train split has 3 blocks, fewer than the largest effective batch"):
-        check_prepared(data_spec(), prepared({"train": 3, "validation": 1, "test": 1}), largest_batch=4)
+        check_prepared(data_spec(), prepared({"train": 3, "validation": 1, "test": 1}))  # batch 8
 
 
 def test_check_prepared_names_the_fields_behind_the_largest_batch():
@@ -323,11 +323,11 @@ def test_check_prepared_names_the_fields_behind_the_largest_batch():
     with pytest.raises(UserError, match=re.escape(
             "search.space.per_device_train_batch_size × train.gradient_accumulation_steps: the train split "
             "has 20 blocks, fewer than the largest effective batch (16 × 2 = 32 blocks)")):
-        check_prepared(spec, prepared({"train": 20, "validation": 1, "test": 1}), largest_batch=32)
+        check_prepared(spec, prepared({"train": 20, "validation": 1, "test": 1}))
 
 
 def test_check_prepared_passes():
-    check_prepared(data_spec(), prepared({"train": 4, "validation": 1, "test": 1}), largest_batch=4)
+    check_prepared(data_spec(), prepared({"train": 8, "validation": 1, "test": 1}))  # one batch of 8
 
 
 # ---------------------------------------------------------------------------------------------

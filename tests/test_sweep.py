@@ -118,8 +118,10 @@ def test_a_restored_searcher_fails_and_requeues_trials_its_snapshot_missed(spec,
 def test_a_trial_optuna_was_told_of_before_the_driver_died_is_not_told_again(spec, tmp_path):
     searcher = _searcher(spec, tmp_path)
     searcher.suggest("t1")
+    searcher.save(str(tmp_path / "snapshot.pkl"))  # Tune's last snapshot, from before the trial ended
     searcher.on_trial_complete("t1", result=_report(3000, 4.4, C.COMPLETED, final=True))
-    searcher._completed_trials.clear()  # a restored snapshot from before the trial ended
+    searcher = _searcher(spec, tmp_path)
+    searcher.restore(str(tmp_path / "snapshot.pkl"))
     searcher.on_trial_result("t1", _report(3000, 4.4, C.COMPLETED, final=True))
     searcher.on_trial_complete("t1", result=_report(3000, 4.4, C.COMPLETED, final=True))  # no "already finished"
     trial, = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{storage.local_study(tmp_path)}").trials

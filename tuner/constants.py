@@ -43,6 +43,7 @@ FAILED = "failed"
 # runs again as a new trial.
 LOST = "lost"
 STATUSES = (COMPLETED, STOPPED_ASHA, STOPPED_PATIENCE, STOPPED_BUDGET, DIVERGED, OOM, FAILED)
+UNFINISHED = (RUNNING, PENDING)  # a record in any other status has ended
 # Statuses a trial reports itself on its last report (with a NaN metric): never counted as a report.
 ABORTED = (DIVERGED, OOM)
 # Statuses whose checkpoints may be promoted: the trial trained normally up to its last report.

@@ -316,7 +316,7 @@ def prepare(spec: Spec, sweep_dir: Path) -> Prepared:
     return prepared
 
 
-def check_prepared(spec: Spec, prepared: Prepared, largest_batch: int) -> None:
+def check_prepared(spec: Spec, prepared: Prepared) -> None:
     """Checks that need the data: every split has blocks, train has at least one optimizer step."""
     problems = []
     for name in SPLITS:
@@ -324,8 +324,8 @@ def check_prepared(spec: Spec, prepared: Prepared, largest_batch: int) -> None:
             problems.append(f"data.block_size: got {spec.data.block_size}, but the {name} split has "
                             f"only {prepared.tokens[name]} tokens, less than one block; lower "
                             "data.block_size or add data")
-    if 0 < prepared.blocks["train"] < largest_batch:
-        keys, product = _largest_batch(spec, largest_batch)
+    if 0 < prepared.blocks["train"] < space.largest_batch(spec):
+        keys, product = _largest_batch(spec)
         problems.append(f"{keys}: the train split has {prepared.blocks['train']} blocks, fewer than the "
                         f"largest effective batch ({product}); "
                         "lower the batch size or accumulation, lower data.block_size for more blocks, "
@@ -334,14 +334,12 @@ def check_prepared(spec: Spec, prepared: Prepared, largest_batch: int) -> None:
         raise UserError("the data does not fit the spec:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def _largest_batch(spec: Spec, largest_batch: int) -> tuple[str, str]:
+def _largest_batch(spec: Spec) -> tuple[str, str]:
     """The key paths behind the largest effective batch, and its product, for messages."""
     names = ("per_device_train_batch_size", "gradient_accumulation_steps")
     keys = [f"search.space.{n}" if n in spec.search.space else f"train.{n}" for n in names]
     batch, accumulation = (int(space.largest(spec, n)) for n in names)
-    if batch * accumulation != largest_batch:  # a count the caller worked out otherwise
-        return "data", f"{largest_batch} blocks"
-    return " × ".join(keys), f"{batch} × {accumulation} = {largest_batch} blocks"
+    return " × ".join(keys), f"{batch} × {accumulation} = {batch * accumulation} blocks"
 
 
 def load_prepared(prepared: Prepared):

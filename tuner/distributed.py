@@ -72,8 +72,9 @@ def ddp_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    if tune.get_context().get_trial_id() in ctx.ended:  # ended after the dead driver's last snapshot
-        tune.report(ctx.ended[tune.get_context().get_trial_id()])
+    from tuner.sweep import LOGS_DIR, repeat_if_ended, trial_log
+
+    if repeat_if_ended(ctx):
         return
     spec = ctx.spec
     num_workers = int(spec.resources.gpus_per_trial)
@@ -93,7 +94,5 @@ def ddp_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
                 checkpoint_score_order=spec.search.mode),
             callbacks=[TuneReportCallback()]),
     )
-    from tuner.sweep import LOGS_DIR, trial_log
-
     with trial_log(spec.sweep_dir / LOGS_DIR / f"{tune.get_context().get_trial_id()}.log"):
         trainer.fit()  # the workers' own output stays in Ray's worker logs on their nodes

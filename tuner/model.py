@@ -24,7 +24,12 @@ def resolve(name_or_path: str) -> str:
             raise UserError(f"model.name_or_path: got {name_or_path!r}; the built-in model is "
                             f"{builtin.TINY_GPT2!r}")
         return str(builtin.tiny_gpt2_path())
-    return os.path.expanduser(name_or_path) if name_or_path.startswith(("~", ".", "/")) else name_or_path
+    return os.path.expanduser(name_or_path) if is_path(name_or_path) else name_or_path
+
+
+def is_path(name_or_path: str) -> bool:
+    """A local directory, never a hub name (those read `org/name`)."""
+    return name_or_path.startswith(("~", ".", "/"))
 
 
 def hub_kwargs(revision: str | None, token_env: str | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
@@ -40,7 +45,7 @@ def load_config(name_or_path: str, revision: str | None = None, token_env: str |
     from transformers import AutoConfig
 
     where = resolve(name_or_path)
-    if where.startswith("/") or name_or_path.startswith(("~", ".")):  # a path, never a hub name
+    if is_path(name_or_path):
         if not os.path.isdir(where) or not os.path.isfile(os.path.join(where, "config.json")):
             found = "a directory without config.json" if os.path.isdir(where) else "no such directory"
             raise UserError(f"model.name_or_path: got {name_or_path!r}, {found}; give a model directory "

@@ -50,11 +50,6 @@ def resolve_spec(spec_or_path: Spec | str | Path | dict, overrides: list[str] | 
     return load_spec(spec_or_path, extra)
 
 
-def largest_batch(spec: Spec) -> int:
-    """The most blocks one optimizer step can take: the largest batch times the largest accumulation."""
-    return int(space.largest(spec, "per_device_train_batch_size")) * int(space.largest(spec, "gradient_accumulation_steps"))
-
-
 def check_model(spec: Spec) -> None:
     """Checks that need the model's config: the block fits its positions, the frozen blocks exist."""
     config = model.load_config(spec.model.name_or_path, spec.model.revision, spec.model.token_env,
@@ -110,7 +105,7 @@ def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | 
 
     check_model(spec)
     prepared = publish(spec, data.prepare(spec, sweep_dir))
-    data.check_prepared(spec, prepared, largest_batch(spec))
+    data.check_prepared(spec, prepared)
     plan = sweep.make_plan(spec, prepared.train_tokens())
     check_plan(spec, plan)
     log.info("plan:\n  %s", plan.describe().replace("\n", "\n  "))
@@ -141,11 +136,10 @@ def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | 
 def resume_sweep(sweep_dir: str | Path, *, address: str | None = None, force: bool = False,
                  num_samples: int | None = None) -> SweepResult:
     """Go on with the sweep in `sweep_dir`, under the spec saved there."""
+    spec = load_sweep_spec(sweep_dir)
     if not state.is_sweep_dir(Path(sweep_dir)):
-        load_sweep_spec(sweep_dir)  # says what is missing
         raise UserError(f"{sweep_dir}: not a sweep directory (no {state.STATE_FILE}); give the directory "
                         "`launch.py sweep` printed, e.g. runs/tiny")
-    spec = load_sweep_spec(sweep_dir)
     if not storage.is_uri(spec.storage):
         spec.storage = str(Path(sweep_dir).resolve())  # the directory may have moved since
     return run_sweep(spec, num_samples=num_samples, address=address, force=force)
@@ -157,11 +151,13 @@ def search(spec: Spec, ctx: TrialContext, plan: sweep.Plan, address: str | None,
     trials still missing from `search.num_samples`. The state is saved around each, so a driver
     killed at any point resumes at the right one."""
     sweep_dir = spec.sweep_dir
-    while (experiment := state.next_experiment(progress, spec.search.num_samples,
-                                               len(results.load_records(sweep_dir)))) is not None:
+    while True:
+        records = results.load_records(sweep_dir)
+        experiment = state.next_experiment(progress, spec.search.num_samples, len(records))
+        if experiment is None:
+            break
         progress.save(sweep_dir)
-        ended = {r["trial_id"]: last_report(r) for r in results.load_records(sweep_dir)
-                 if r["status"] not in (C.RUNNING, C.PENDING)}
+        ended = {r["trial_id"]: last_report(r) for r in records if r["status"] not in C.UNFINISHED}
         restored = experiment.restore
         complete = sweep.run_search(spec, replace(ctx, ended=ended), plan, address, tracker=tracker,
                                     experiment=experiment)

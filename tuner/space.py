@@ -80,6 +80,11 @@ def largest(spec: Spec, name: str) -> float:
     return as_number(fixed_values(spec)[name])
 
 
+def largest_batch(spec: Spec) -> int:
+    """The most blocks one optimizer step can take: the largest batch times the largest accumulation."""
+    return int(largest(spec, "per_device_train_batch_size")) * int(largest(spec, "gradient_accumulation_steps"))
+
+
 def max_epochs(spec: Spec) -> float:
     """The largest epoch count any trial can get: it sets ASHA's max_t."""
     return float(largest(spec, "num_train_epochs"))

@@ -194,13 +194,18 @@ class Spec:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def fingerprint(self) -> str:
-        """A hash of what decides the sweep's results; origin and bookkeeping are left out."""
+    def decisive(self) -> dict[str, Any]:
+        """What decides the sweep's results: the spec without origin and bookkeeping (where it is
+        stored, how it is tracked, how many trials)."""
         data = self.to_dict()
         for key in ("origin", "storage", "tracking"):
             data.pop(key)
         data["search"].pop("num_samples")
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return data
+
+    def fingerprint(self) -> str:
+        """A hash of `decisive()`: a resumed sweep must have the same."""
+        return hashlib.sha256(json.dumps(self.decisive(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def begin(spec: Spec, saved_spec: Spec | None, force: bool) -> SweepState:
     if previous is None or not previous.experiments:  # nothing ran (e.g. refused bad input): start anew
         return SweepState(spec.fingerprint())
     if previous.spec_hash != spec.fingerprint() and not force:
-        changed = changed_keys(saved_spec.to_dict(), spec.to_dict()) if saved_spec else []
+        changed = changed_keys(saved_spec.decisive(), spec.decisive()) if saved_spec else []
         raise UserError(f"{spec.sweep_dir} holds a sweep of a different spec (changed: "
                         f"{', '.join(changed) or 'unknown'}); run it with the spec it was started with, "
                         "add --force to resume it under the new spec, or give --name to start a new sweep")
@@ -73,13 +73,10 @@ def begin(spec: Spec, saved_spec: Spec | None, force: bool) -> SweepState:
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted paths whose values differ, bookkeeping left out (as in `Spec.fingerprint`)."""
-    ignored = {"origin", "storage", "tracking", "search.num_samples"}
+    """Dotted paths whose values differ."""
     keys = []
     for key in sorted(set(old) | set(new)):
         path = f"{prefix}{key}"
-        if path in ignored:
-            continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             keys += changed_keys(a, b, f"{path}.")

@@ -118,10 +118,9 @@ def tune_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report({**metrics, **where}, checkpoint=checkpoint)
 
-    trial_id = tune.get_context().get_trial_id()
-    if trial_id in ctx.ended:  # it ended after the dead driver's last snapshot: say how, once more
-        tune.report(ctx.ended[trial_id])
+    if repeat_if_ended(ctx):
         return
+    trial_id = tune.get_context().get_trial_id()
     ctx = on_this_node(ctx)
     checkpoint = tune.get_checkpoint()
     with trial_log(ctx.spec.sweep_dir / LOGS_DIR / f"{trial_id}.log"):
@@ -132,6 +131,18 @@ def tune_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         else:
             with checkpoint.as_directory() as resume_from:
                 run_trial(config, ctx, report, resume_from=resume_from)
+
+
+def repeat_if_ended(ctx: TrialContext) -> bool:
+    """A trial that ended after the dead driver's last snapshot (Tune restores it as running) says
+    how it ended, once more, and does nothing else."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    if trial_id not in ctx.ended:
+        return False
+    tune.report(ctx.ended[trial_id])
+    return True
 
 
 def on_this_node(ctx: TrialContext) -> TrialContext:
@@ -206,28 +217,21 @@ def _optuna_search_class():
                 self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
             return params
 
-        def _frozen(self, trial_id: str):
-            """The study's own view of the trial (None if this searcher never suggested it)."""
-            if trial_id not in self._ot_trials:
-                return None
-            return self._ot_study.get_trials(deepcopy=False)[self._ot_trials[trial_id].number]
-
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             value = result.get(self.metric)
-            if result.get(C.REPEAT):
-                return  # a closing copy of a report already told
-            frozen = self._frozen(trial_id)
-            if frozen is not None and not frozen.state.is_finished() and value is not None and math.isfinite(value):
+            if result.get(C.REPEAT) or trial_id in self._completed_trials:
+                return  # a closing copy of a report already told, or a trial told already
+            if trial_id in self._ot_trials and value is not None and math.isfinite(value):
                 self._ot_trials[trial_id].report(value, int(result[C.TOKENS_SEEN]))
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             import optuna
 
-            frozen = self._frozen(trial_id)
-            if trial_id in self._completed_trials or frozen is None or frozen.state.is_finished():
-                return  # told already (a trial that ended after the dead driver's last snapshot)
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
             ot_trial = self._ot_trials[trial_id]
             status = classify(result, error)
+            frozen = self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
             if result and result.get(C.TOKENS_SEEN) not in frozen.intermediate_values:
                 self.on_trial_result(trial_id, result)  # a stopping report skips on_trial_result
                 frozen = self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
@@ -243,15 +247,19 @@ def _optuna_search_class():
             self._completed_trials.add(trial_id)
 
         def restore(self, checkpoint_path: str) -> None:
-            """Tune's last snapshot, then the study's trials it did not know of yet: a dead driver left
-            them RUNNING with no Tune trial to finish them. They are marked FAIL and their
-            configurations queued again, so the search still runs each of them once."""
+            """Tune's last snapshot, reconciled once with the study, which the dead driver kept
+            writing after it: trials the study already finished are not told again, and trials it
+            holds RUNNING that the snapshot never suggested (no Tune trial will finish them) are
+            marked FAIL and their configurations queued again, so the search still runs each once."""
             import optuna
 
             super().restore(checkpoint_path)
             known = set(self._ot_trials)
-            lost = [t for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                    if t.user_attrs.get("ray_trial_id") not in known]
+            trials = self._ot_study.get_trials(deepcopy=False)
+            self._completed_trials.update(t.user_attrs["ray_trial_id"] for t in trials
+                                          if t.state.is_finished() and t.user_attrs.get("ray_trial_id") in known)
+            lost = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING
+                    and t.user_attrs.get("ray_trial_id") not in known]
             for trial in lost:
                 optuna.trial.Trial(self._ot_study, trial._trial_id).set_user_attr(C.LOST, True)
                 self._ot_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -379,7 +387,7 @@ def _ledger_class():
 
         def on_trial_start(self, iteration, trials, trial, **info):
             record = self._record(trial)
-            if record["status"] not in (C.RUNNING, C.PENDING):
+            if record["status"] not in C.UNFINISHED:
                 return  # ended after the dead driver's last snapshot: the trainable returns at once
             if record["status"] == C.RUNNING and trial.trial_id not in self.started:
                 record["awaiting_start"] = True  # running when the driver died: resumed now
@@ -393,7 +401,7 @@ def _ledger_class():
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             record = self._record(trial)
-            if record["status"] not in (C.RUNNING, C.PENDING):
+            if record["status"] not in C.UNFINISHED:
                 return  # a trial that had ended before the driver died, repeating its last report
             if C.START_STEP in result and record.pop("awaiting_start", False):
                 self._restarted(record, int(result[C.START_STEP]))
@@ -467,7 +475,7 @@ def _ledger_class():
 
         def _finish(self, trial, status: str, trials) -> None:
             record = self._record(trial)
-            if record["status"] not in (C.RUNNING, C.PENDING):
+            if record["status"] not in C.UNFINISHED:
                 return  # ended before the driver died; Tune's snapshot was older
             record["status"] = status
             record.pop("awaiting_start", None)
@@ -507,7 +515,7 @@ def _ledger_class():
                 self._write(record)
 
         def _progress(self, trial_id: str, record: dict[str, Any], trials) -> str:
-            done = [r for r in self.records.values() if r["status"] not in (C.RUNNING, C.PENDING)]
+            done = [r for r in self.records.values() if r["status"] not in C.UNFINISHED]
             stopped = sum(r["status"] == C.STOPPED_ASHA for r in done)
             running = sum(t.status == "RUNNING" for t in trials) - 1
             best = [r for r in self.records.values() if r["best_metric"] is not None]
@@ -679,7 +687,7 @@ def close_unfinished(sweep_dir: Path, study_name: str) -> int:
     closed = 0
     for path in sorted((sweep_dir / TRIALS_DIR).glob("*.json")):
         record = json.loads(path.read_text())
-        if record["status"] in (C.RUNNING, C.PENDING):
+        if record["status"] in C.UNFINISHED:
             record["status"] = C.STOPPED_BUDGET
             record.pop("pending_value", None)
             record.pop("awaiting_start", None)
