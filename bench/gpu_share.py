@@ -124,7 +124,7 @@ def main() -> None:
     gpus = max(torch.cuda.device_count(), 1)
     trials = sample(spec, args.trials, spec.search.seed)
     results = {}
-    print(f"| gpus_per_trial | trial | GPU | device | peak MiB | started s | ended s | best eval_loss |")
+    print("| gpus_per_trial | trial | GPU | device | peak MiB | started s | ended s | best eval_loss |")
     print("|---|---|---|---|---|---|---|---|")
     for share in args.gpus_per_trial:
         rows, wall = schedule(trials, str(ctx_path), share, gpus)

@@ -255,3 +255,16 @@ def test_only_the_best_checkpoints_remain(tiny_sweep):
     best_two = [row["trial_id"] for row in tiny_sweep.leaderboard if row["status"] in C.PROMOTABLE][:2]
     assert {r["trial_id"] for r in records if r["best_checkpoint"] in kept} == set(best_two)
     assert tiny_sweep.best["best_checkpoint"] in kept
+
+
+def test_every_record_says_where_its_trial_spent_its_time(tiny_sweep):
+    records = load_records(tiny_sweep.sweep_dir)
+    for record in records:
+        timing = record["timing"]
+        assert set(timing) == set(C.TIME_KEYS)
+        assert timing[C.TIME_TRAIN] > 0 and timing[C.TIME_EVAL] > 0 and timing[C.TIME_MODEL] > 0
+        arrived = [point["reported_at"] for point in record["history"]]
+        assert arrived == sorted(arrived) and len(arrived) == record["reports"]
+    # The workers Tune reused paid start-up once: only their first trial counts it.
+    started = [r for r in records if r["timing"][C.TIME_START] > 0]
+    assert 1 <= len(started) < len(records)

@@ -493,6 +493,9 @@ def test_domain_rule_non_hyperparameter_train_fields():
     fails(base(train={"per_device_eval_batch_size": 0}), "train.per_device_eval_batch_size: got 0, expected >= 1")
     fails(base(train={"report_every_tokens": 0}), "train.report_every_tokens: got 0, expected >= 1")
     fails(base(train={"stop_after_steps": 0}), "train.stop_after_steps: got 0, expected >= 1")
+    fails(base(train={"eval_blocks": 0}), "train.eval_blocks: got 0, expected >= 1")
+    fails(base(train={"dataloader_workers": -1}), "train.dataloader_workers: got -1, expected >= 0")
+    fails(base(train={"precision": "fp8"}), "train.precision")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import TrainerControl, TrainerState
 
 from tuner import constants as C
@@ -55,6 +56,8 @@ def test_reports_every_report_every_tokens_with_a_checkpoint_at_that_step(small)
         assert math.isfinite(metrics[C.EVAL_LOSS])
         assert "model.safetensors" in files and "trainer_state.json" in files
         assert "training_args.bin" not in files  # what resume needs, no more (and nothing pickled)
+    assert all("optimizer.pt" in files for _, files in reports[:-1])  # the trial goes on from these
+    assert "optimizer.pt" not in reports[-1][1]  # nothing resumes from the last: its weights alone
     assert summary["reports"] == len(reports)
     assert summary["best_eval_loss"] == min(m[C.EVAL_LOSS] for m, _ in reports)
 
@@ -203,3 +206,77 @@ def test_a_checkpoint_whose_optimizer_state_would_run_code_is_refused(small, tmp
         run_trial(HYPER, TrialContext(spec, prepared, model.resolve(spec.model.name_or_path)),
                   lambda *_: None, resume_from=str(checkpoint))
     assert not marker.exists()
+
+
+def test_each_report_carries_where_the_trial_spent_its_time(small):
+    spec, prepared = small
+    reports, _ = _run(spec, prepared)
+    for metrics, _ in reports:
+        assert set(C.TIME_KEYS) <= set(metrics)
+    totals = [[m[key] for key in C.TIME_KEYS] for m, _ in reports]
+    assert all(b >= a for earlier, later in zip(totals, totals[1:]) for a, b in zip(earlier, later))  # running totals
+    last = reports[-1][0]
+    assert last[C.TIME_TRAIN] > 0 and last[C.TIME_EVAL] > 0 and last[C.TIME_SAVE] > 0 and last[C.TIME_MODEL] > 0
+    # tokens/s counts training steps only: the interval's tokens over its training time
+    assert all(m[C.TOKENS_PER_S] > 0 for m, _ in reports)
+
+
+def _last_report_callback(spec, best: float, loss: float):
+    """A callback that has reported `best` and now evaluates `loss` at the trial's last step."""
+    sent = []
+    callback = ReportCallback(spec, lambda metrics, checkpoint: sent.append((metrics, checkpoint)), None)
+    callback.best = best
+    state, control = TrainerState(), TrainerControl()
+    state.global_step = state.max_steps = 10
+    state.num_input_tokens_seen = 5120
+    control.should_save = True
+    args = type("Args", (), {"save_only_model": False})()
+    callback.on_evaluate(args, state, control, metrics={"eval_loss": loss})
+    return sent, control, args
+
+
+def test_a_last_report_that_is_not_the_trials_best_writes_no_checkpoint(small):
+    spec, _ = small
+    sent, control, args = _last_report_callback(spec, best=3.0, loss=3.5)
+    assert not control.should_save  # its earlier best checkpoint is the one promotion can use
+    (metrics, checkpoint), = sent
+    assert checkpoint is None and metrics[C.FINAL] and metrics[C.TRIAL_STATUS] == C.COMPLETED
+    assert metrics[C.EVAL_LOSS] == 3.5
+
+
+def test_a_last_report_that_is_the_trials_best_saves_the_weights_alone(small):
+    spec, _ = small
+    sent, control, args = _last_report_callback(spec, best=3.0, loss=2.5)
+    assert control.should_save and args.save_only_model and not sent  # reported from on_save
+
+
+def test_a_sampled_validation_set_is_fixed_by_its_seed(small):
+    spec, prepared = small
+    full = data.load_prepared(prepared)["validation"]
+    _, sample = data.trial_splits(prepared, 5, 42)
+    data._trial_splits.cache_clear()
+    _, again = data.trial_splits(prepared, 5, 42)
+    _, other = data.trial_splits(prepared, 5, 7)
+    assert len(sample) == 5 and len(full) > 5
+    ids = [row.tolist() for row in sample["input_ids"]]
+    assert ids == [row.tolist() for row in again["input_ids"]]  # every trial, every retry: the same blocks
+    assert ids != [row.tolist() for row in other["input_ids"]]
+    assert all(row in full["input_ids"] for row in ids)
+    assert len(data.trial_splits(prepared, None, 42)[1]) == len(full)
+
+
+def test_a_reused_worker_reads_the_base_model_once_and_trains_a_fresh_copy(small, monkeypatch):
+    spec, _ = small
+    reads = []
+    read = model._read
+    monkeypatch.setattr(model, "_read", lambda *key: reads.append(key) or read(*key))
+    model._pristine.clear()
+    path = model.resolve(spec.model.name_or_path)
+    first = model.load_model(path, reuse=True)
+    with torch.no_grad():
+        next(first.parameters()).add_(1.0)  # a trial trains its copy
+    second = model.load_model(path, reuse=True, freeze_layers=1)
+    assert len(reads) == 1 and first is not second
+    assert torch.equal(next(second.parameters()), next(read(path, None, None, False).parameters()))
+    assert not next(second.parameters()).requires_grad and next(first.parameters()).requires_grad
+    assert second.config._attn_implementation == "sdpa"

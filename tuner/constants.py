@@ -13,6 +13,7 @@ STEP = "step"
 TOKENS_SEEN = "tokens_seen"
 TOKENS_PER_S = "tokens_per_s"
 GPU_MEMORY_MB = "gpu_memory_mb"  # peak GPU memory of the trial so far, on GPU only
+MFU = "mfu"  # model FLOPs utilization of the training steps since the last report, on a known GPU only
 REPORT_KEYS = (EVAL_LOSS, TRAIN_LOSS, LEARNING_RATE, EPOCH, STEP, TOKENS_SEEN, TOKENS_PER_S)
 
 # Extra keys on a report: how the trial stands after it.
@@ -24,6 +25,15 @@ MICRO_BATCH = "micro_batch"  # the per-device batch the trial actually trained w
 ACCUMULATION = "accumulation"  # the gradient accumulation it actually used (doubled after an OOM)
 REPEAT = "repeat_report"  # True on a closing copy of the last report (not counted again)
 START_STEP = "start_step"  # the global step this run of the trial started from (0, or its checkpoint's)
+
+# Where this run of the trial spent its time so far, in seconds (each report carries the running totals).
+TIME_START = "time_start_s"  # worker process start and imports: the first trial of a worker only
+TIME_DATA = "time_data_s"  # opening the prepared data (and drawing the validation sample)
+TIME_MODEL = "time_model_s"  # the model from disk or this worker's copy, and the Trainer around it
+TIME_TRAIN = "time_train_s"  # training steps
+TIME_EVAL = "time_eval_s"  # evaluations at report points
+TIME_SAVE = "time_save_s"  # checkpoints written and handed to the reporter
+TIME_KEYS = (TIME_START, TIME_DATA, TIME_MODEL, TIME_TRAIN, TIME_EVAL, TIME_SAVE)
 
 # ASHA compares trials after the same amount of data, whatever their batch size.
 TIME_ATTR = TOKENS_SEEN

@@ -9,6 +9,7 @@ evaluation predicts every test token.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import html
@@ -347,3 +348,25 @@ def load_prepared(prepared: Prepared):
     from datasets import load_from_disk
 
     return load_from_disk(prepared.path)
+
+
+def trial_splits(prepared: Prepared, eval_blocks: int | None, seed: int) -> tuple[Any, Any]:
+    """The train split and the validation blocks a trial evaluates at its reports, opened once per
+    worker process: the trials a reused worker runs one after another skip it.
+
+    With `eval_blocks`, a fixed sample of that many validation blocks, drawn with `seed` so that
+    every trial (and every retry) is ranked on the same blocks; the full split stays for promotion.
+    """
+    return _trial_splits(prepared.path, eval_blocks, seed)
+
+
+@functools.lru_cache(maxsize=2)
+def _trial_splits(path: str, eval_blocks: int | None, seed: int) -> tuple[Any, Any]:
+    from datasets import load_from_disk
+
+    splits = load_from_disk(path)
+    validation = splits["validation"]
+    if eval_blocks is not None and eval_blocks < len(validation):
+        picked = sorted(random.Random(seed).sample(range(len(validation)), eval_blocks))
+        validation = validation.select(picked)
+    return splits["train"].with_format("torch"), validation.with_format("torch")

@@ -6,6 +6,7 @@ A model is named by hub name, local path, or `builtin:tiny-gpt2`; `resolve` turn
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -93,15 +94,43 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, token_env: st
 
 
 def load_model(name_or_path: str | Path, revision: str | None = None, freeze_layers: int = 0,
-               token_env: str | None = None, trust_remote_code: bool = False):
-    """A causal LM from a hub name, a local path or a checkpoint, with the first blocks frozen."""
-    from transformers import AutoModelForCausalLM
+               token_env: str | None = None, trust_remote_code: bool = False, reuse: bool = False):
+    """A causal LM from a hub name, a local path or a checkpoint, with the first blocks frozen.
 
-    name = str(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(resolve(name), **hub_kwargs(revision, token_env, trust_remote_code))
+    With `reuse`, the weights read once are kept in this process (up to `REUSE_MAX_BYTES`) and each
+    call returns a fresh copy of them: the trials a reused worker runs one after another skip the read.
+    """
+    key = (str(name_or_path), revision, token_env, trust_remote_code)
+    if reuse and key in _pristine:
+        model = copy.deepcopy(_pristine[key])
+    else:
+        model = _read(*key)
+        if reuse and parameter_bytes(model) <= REUSE_MAX_BYTES:
+            _pristine.clear()  # one base model per worker: a sweep has one
+            _pristine[key] = copy.deepcopy(model)
     if freeze_layers:
         freeze(model, freeze_layers)
     return model
+
+
+REUSE_MAX_BYTES = 4 * 2**30  # larger models are read again for each trial rather than held twice in RAM
+_pristine: dict[tuple, Any] = {}  # this process's untouched copy of the base model, by how it was loaded
+
+
+def _read(name: str, revision: str | None, token_env: str | None, trust_remote_code: bool):
+    """`from_pretrained` with PyTorch's fused attention (SDPA) where the model supports it."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = hub_kwargs(revision, token_env, trust_remote_code)
+    try:
+        return AutoModelForCausalLM.from_pretrained(resolve(name), attn_implementation="sdpa", **kwargs)
+    except (ValueError, ImportError) as exc:  # an architecture without an SDPA path
+        log.info("model: no SDPA attention for %s (%s); using its own", name, first_line(exc))
+        return AutoModelForCausalLM.from_pretrained(resolve(name), **kwargs)
+
+
+def parameter_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def freeze(model, num_layers: int) -> None:

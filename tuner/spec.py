@@ -87,11 +87,17 @@ class TrainSpec:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     label_smoothing_factor: float = 0.0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 where the GPU has it, else fp16 with loss scaling; fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the model: slower first steps, faster ones after (GPU)
+    dataloader_workers: int | None = None  # default: on a GPU the trial's CPUs less one (1-4); on CPU 0
     per_device_eval_batch_size: int = 32
     seed: int = 42  # model init order, data order and dropout
     report_every_tokens: int = 65536  # training tokens between two reports (eval + checkpoint)
+    # Validation blocks evaluated at each report: a fixed sample (seeded by `seed`), the same for every
+    # trial, for a fraction of the whole split's time. Default: the whole split.
+    eval_blocks: int | None = None
     stop_after_steps: int | None = None  # stop at this step without changing the LR schedule
 
 
@@ -493,8 +499,11 @@ def _check_train(train: TrainSpec, problems: list[str]) -> None:
             _check_value(name, value, f"train.{name}", problems)
     _at_least(train.per_device_eval_batch_size, 1, "train.per_device_eval_batch_size", problems)
     _at_least(train.report_every_tokens, 1, "train.report_every_tokens", problems)
-    if train.stop_after_steps is not None:
-        _at_least(train.stop_after_steps, 1, "train.stop_after_steps", problems)
+    for name in ("stop_after_steps", "eval_blocks"):
+        if getattr(train, name) is not None:
+            _at_least(getattr(train, name), 1, f"train.{name}", problems)
+    if train.dataloader_workers is not None:
+        _at_least(train.dataloader_workers, 0, "train.dataloader_workers", problems)
 
 
 def _check_space(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:

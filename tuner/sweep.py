@@ -418,7 +418,7 @@ def _ledger_class():
             redone = bool(record["history"]) and result.get(C.STEP, 0) <= record["history"][-1][C.STEP]
             if result.get(C.TRIAL_STATUS) not in C.ABORTED and not result.get(C.REPEAT) and not redone:
                 record["reports"] += 1
-                record["history"].append({k: result.get(k) for k in C.REPORT_KEYS})
+                record["history"].append({**{k: result.get(k) for k in C.REPORT_KEYS}, "reported_at": time.time()})
                 if self.tracker is not None:
                     self.tracker.trial_reported(trial.trial_id, result)
             record[C.NODE_ID], record[C.GPU_IDS] = result.get(C.NODE_ID), result.get(C.GPU_IDS)
@@ -426,6 +426,8 @@ def _ledger_class():
                 if result.get(key) is not None:
                     record[key] = result[key]
             record["tokens_seen"] = int(result.get(C.TOKENS_SEEN, 0))
+            if any(key in result for key in C.TIME_KEYS):  # this run's time so far, by part
+                record["timing"] = {key: round(float(result.get(key, 0.0)), 3) for key in C.TIME_KEYS}
             record["train_seconds"] = float(result.get("time_total_s", 0.0))
             record["pending_value"] = value
             if result.get(CHECKPOINT_PATH):  # a data-parallel trial: Train stored the checkpoint

@@ -41,6 +41,7 @@ METRICS = {
     C.TOKENS_SEEN: "train/tokens_seen",
     C.TOKENS_PER_S: "train/tokens_per_s",
     C.GPU_MEMORY_MB: "train/gpu_memory_mb",
+    C.MFU: "train/mfu",
 }
 PERPLEXITY = "eval/perplexity"
 

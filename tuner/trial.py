@@ -22,8 +22,8 @@ from typing import Any, Callable
 from transformers import TrainerCallback
 
 from tuner import constants as C
-from tuner import space
-from tuner.data import Prepared, load_prepared
+from tuner import gpu, space
+from tuner.data import Prepared, trial_splits
 from tuner.errors import first_line
 from tuner.spec import Spec
 
@@ -80,8 +80,8 @@ def training_arguments(spec: Spec, hyper: dict[str, Any], output_dir: str | Path
         adam_beta2=float(pick("adam_beta2")),
         adam_epsilon=float(pick("adam_epsilon")),
         label_smoothing_factor=float(pick("label_smoothing_factor")),
-        bf16=train.precision == "bf16",
-        fp16=train.precision == "fp16",
+        **gpu.training_options(train.precision, train.compile, train.dataloader_workers,
+                               spec.resources.cpus_per_trial),
         **({"gradient_checkpointing": True} if train.gradient_checkpointing else {}),
         seed=train.seed,
         use_cpu=not torch.cuda.is_available(),
@@ -108,9 +108,15 @@ def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 class ReportCallback(TrainerCallback):
     """Every `report_every_tokens` tokens, at the end, or at `stop_after_steps`: log, evaluate, save
-    and report at one step. Stops the trial at once on a NaN or inf loss."""
+    and report at one step. Stops the trial at once on a NaN or inf loss.
 
-    def __init__(self, spec: Spec, report: Reporter, max_t: int | None):
+    A checkpoint is written only where it can matter: at a report the trial goes on from (a retry or
+    a resumed driver restarts there) and at a last report that is the trial's best so far (it may be
+    promoted); that last one holds the weights alone, as nothing resumes from it. Times each part.
+    """
+
+    def __init__(self, spec: Spec, report: Reporter, max_t: int | None, setup_times: dict[str, float] | None = None,
+                 per_token_flops: float | None = None, peak: float | None = None):
         self.every = spec.train.report_every_tokens
         self.stop_after = spec.train.stop_after_steps
         self.report = report
@@ -122,16 +128,24 @@ class ReportCallback(TrainerCallback):
         self.diverged = False
         self.reports = 0
         self.best: float | None = None
-        self.last_time = time.perf_counter()
+        self.times = {key: 0.0 for key in C.TIME_KEYS} | (setup_times or {})
+        self.mark = time.perf_counter()  # where the part being timed began
+        self.interval_train = 0.0  # training-step seconds since the last report
         self.last_tokens = 0
-        self.train_seconds = 0.0
         self.start_step = 0
+        self.per_token_flops, self.peak = per_token_flops, peak
+
+    def _lap(self, key: str) -> float:
+        now = time.perf_counter()
+        spent, self.mark = now - self.mark, now
+        self.times[key] += spent
+        return spent
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start_step = int(state.global_step)  # after resuming from a checkpoint: its step
         self.next_report = (state.num_input_tokens_seen // self.every + 1) * self.every
         self.last_tokens = state.num_input_tokens_seen
-        self.last_time = time.perf_counter()
+        self._lap(C.TIME_MODEL)  # the Trainer's own set-up: optimizer, device, a checkpoint to resume
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -148,9 +162,14 @@ class ReportCallback(TrainerCallback):
         return state.global_step >= state.max_steps or (
             self.stop_after is not None and state.global_step >= self.stop_after)
 
+    def _ends(self, state) -> bool:
+        """This report is the trial's last: its loop ends, or ASHA's max_t completes it."""
+        return self._is_last(state) or (self.max_t is not None and state.num_input_tokens_seen >= self.max_t)
+
     def on_step_end(self, args, state, control, **kwargs):
         due = state.num_input_tokens_seen >= self.next_report or self._is_last(state)
         if due and not self.diverged:
+            self.interval_train += self._lap(C.TIME_TRAIN)
             control.should_log = control.should_evaluate = control.should_save = True
             while self.next_report <= state.num_input_tokens_seen:
                 self.next_report += self.every
@@ -158,19 +177,27 @@ class ReportCallback(TrainerCallback):
             control.should_training_stop = True
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self._lap(C.TIME_EVAL)
         self.eval_loss = float((metrics or {}).get("eval_loss", math.nan))
         if not math.isfinite(self.eval_loss):
             self.diverged = True
             control.should_training_stop = True
             control.should_save = False
+        elif self._ends(state) and self.best is not None and self.eval_loss >= self.best:
+            control.should_save = False  # the trial's earlier best is the one that can be promoted
+            self._send(state, None, C.COMPLETED if self._is_last(state) else C.RUNNING, self._is_last(state))
+        elif self._ends(state):
+            args.save_only_model = True
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         # Resume needs weights, optimizer, scheduler, RNG and trainer state; not the pickled arguments.
         (checkpoint / "training_args.bin").unlink(missing_ok=True)
         final = self._is_last(state)
+        self._lap(C.TIME_SAVE)
         self._send(state, checkpoint, C.COMPLETED if final else C.RUNNING, final)
         shutil.rmtree(checkpoint, ignore_errors=True)
+        self._lap(C.TIME_SAVE)  # the reporter's copy of the checkpoint
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.diverged:
@@ -178,12 +205,11 @@ class ReportCallback(TrainerCallback):
             self._send(state, None, C.DIVERGED, True)
 
     def _send(self, state, checkpoint: Path | None, status: str, final: bool) -> None:
-        now = time.perf_counter()
         tokens = int(state.num_input_tokens_seen)
-        elapsed = now - self.last_time
-        self.train_seconds += elapsed
         if self.max_t is not None and tokens >= self.max_t and status == C.RUNNING:
             status = C.COMPLETED
+        speed = (tokens - self.last_tokens) / self.interval_train if self.interval_train > 0 else 0.0
+        utilization = gpu.mfu(speed, self.per_token_flops, self.peak) if self.per_token_flops else None
         metrics = {
             C.EVAL_LOSS: self.eval_loss if self.eval_loss is not None else math.nan,
             C.TRAIN_LOSS: sum(self.losses) / len(self.losses) if self.losses else math.nan,
@@ -191,10 +217,12 @@ class ReportCallback(TrainerCallback):
             C.EPOCH: float(state.epoch or 0.0),
             C.STEP: int(state.global_step),
             C.TOKENS_SEEN: tokens,
-            C.TOKENS_PER_S: (tokens - self.last_tokens) / elapsed if elapsed > 0 else 0.0,
+            C.TOKENS_PER_S: speed,
             C.START_STEP: self.start_step,
             C.TRIAL_STATUS: status,
             C.FINAL: final,
+            **dict(self.times),
+            **({C.MFU: utilization} if utilization is not None else {}),
             **gpu_memory(),
         }
         if status != C.DIVERGED:
@@ -203,7 +231,7 @@ class ReportCallback(TrainerCallback):
             self.best = loss if self.best is None else min(self.best, loss)
         self.losses = []
         self.report(metrics, str(checkpoint) if checkpoint is not None else None)
-        self.last_time, self.last_tokens = time.perf_counter(), tokens
+        self.last_tokens, self.interval_train = tokens, 0.0
 
 
 def gpu_memory() -> dict[str, float]:
@@ -329,15 +357,25 @@ def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_fr
     spec = ctx.spec
     used = {C.MICRO_BATCH: int(hyper["per_device_train_batch_size"]),
             C.ACCUMULATION: int(hyper["gradient_accumulation_steps"])}
-    splits = load_prepared(ctx.prepared)
+    if not _started[0]:
+        settle_worker()
+    times = {C.TIME_START: process_start_seconds()}
+    mark = time.perf_counter()
+    train_split, validation = trial_splits(ctx.prepared, spec.train.eval_blocks, spec.train.seed)
+    times[C.TIME_DATA] = time.perf_counter() - mark
     workdir = Path(workdir or tempfile.mkdtemp(prefix="tuner-trial-"))
     args = training_arguments(spec, hyper, workdir / "hf")
-    callback = ReportCallback(spec, lambda metrics, checkpoint: report({**metrics, **used}, checkpoint), ctx.max_t)
     model = model_lib.load_model(ctx.model_path, spec.model.revision, int(hyper["freeze_layers"]),
-                                 spec.model.token_env, spec.model.trust_remote_code)
-    trainer = Trainer(model=model, args=args, data_collator=collate,
-                      train_dataset=splits["train"].with_format("torch"),
-                      eval_dataset=splits["validation"].with_format("torch"), callbacks=[callback])
+                                 spec.model.token_env, spec.model.trust_remote_code, reuse=True)
+    parameters, layers, width = gpu.model_shape(model)
+    callback = ReportCallback(spec, lambda metrics, checkpoint: report({**metrics, **used}, checkpoint), ctx.max_t,
+                              times, gpu.flops_per_token(parameters, layers, width, ctx.prepared.block_size),
+                              gpu.device_peak())
+    trainer = Trainer(model=model, args=args, data_collator=collate, train_dataset=train_split,
+                      eval_dataset=validation, callbacks=[callback])
+    times[C.TIME_MODEL] = time.perf_counter() - mark - times[C.TIME_DATA]
+    callback.times.update(times)
+    callback.mark = time.perf_counter()
     start = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=resume_from)
@@ -351,3 +389,28 @@ def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_fr
     return {"status": C.DIVERGED if callback.diverged else C.COMPLETED, "best_eval_loss": callback.best,
             "reports": callback.reports, "tokens_seen": int(trainer.state.num_input_tokens_seen),
             "train_seconds": time.perf_counter() - start, "hyperparameters": hyper}
+
+
+_started = [False]  # whether this process has run a trial before
+
+
+def settle_worker() -> None:
+    """Once per worker, before its first trial: set aside what the process holds for good (the
+    imported libraries) from the garbage collector. The Trainer runs a full collection at the start of
+    every trial (accelerate's `free_memory`); with the libraries' objects frozen it takes milliseconds,
+    not most of a second, in every trial a reused worker runs."""
+    gc.collect()
+    gc.freeze()
+
+
+def process_start_seconds() -> float:
+    """Seconds from this process's start to its first trial (start-up and imports); 0 for later
+    trials of a reused worker, which pay none."""
+    if _started[0]:
+        return 0.0
+    _started[0] = True
+    try:
+        import psutil
+    except ImportError:  # the training core without Ray (and so without psutil)
+        return 0.0
+    return max(0.0, time.time() - psutil.Process().create_time())

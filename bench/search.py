@@ -1,0 +1,118 @@
+"""Does the search find good configurations with less compute? TPE + ASHA against random + ASHA
+against random search without early stopping.
+
+    python bench/search.py [--trials 30] [--seeds 0 1 2] [--startup 5] [--spec search_spaces/tiny.yaml]
+
+Each method runs real sweeps (local Ray, Optuna, the spec's space and data, W&B off, no baseline
+trial) of `--trials` trials for each seed; TPE starts modelling after `--startup` random trials (fewer
+than its default 10). Compute is training tokens. Reports are put in the order the driver received
+them, so a sweep's compute curve is its best validation loss so far against the training tokens all
+its trials had used by then.
+
+`compute_to_match`: for each seed, the training tokens TPE + ASHA had used when its best loss first
+reached the best loss of random search without early stopping, as a fraction of all the tokens that
+random search used; never reached counts as infinite; the median over seeds. Prints a Markdown table
+and, last, a JSON line with the curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+METHODS = {
+    "tpe_asha": ["search.sampler=tpe", "scheduler.type=asha"],
+    "random_asha": ["search.sampler=random", "scheduler.type=asha"],
+    "random": ["search.sampler=random", "scheduler.type=none"],
+}
+
+
+def curve(sweep_dir: Path) -> list[tuple[int, float]]:
+    """(training tokens used so far, best eval loss so far) after each report, in arrival order."""
+    from tuner import constants as C
+
+    reports = []
+    for path in (sweep_dir / "trials").glob("*.json"):
+        previous = 0
+        for point in json.loads(path.read_text())["history"]:
+            tokens = int(point[C.TOKENS_SEEN])
+            reports.append((point["reported_at"], tokens - previous, point[C.EVAL_LOSS]))
+            previous = tokens
+    used, best, points = 0, math.inf, []
+    for _, tokens, loss in sorted(reports):
+        used += tokens
+        if loss is not None and math.isfinite(loss):
+            best = min(best, loss)
+        points.append((used, best))
+    return points
+
+
+def tokens_to_reach(points: list[tuple[int, float]], target: float) -> float:
+    return next((used for used, best in points if best <= target), math.inf)
+
+
+def run(spec_path: str, method: str, seed: int, trials: int, startup: int, root: Path,
+        extra: list[str]) -> list[tuple[int, float]]:
+    from tuner import pipeline
+
+    name = f"{method}-{seed}"
+    result = pipeline.run_sweep(spec_path, name=name, num_samples=trials, overrides=[
+        f"storage={root / name}", f"search.seed={seed}", f"search.n_startup_trials={startup}",
+        "search.baseline=null", "tracking.wandb.mode=disabled", *METHODS[method], *extra])
+    return curve(result.sweep_dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", default=str(ROOT / "search_spaces" / "tiny.yaml"))
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--startup", type=int, default=5, help="TPE's random start-up trials")
+    parser.add_argument("--set", action="append", default=[], help="extra spec overrides for every sweep")
+    args = parser.parse_args()
+
+    curves: dict[str, dict[int, list]] = {method: {} for method in METHODS}
+    with tempfile.TemporaryDirectory(prefix="tuner-search-bench-") as tmp:
+        for seed in args.seeds:
+            for method in METHODS:
+                curves[method][seed] = run(args.spec, method, seed, args.trials, args.startup, Path(tmp), args.set)
+
+    rows, fractions = [], []
+    for seed in args.seeds:
+        baseline = curves["random"][seed]
+        target, total = baseline[-1][1], baseline[-1][0]
+        row = {"seed": seed, "target_loss": target, "random_tokens": total}
+        for method in ("tpe_asha", "random_asha"):
+            points = curves[method][seed]
+            row[f"{method}_best"] = points[-1][1]
+            row[f"{method}_tokens"] = points[-1][0]
+            row[f"{method}_to_match"] = tokens_to_reach(points, target) / total
+        fractions.append(row["tpe_asha_to_match"])
+        rows.append(row)
+
+    print(f"Workload: {args.spec} {' '.join(args.set)}, {args.trials} trials per sweep, TPE start-up "
+          f"{args.startup}, CPU\n")
+    print("| seed | random: best loss | random: tokens | TPE+ASHA: best | TPE+ASHA: tokens | TPE+ASHA: tokens to match | "
+          "random+ASHA: best | random+ASHA: tokens | random+ASHA: tokens to match |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['seed']} | {r['target_loss']:.4f} | {r['random_tokens']:,} | {r['tpe_asha_best']:.4f} | "
+              f"{r['tpe_asha_tokens']:,} | {r['tpe_asha_to_match']:.3f} | {r['random_asha_best']:.4f} | "
+              f"{r['random_asha_tokens']:,} | {r['random_asha_to_match']:.3f} |")
+    finite = lambda x: x if not isinstance(x, float) or math.isfinite(x) else "inf"  # noqa: E731
+    print(json.dumps({"compute_to_match": finite(statistics.median(fractions)),
+                      "seeds": [{k: finite(v) for k, v in row.items()} for row in rows],
+                      "curves": {m: {str(s): [[used, finite(best)] for used, best in c] for s, c in by_seed.items()}
+                                 for m, by_seed in curves.items()}}))
+
+
+if __name__ == "__main__":
+    main()
