@@ -58,3 +58,15 @@ def test_on_a_gpu_auto_precision_fused_adamw_tf32_and_pinned_workers(monkeypatch
     assert options.get("tf32", False) is tf32
     assert gpu.training_options("fp32", False, None, cpus=1)["dataloader_num_workers"] == 1
     assert not gpu.training_options("fp32", False, 0, cpus=8)["dataloader_persistent_workers"]
+
+
+def test_every_option_is_a_training_arguments_field_of_this_transformers(monkeypatch):
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    assert set(gpu.training_options("auto", True, None, cpus=4)) <= fields

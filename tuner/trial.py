@@ -357,9 +357,7 @@ def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_fr
     spec = ctx.spec
     used = {C.MICRO_BATCH: int(hyper["per_device_train_batch_size"]),
             C.ACCUMULATION: int(hyper["gradient_accumulation_steps"])}
-    if not _started[0]:
-        settle_worker()
-    times = {C.TIME_START: process_start_seconds()}
+    times = {C.TIME_START: start_in_worker()}
     mark = time.perf_counter()
     train_split, validation = trial_splits(ctx.prepared, spec.train.eval_blocks, spec.train.seed)
     times[C.TIME_DATA] = time.perf_counter() - mark
@@ -367,15 +365,14 @@ def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_fr
     args = training_arguments(spec, hyper, workdir / "hf")
     model = model_lib.load_model(ctx.model_path, spec.model.revision, int(hyper["freeze_layers"]),
                                  spec.model.token_env, spec.model.trust_remote_code, reuse=True)
+    trainer = Trainer(model=model, args=args, data_collator=collate, train_dataset=train_split,
+                      eval_dataset=validation)
+    times[C.TIME_MODEL] = time.perf_counter() - mark - times[C.TIME_DATA]
     parameters, layers, width = gpu.model_shape(model)
     callback = ReportCallback(spec, lambda metrics, checkpoint: report({**metrics, **used}, checkpoint), ctx.max_t,
                               times, gpu.flops_per_token(parameters, layers, width, ctx.prepared.block_size),
                               gpu.device_peak())
-    trainer = Trainer(model=model, args=args, data_collator=collate, train_dataset=train_split,
-                      eval_dataset=validation, callbacks=[callback])
-    times[C.TIME_MODEL] = time.perf_counter() - mark - times[C.TIME_DATA]
-    callback.times.update(times)
-    callback.mark = time.perf_counter()
+    trainer.add_callback(callback)
     start = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=resume_from)
@@ -394,21 +391,19 @@ def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_fr
 _started = [False]  # whether this process has run a trial before
 
 
-def settle_worker() -> None:
-    """Once per worker, before its first trial: set aside what the process holds for good (the
-    imported libraries) from the garbage collector. The Trainer runs a full collection at the start of
-    every trial (accelerate's `free_memory`); with the libraries' objects frozen it takes milliseconds,
-    not most of a second, in every trial a reused worker runs."""
-    gc.collect()
-    gc.freeze()
+def start_in_worker() -> float:
+    """Seconds from this process's start to its first trial (start-up and imports); 0 for the later
+    trials of a reused worker, which pay none.
 
-
-def process_start_seconds() -> float:
-    """Seconds from this process's start to its first trial (start-up and imports); 0 for later
-    trials of a reused worker, which pay none."""
+    Before its first trial, the worker also sets what it holds for good (the imported libraries)
+    aside from the garbage collector: the Trainer runs a full collection at the start of every trial
+    (accelerate's `free_memory`), which then takes milliseconds instead of most of a second.
+    """
     if _started[0]:
         return 0.0
     _started[0] = True
+    gc.collect()
+    gc.freeze()
     try:
         import psutil
     except ImportError:  # the training core without Ray (and so without psutil)
