@@ -12,7 +12,8 @@ evaluate and checkpoint there, and HF reports to Tune itself), the same validati
 - `tuner_s`, `hf_s`: wall seconds of the search, from Ray's start to the search's return
   (`launch.py sweep`'s promotion and export are not counted; they have no HF counterpart);
 - `tuner_best`, `hf_best`: the validation loss, on the whole validation split, of the model each
-  hands back (tuner: the promoted checkpoint, re-evaluated; HF: `BestRun.objective`);
+  hands back (tuner: the exported best model, re-evaluated with promotion's token-weighted loss;
+  HF: `BestRun.objective`);
 - `tuner_disk_mb`, `hf_disk_mb`: what each leaves in its storage directory.
 
 Prints a Markdown table and, last, a JSON line (medians over seeds, and each seed).
@@ -42,41 +43,20 @@ def disk_mb(path: Path) -> float:
 
 
 def run_tuner(spec_path: str, seed: int, root: Path) -> dict:
-    from tuner import pipeline
-    from tuner.data import load_prepared
+    from tuner import model, pipeline, promote
+    from tuner.data import load_prepared, read_prepared
     from tuner.spec import load_spec
 
     with timed_search() as walls:
         result = pipeline.run_sweep(spec_path, name=f"tuner-{seed}", overrides=[
             f"storage={root / f'tuner-{seed}'}", f"search.seed={seed}", "tracking.wandb.mode=disabled"])
     spec = load_spec(result.sweep_dir / "spec.yaml")
-    prepared = next((result.sweep_dir / "data").glob("*/prepared.json"))
-    validation = load_prepared(_prepared(prepared))["validation"]
-    best = validation_loss(str(result.paths["best"] / "model"), validation, spec.train.per_device_eval_batch_size)
+    prepared = read_prepared(next((result.sweep_dir / "data").glob("*/prepared.json")).parent)
+    validation = load_prepared(prepared)["validation"]["input_ids"]
+    best = promote.evaluate(model.load_model(result.paths["best"] / "model"), validation,
+                            spec.train.per_device_eval_batch_size)["eval_loss"]
     return {"seconds": sum(walls), "best": best, "disk_mb": disk_mb(result.sweep_dir),
             "trials": len(result.leaderboard)}
-
-
-def _prepared(path: Path):
-    from tuner.data import Prepared
-
-    return Prepared(**json.loads(path.read_text()))
-
-
-def validation_loss(model_dir: str, validation, batch_size: int) -> float:
-    """Mean token loss of a saved model over the whole validation split."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    total = count = 0.0
-    with torch.no_grad():
-        for start in range(0, len(validation), batch_size):
-            ids = torch.as_tensor(validation[start:start + batch_size]["input_ids"])
-            loss = model(input_ids=ids, labels=ids).loss
-            total += float(loss) * ids.shape[0]
-            count += ids.shape[0]
-    return total / count
 
 
 def run_hf(spec_path: str, seed: int, root: Path, prepared_dir: Path) -> dict:
@@ -89,12 +69,12 @@ def run_hf(spec_path: str, seed: int, root: Path, prepared_dir: Path) -> dict:
 
     from tuner import model as model_lib
     from tuner import space, sweep
-    from tuner.data import load_prepared
+    from tuner.data import load_prepared, read_prepared
     from tuner.spec import load_spec
     from tuner.trial import collate
 
     spec = load_spec(spec_path, [f"search.seed={seed}"])
-    prepared = _prepared(prepared_dir / "prepared.json")
+    prepared = read_prepared(prepared_dir)
     splits = load_prepared(prepared)
     every = spec.train.report_every_tokens
     model_path = model_lib.resolve(spec.model.name_or_path)

@@ -283,7 +283,7 @@ def prepare(spec: Spec, sweep_dir: Path) -> Prepared:
     out = sweep_dir / "data" / key
     meta_path = out / "prepared.json"
     if meta_path.exists():
-        prepared = Prepared(**json.loads(meta_path.read_text()))
+        prepared = read_prepared(out)
         log.info("data: reusing prepared data %s (%s train blocks)", out, prepared.blocks["train"])
         return prepared
     log.info("data: preparing %s", spec.data.path or f"{spec.data.dataset} ({spec.data.config})")
@@ -341,6 +341,11 @@ def _largest_batch(spec: Spec) -> tuple[str, str]:
     keys = [f"search.space.{n}" if n in spec.search.space else f"train.{n}" for n in names]
     batch, accumulation = (int(space.largest(spec, n)) for n in names)
     return " × ".join(keys), f"{batch} × {accumulation} = {batch * accumulation} blocks"
+
+
+def read_prepared(directory: Path) -> Prepared:
+    """The description `prepare` wrote beside the data it prepared in `directory`."""
+    return Prepared(**json.loads((directory / "prepared.json").read_text()))
 
 
 def load_prepared(prepared: Prepared):
