@@ -6,6 +6,7 @@
     python launch.py status SWEEP_DIR
     python launch.py export SWEEP_DIR [--format yaml|json]
     python launch.py sync SWEEP_DIR [--dry-run]
+    python launch.py report SWEEP_DIR
 
 `sweep` runs the whole pipeline: spec → prepared data → Optuna + ASHA on Ray Tune → leaderboard →
 final evaluation of the best checkpoint → export. Bad input exits with code 2 and one message.
@@ -79,7 +80,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from tuner import results, tracking
+    from tuner.report import REPORT_FILE
     from tuner.pipeline import load_sweep_spec
 
     spec = load_sweep_spec(args.sweep_dir)
@@ -89,6 +93,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"  {row['trial_id']}: log {row['log_file']}")
     print(f"disk: {results.disk_summary(spec)}")
+    report = Path(args.sweep_dir) / REPORT_FILE
+    print(f"report: {report}" if report.is_file() else
+          f"report: none yet; build it with `python launch.py report {args.sweep_dir}`")
     offline = tracking.offline_runs(args.sweep_dir)
     if offline:
         print(f"W&B: {len(offline)} offline runs in {tracking.WANDB_DIR}/; upload them with "
@@ -118,6 +125,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     spec = load_sweep_spec(args.sweep_dir)
     return tracking.sync(Path(args.sweep_dir), spec.tracking.wandb, dry_run=args.dry_run)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild report.html from what the sweep directory holds now (a running sweep too)."""
+    from tuner.pipeline import load_sweep_spec, write_report
+
+    path = write_report(load_sweep_spec(args.sweep_dir))
+    if path is None:
+        return 1
+    print(f"report: {path}")
+    return 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -166,6 +184,10 @@ def parser() -> argparse.ArgumentParser:
     sync.add_argument("sweep_dir")
     sync.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
     sync.set_defaults(run=cmd_sync)
+
+    report = commands.add_parser("report", help="(re)build a sweep's report.html")
+    report.add_argument("sweep_dir")
+    report.set_defaults(run=cmd_report)
     return top
 
 

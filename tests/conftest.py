@@ -28,7 +28,7 @@ SWEEP_OVERRIDES = [
     "search.num_samples=6",
     "search.n_startup_trials=3",
     "search.space.num_train_epochs={type: int, low: 1, high: 2}",
-    "promote.num_samples=2",
+    "promote.num_prompts=4",
     "tracking.wandb.mode=offline",
 ]
 

@@ -82,7 +82,7 @@ def test_best_config_validates_and_fixes_the_winning_hyperparameters(tiny_sweep)
 
 def test_final_eval_is_the_token_weighted_test_loss(tiny_sweep):
     final = json.loads(tiny_sweep.paths["final_eval"].read_text())
-    assert {"trial_id", "checkpoint", "eval_loss", "perplexity", "num_test_tokens", "base_perplexity"} <= set(final)
+    assert {"trial_id", "checkpoint", "eval_loss", "perplexity", "num_test_tokens", "tuned", "base"} <= set(final)
     prepared = Prepared(**json.loads(next((tiny_sweep.sweep_dir / "data").glob("*/prepared.json")).read_text()))
     test_blocks = load_prepared(prepared)["test"]["input_ids"]
     from transformers import AutoModelForCausalLM
@@ -98,7 +98,8 @@ def test_final_eval_is_the_token_weighted_test_loss(tiny_sweep):
     assert final["num_test_tokens"] == count == prepared.tokens["test"] - len(test_blocks)
     assert final["eval_loss"] == pytest.approx(total / count, rel=1e-5)
     assert final["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
-    assert final["perplexity"] < final["base_perplexity"]
+    assert final["tuned"]["perplexity"] == final["perplexity"]
+    assert final["perplexity"] < final["base"]["perplexity"]  # fine-tuning helped on held-out text
 
 
 def test_best_model_loads_and_generates(tiny_sweep):
@@ -111,7 +112,7 @@ def test_best_model_loads_and_generates(tiny_sweep):
     assert out.shape[1] == ids["input_ids"].shape[1] + 5
     assert (tiny_sweep.paths["model"] / "model.safetensors").exists()
     samples = [json.loads(line) for line in tiny_sweep.paths["samples"].read_text().splitlines()]
-    assert len(samples) == 2 and {"prompt", "reference", "tuned", "base"} <= set(samples[0])
+    assert len(samples) == 4 and {"prompt", "reference", "tuned", "base", "baseline"} <= set(samples[0])
 
 
 def test_trial_logs_and_records_are_in_the_sweep_dir(tiny_sweep):
@@ -158,7 +159,7 @@ def _own_loop(config, report):
 def test_a_users_own_training_loop_gets_the_same_search(ray_runtime, tmp_path):
     result = run_sweep(TINY_PATH, trial_fn=_own_loop, overrides=[
         "data.max_records=300", "scheduler=none", "search.num_samples=2", "search.baseline=null",
-        "promote.num_samples=1", f"storage={tmp_path / 'own'}"])
+        "promote.num_prompts=1", f"storage={tmp_path / 'own'}"])
     assert [row["status"] for row in result.leaderboard] == [C.COMPLETED, C.COMPLETED]
     assert all(row["reports"] == 3 and row["tokens_seen"] == 288 for row in result.leaderboard)
     assert result.best["best_step"] in (1, 2, 3)
@@ -178,7 +179,7 @@ def _nan_above(learning_rate):
 def test_a_nan_configuration_is_diverged_fails_in_optuna_and_is_never_best(ray_runtime, tmp_path):
     result = run_sweep(TINY_PATH, trial_fn=_nan_above(0.00999), overrides=[
         "data.max_records=300", "scheduler=none", "search.num_samples=3", "search.baseline.learning_rate=0.01",
-        "search.space.learning_rate.high=0.01", "promote.num_samples=1", f"storage={tmp_path / 'nan'}"])
+        "search.space.learning_rate.high=0.01", "promote.num_prompts=1", f"storage={tmp_path / 'nan'}"])
     nan = [row for row in result.leaderboard if row["learning_rate"] == 0.01]
     assert len(nan) == 1 and nan[0]["status"] == C.DIVERGED and nan[0]["optuna_state"] == "FAIL"
     assert nan[0]["reports"] == 0 and nan[0]["tokens_seen"] == 96  # stopped at its first report
@@ -200,7 +201,7 @@ def test_a_sweep_in_which_no_trial_completes_fails_and_exports_nothing(ray_runti
 def test_a_time_budget_ends_the_search_and_promotes_the_best_so_far(ray_runtime, tmp_path):
     result = run_sweep(TINY_PATH, overrides=[
         "data.max_records=900", "train.report_every_tokens=4096", "search.num_samples=50",
-        "search.time_budget=30s", "scheduler=none", "promote.num_samples=1", f"storage={tmp_path / 'tb'}"])
+        "search.time_budget=30s", "scheduler=none", "promote.num_prompts=1", f"storage={tmp_path / 'tb'}"])
     statuses = [row["status"] for row in result.leaderboard]
     assert len(statuses) < 50 and C.STOPPED_BUDGET in statuses
     assert all(state in ("COMPLETE", "PRUNED", "FAIL") for state in (row["optuna_state"] for row in result.leaderboard))
@@ -247,13 +248,15 @@ def test_promotion_falls_back_to_the_next_best_readable_checkpoint(tiny_sweep, t
 
 
 def test_only_the_best_checkpoints_remain(tiny_sweep):
-    """Each ended trial keeps its best checkpoint only; sweep-wide, the `keep_best` (2) best."""
+    """Each ended trial keeps its best checkpoint only; sweep-wide, the `keep_best` (2) best and the
+    baseline trial's, which the final evaluation scores beside the winner."""
     records = load_records(tiny_sweep.sweep_dir)
     remaining = sorted(str(p) for p in (tiny_sweep.sweep_dir / "tune").glob("*/checkpoint_*"))
     kept = sorted(r["best_checkpoint"] for r in records if r["best_checkpoint"] and not r.get("checkpoint_deleted"))
-    assert remaining == kept and len(kept) == 2
     best_two = [row["trial_id"] for row in tiny_sweep.leaderboard if row["status"] in C.PROMOTABLE][:2]
-    assert {r["trial_id"] for r in records if r["best_checkpoint"] in kept} == set(best_two)
+    baseline = json.loads(tiny_sweep.paths["final_eval"].read_text())["baseline"]["trial_id"]
+    assert remaining == kept and len(kept) == len({*best_two, baseline})
+    assert {r["trial_id"] for r in records if r["best_checkpoint"] in kept} == {*best_two, baseline}
     assert tiny_sweep.best["best_checkpoint"] in kept
 
 

@@ -26,7 +26,7 @@ SAMPLES = 6
 OVERRIDES = [
     "data.max_records=900", "train.report_every_tokens=8192", "scheduler.grace_period=8192",
     "search.n_startup_trials=3", "search.space.num_train_epochs={type: int, low: 1, high: 2}",
-    "promote.num_samples=2", "tracking.wandb.mode=offline",
+    "promote.num_prompts=2", "tracking.wandb.mode=offline",
 ]
 
 

@@ -130,7 +130,7 @@ def test_missing_model_name_or_path():
     ("train", "learning_rate", [1e-4], "expected a number"),
     ("train", "adam_beta1", False, "expected a number"),
     ("train", "gradient_checkpointing", "yes", "expected true or false"),
-    ("promote", "do_sample", 1, "expected true or false"),
+    ("promote", "evaluate_base", 1, "expected true or false"),
     ("data", "text_column", 5, "expected a non-empty string"),
     ("data", "text_column", "", "expected a non-empty string"),
 ])
@@ -660,7 +660,8 @@ def test_cpus_per_trial_positive():
 
 
 @pytest.mark.parametrize("key, value, low", [
-    ("eval_batch_size", 0, 1), ("prompt_tokens", 0, 1), ("max_new_tokens", 0, 1), ("num_samples", -1, 0),
+    ("eval_batch_size", 0, 1), ("prompt_tokens", 0, 1), ("max_new_tokens", 0, 1), ("num_prompts", -1, 0),
+    ("reference_tokens", 0, 1), ("top_k", 0, 1),
 ])
 def test_promote_counts(key, value, low):
     fails(base(promote={key: value}), f"promote.{key}: got {value}, expected >= {low}")
@@ -904,3 +905,15 @@ def test_fp16_without_a_gpu_is_refused():
     fails(base(train={"precision": "fp16"}), "train.precision: got 'fp16'", "needs a GPU")
     spec = validate(base(train={"precision": "fp16"}, resources={"gpus_per_trial": 1}))
     assert spec.train.precision == "fp16"
+
+
+def test_promote_top_k_needs_the_loss_as_metric():
+    raw = base(promote={"top_k": 3})
+    raw.setdefault("search", {})["metric"] = "train_loss"
+    fails(raw, "promote.top_k: got 3", "set promote.top_k to 1")
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("temperature", 0, "expected > 0"), ("top_p", 1.5, "expected in (0, 1]"), ("num_beams", 0, ">= 1")])
+def test_promote_decoding_settings_are_checked(key, value, expected):
+    fails(base(promote={"generate": {key: value}}), f"promote.generate.{key}: got", expected)

@@ -126,6 +126,8 @@ def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | 
         progress.exported_trials = len(board)
         progress.save(sweep_dir)
     finally:
+        if board:  # a failed sweep's report still shows what its trials did
+            write_report(spec)
         tracker.sweep_ended(board, result.paths["best"] if result else None)
         tracker.close()
         if storage.is_uri(spec.location) and (sweep_dir / tracking.WANDB_DIR).exists():
@@ -201,11 +203,14 @@ def promote_and_export(spec: Spec, ctx: TrialContext, board: list[dict[str, Any]
                        tracker: tracking.Tracker) -> SweepResult:
     """The best promotable trial's final evaluation on the test split, then `best/`."""
     sweep_dir, prepared = spec.sweep_dir, ctx.prepared
-    best, (metrics, samples, best_model) = _evaluate_best_readable(spec, ctx)
-    baseline = results.baseline_comparison(results.load_records(sweep_dir), spec.search.baseline, best,
-                                           spec.search.mode)
+    records = results.load_records(sweep_dir)
+    baseline_record = results.baseline_record(records, spec.search.baseline)
+    best, (metrics, samples, best_model), selection = _evaluate_best_readable(spec, ctx, baseline_record)
+    baseline = results.baseline_comparison(baseline_record, best, spec.search.mode)
     if baseline is not None:
-        metrics["baseline"] = baseline
+        metrics["baseline"] = {**baseline, **metrics.get("baseline", {})}
+    if selection is not None:
+        metrics["selection"] = selection
     best_dir = export.write_best(spec, best, metrics, samples, best_model, prepared.tokenizer_path)
     final_eval = json.loads((best_dir / "final_eval.json").read_text())
     tracker.final_evaluation(best, final_eval, samples)
@@ -217,13 +222,31 @@ def promote_and_export(spec: Spec, ctx: TrialContext, board: list[dict[str, Any]
     return _result(spec, board, best, final_eval, best_dir)
 
 
+def write_report(spec: Spec) -> Path | None:
+    """(Re)build report.html and say where it is. A report that fails to build is a warning: the
+    sweep's results are all on disk, and `launch.py report` can build it again."""
+    from tuner import report
+
+    try:
+        path = report.write_report(spec)
+    except Exception as exc:  # noqa: BLE001 (a plot's bug must not fail a finished sweep)
+        log.warning("report: not written (%s); rebuild it with `python launch.py report %s`",
+                    first_line(exc), spec.sweep_dir)
+        return None
+    if storage.is_uri(spec.location):
+        storage.upload(path, storage.join(spec.location, report.REPORT_FILE))
+    log.info("report: %s", path)
+    return path
+
+
 def _result(spec: Spec, board: list[dict[str, Any]], best: dict[str, Any], final_eval: dict[str, Any],
             best_dir: Path) -> SweepResult:
     sweep_dir = spec.sweep_dir
     return SweepResult(sweep_dir, board, best, final_eval, {
         "leaderboard": sweep_dir / "leaderboard.csv", "best": best_dir,
         "config": best_dir / "config.yaml", "model": best_dir / "model",
-        "final_eval": best_dir / "final_eval.json", "samples": best_dir / "samples.jsonl"})
+        "final_eval": best_dir / "final_eval.json", "samples": best_dir / "samples.jsonl",
+        "report": sweep_dir / "report.html"})
 
 
 def publish(spec: Spec, prepared: data.Prepared) -> data.Prepared:
@@ -249,18 +272,39 @@ def fetch(checkpoint: str, local: Path) -> str:
     return str(local)
 
 
-def _evaluate_best_readable(spec: Spec, ctx: TrialContext) -> tuple[dict[str, Any], tuple]:
-    """The final evaluation of the best trial whose checkpoint can be read, best first: a missing or
-    corrupt checkpoint falls back to the next best, and says so."""
+def _evaluate_best_readable(spec: Spec, ctx: TrialContext, baseline: dict[str, Any] | None,
+                            ) -> tuple[dict[str, Any], tuple, dict[str, Any] | None]:
+    """The final evaluation of the best trial whose checkpoint can be read, best first (re-ranked on
+    the whole validation split when `promote.top_k` > 1): a missing or corrupt checkpoint falls back
+    to the next best, and says so. Returns the record, the evaluation and the re-ranking, if any."""
     sweep_dir = spec.sweep_dir
     candidates = results.best_records(sweep_dir, spec.search.mode)
+
+    def locate(record: dict[str, Any]) -> str:
+        return fetch(record["best_checkpoint"], sweep_dir / "promoted" / record["trial_id"])
+
+    selection = None
+    if spec.promote.top_k > 1 and len(candidates) > 1:
+        candidates, selection = promote.rerank(candidates, locate, ctx.prepared, spec.promote,
+                                               spec.model.trust_remote_code)
+        log.info("promote: the best %d trials re-evaluated on the whole validation split (%d blocks): %s",
+                 len(selection["candidates"]), selection["blocks"], ", ".join(
+                     f"{c['trial_id']} {c['validation_loss']:.4f}" for c in selection["candidates"]))
+        log.info("promote: %s", f"the choice changed from {selection['search_winner']} to {selection['chosen']}"
+                 if selection["changed"] else f"the choice stands: {selection['chosen']}")
+    baseline_checkpoint = None
+    if baseline is not None and baseline.get("best_checkpoint") and not baseline.get("checkpoint_deleted"):
+        try:
+            baseline_checkpoint = locate(baseline)
+        except promote.UnreadableCheckpoint as exc:
+            log.warning("promote: the baseline trial's checkpoint is unreadable (%s)", exc)
     skipped = []
     for record in candidates:
         try:
-            checkpoint = fetch(record["best_checkpoint"], sweep_dir / "promoted" / record["trial_id"])
+            checkpoint = locate(record)
             return record, promote.final_evaluation(checkpoint, ctx.model_path, ctx.prepared, spec.promote,
                                                     spec.model.revision, spec.model.token_env,
-                                                    spec.model.trust_remote_code)
+                                                    spec.model.trust_remote_code, baseline_checkpoint), selection
         except promote.UnreadableCheckpoint as exc:  # not the base model's errors: those are not the checkpoint's
             skipped.append(f"  {record['trial_id']}: {exc}")
             log.warning("promote: the checkpoint of trial %s is missing or unreadable (%s); promoting the "
@@ -272,12 +316,11 @@ def _evaluate_best_readable(spec: Spec, ctx: TrialContext) -> tuple[dict[str, An
 
 
 def _summary(spec: Spec, best: dict[str, Any], final: dict[str, Any], best_dir: Path) -> None:
-    base = final.get("base_perplexity")
-    base_text = f" (untrained/base model: {base:.2f})" if base is not None and math.isfinite(base) else ""
-    log.info("best trial %s: search %s %.4f at step %s; test perplexity %.2f%s",
-             best["trial_id"], spec.search.metric, best["best_metric"], best["best_step"],
-             final["perplexity"], base_text)
-    if "baseline" in final:
+    log.info("best trial %s: search %s %.4f at step %s; test perplexity %.2f", best["trial_id"],
+             spec.search.metric, best["best_metric"], best["best_step"], final["perplexity"])
+    for line in results.ab_lines(final):
+        log.info("  %s", line)
+    if "baseline" in final and "tuning_beat_baseline" in final["baseline"]:
         baseline = final["baseline"]
         verdict = "beat" if baseline["tuning_beat_baseline"] else "did not beat"
         log.info("tuning %s the baseline (trial %s, %s, search %s %s)", verdict, baseline["trial_id"],

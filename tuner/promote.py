@@ -1,4 +1,5 @@
-"""Promotion: the best checkpoint's final evaluation on the full, held-out test split.
+"""Promotion: the best checkpoint's final evaluation on the full, held-out test split, side by side
+with the base model and the baseline trial (perplexity, and BLEU/ROUGE of continuations).
 
 The loss is computed here, token by token, rather than copied from the Trainer: the Trainer averages
 per-batch means, which over-weights a short last batch, and it never sees the test split's last
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Callable
 
 from tuner.data import Prepared, load_prepared
 from tuner.errors import first_line
@@ -65,48 +66,140 @@ def evaluate(model, blocks: list[list[int]], batch_size: int) -> dict[str, float
             "num_test_tokens": count}
 
 
-def samples(model, tokenizer, blocks: list[list[int]], settings: PromoteSpec) -> list[dict[str, Any]]:
-    """Continuations of test prompts: the first k tokens of evenly spaced test blocks."""
+def passages(blocks: list[list[int]], settings: PromoteSpec) -> list[tuple[list[int], list[int]]]:
+    """(prompt, reference) token pairs, the same for every model compared: the first k and next m
+    tokens of `num_prompts` passages evenly spaced along the test split. The split's blocks are its
+    text packed in order, so a passage may run across a block boundary and k + m is not bounded by
+    the block size."""
+    k, m = settings.prompt_tokens, settings.reference_tokens
+    stream = [token for block in blocks for token in block]
+    room = len(stream) - (k + m)
+    count = max(settings.num_prompts, 0) if room >= 0 else 0
+    if not count:
+        return []
+    starts = sorted({round(i * room / max(count - 1, 1)) for i in range(count)}) if count > 1 else [0]
+    return [(stream[s:s + k], stream[s + k:s + k + m]) for s in starts]
+
+
+def continuations(model, prompts: list[list[int]], settings: PromoteSpec, pad_token_id: int | None) -> list[list[int]]:
+    """What the model writes after each prompt, with the spec's decoding settings and seed. All
+    prompts are k tokens long, so they go in batches with no padding."""
     import torch
 
-    picked = [b for b in blocks if len(b) > settings.prompt_tokens][: max(settings.num_samples, 0) * 50]
-    step = max(1, len(picked) // max(settings.num_samples, 1))
+    decoding = settings.generate
+    options = {"do_sample": decoding.do_sample, "num_beams": decoding.num_beams,
+               "repetition_penalty": decoding.repetition_penalty}
+    if decoding.do_sample:
+        options.update(temperature=decoding.temperature, top_p=decoding.top_p, top_k=decoding.top_k)
+    model.eval()
     device = next(model.parameters()).device
-    out = []
-    for block in picked[::step][: settings.num_samples]:
-        prompt = block[: settings.prompt_tokens]
-        torch.manual_seed(0)
-        generated = model.generate(
-            input_ids=torch.tensor([prompt], device=device), attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
-            max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
-            pad_token_id=tokenizer.pad_token_id)[0][len(prompt):]
-        out.append({"prompt": tokenizer.decode(prompt),
-                    "reference": tokenizer.decode(block[settings.prompt_tokens:][: settings.max_new_tokens]),
-                    "tuned": tokenizer.decode(generated)})
+    torch.manual_seed(decoding.seed)
+    out: list[list[int]] = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), settings.eval_batch_size):
+            ids = torch.tensor(prompts[start:start + settings.eval_batch_size], device=device)
+            generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                       max_new_tokens=settings.max_new_tokens, min_new_tokens=1,
+                                       pad_token_id=pad_token_id, **options)
+            out.extend(row[ids.shape[1]:].tolist() for row in generated)
     return out
+
+
+def assess(model, tokenizer, test: list[list[int]], pairs: list[tuple[list[int], list[int]]],
+           settings: PromoteSpec) -> tuple[dict[str, float], list[str]]:
+    """One model's figures on the test split (loss, perplexity, BLEU, ROUGE-1/2/L of its
+    continuations against the references) and the continuations themselves."""
+    from tuner import metrics
+
+    figures: dict[str, Any] = evaluate(model, test, settings.eval_batch_size)
+    if not pairs:
+        return figures, []
+    written = continuations(model, [prompt for prompt, _ in pairs], settings, tokenizer.pad_token_id)
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in written]
+    references = [tokenizer.decode(reference, skip_special_tokens=True) for _, reference in pairs]
+    figures["bleu"] = metrics.bleu(texts, references)
+    figures.update(metrics.rouge(texts, references))
+    return figures, texts
+
+
+def generation_settings(settings: PromoteSpec, count: int) -> dict[str, Any]:
+    """How the continuations were made, kept beside their scores."""
+    from dataclasses import asdict
+
+    return {"num_prompts": count, "prompt_tokens": settings.prompt_tokens,
+            "reference_tokens": settings.reference_tokens, "max_new_tokens": settings.max_new_tokens,
+            **asdict(settings.generate)}
+
+
+def rerank(candidates: list[dict[str, Any]], locate: Callable[[dict[str, Any]], str], prepared: Prepared,
+           settings: PromoteSpec, trust_remote_code: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`promote.top_k`: the best k trials' checkpoints scored again on the whole validation split, so a
+    lucky score on the search's validation sample does not win. Returns the candidates in their new
+    order (the others after them, as they were) and what the re-evaluation found."""
+    top, rest = candidates[:settings.top_k], candidates[settings.top_k:]
+    validation = load_prepared(prepared)["validation"]["input_ids"]
+    scored = []
+    for record in top:
+        try:
+            model = load_checkpoint(locate(record), trust_remote_code)
+        except UnreadableCheckpoint as exc:  # it cannot be promoted either: left out
+            log.warning("promote: the checkpoint of trial %s is missing or unreadable (%s); it is left out",
+                        record["trial_id"], exc)
+            continue
+        total, count = token_loss(model, validation, settings.eval_batch_size)
+        scored.append((total / count, record))
+        del model
+    scored.sort(key=lambda pair: pair[0])
+    order = [record for _, record in scored] + rest
+    selection = {"top_k": settings.top_k, "split": "validation", "blocks": len(validation),
+                 "search_winner": top[0]["trial_id"] if top else None,
+                 "chosen": order[0]["trial_id"] if order else None,
+                 "candidates": [{"trial_id": r["trial_id"], "search_metric": r["best_metric"], "validation_loss": loss}
+                                for loss, r in scored]}
+    selection["changed"] = selection["chosen"] != selection["search_winner"]
+    return order, selection
 
 
 def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, settings: PromoteSpec,
                      revision: str | None = None, token_env: str | None = None,
-                     trust_remote_code: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
-    """Evaluate the promoted checkpoint (and the base model) on the full test split.
+                     trust_remote_code: bool = False, baseline_checkpoint: str | None = None,
+                     ) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
+    """The promoted checkpoint, the base model and the baseline trial's checkpoint, each scored the
+    same way on the full test split and the same prompts (A/B).
 
-    Returns the metrics, the generated samples and the loaded model (for export).
+    Returns the metrics (the tuned model's loss and perplexity at the top, each model's figures under
+    `tuned`, `base`, `baseline`), the samples (prompt, reference and each model's continuation) and
+    the loaded tuned model (for export).
     """
     from tuner import model as model_lib
 
     model = load_checkpoint(checkpoint, trust_remote_code)  # first: an unreadable one costs nothing else
     tokenizer = model_lib.load_tokenizer(prepared.tokenizer_path)
     test = load_prepared(prepared)["test"]["input_ids"]
-    log.info("promote: evaluating %s on %d test blocks", checkpoint, len(test))
-    metrics = evaluate(model, test, settings.eval_batch_size)
-    generated = samples(model, tokenizer, test, settings)
+    pairs = passages(test, settings)
+    log.info("promote: evaluating %s on %d test blocks and %d prompts", checkpoint, len(test), len(pairs))
+    figures, texts = assess(model, tokenizer, test, pairs, settings)
+    metrics: dict[str, Any] = {key: figures[key] for key in ("eval_loss", "perplexity", "num_test_tokens")}
+    metrics["tuned"] = figures
+    written = {"tuned": texts}
+    others = {}
     if settings.evaluate_base:
-        base = model_lib.load_model(base_model, revision, token_env=token_env,
-                                    trust_remote_code=trust_remote_code)
-        base_metrics = evaluate(base, test, settings.eval_batch_size)
-        metrics["base_eval_loss"] = base_metrics["eval_loss"]
-        metrics["base_perplexity"] = base_metrics["perplexity"]
-        for row, base_row in zip(generated, samples(base, tokenizer, test, settings)):
-            row["base"] = base_row["tuned"]
-    return metrics, generated, model
+        others["base"] = lambda: model_lib.load_model(base_model, revision, token_env=token_env,
+                                                      trust_remote_code=trust_remote_code)
+    if baseline_checkpoint is not None:
+        others["baseline"] = lambda: load_checkpoint(baseline_checkpoint, trust_remote_code)
+    for name, load in others.items():
+        try:
+            other = load()
+        except UnreadableCheckpoint as exc:  # the baseline's checkpoint: its figures are missing, not the sweep's
+            log.warning("promote: the %s model could not be read (%s)", name, exc)
+            metrics[name] = {"unavailable": str(exc)}
+            continue
+        metrics[name], written[name] = assess(other, tokenizer, test, pairs, settings)
+        del other
+    metrics["generation"] = generation_settings(settings, len(pairs))
+    rows = [{"prompt": tokenizer.decode(prompt, skip_special_tokens=True),
+             "reference": tokenizer.decode(reference, skip_special_tokens=True),
+             **{name: texts[i] for name, texts in written.items() if texts}}
+            for i, (prompt, reference) in enumerate(pairs)]
+    return metrics, rows, model

@@ -99,12 +99,15 @@ def best_records(sweep_dir: Path, mode: str) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: sort_key(r, mode))
 
 
-def baseline_comparison(records: list[dict[str, Any]], baseline: dict[str, Any] | None,
-                        best: dict[str, Any], mode: str) -> dict[str, Any] | None:
-    """Did tuning beat the baseline trial (the one enqueued with `search.baseline`)?"""
+def baseline_record(records: list[dict[str, Any]], baseline: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The trial enqueued with `search.baseline`, if the spec has one and it ran."""
     if not baseline:
         return None
-    match = next((r for r in records if _same_params(r.get("params", {}), baseline)), None)
+    return next((r for r in records if _same_params(r.get("params", {}), baseline)), None)
+
+
+def baseline_comparison(match: dict[str, Any] | None, best: dict[str, Any], mode: str) -> dict[str, Any] | None:
+    """Did tuning beat the baseline trial on the search's metric?"""
     if match is None:
         return None
     value = match.get("best_metric")
@@ -112,6 +115,30 @@ def baseline_comparison(records: list[dict[str, Any]], baseline: dict[str, Any] 
         best["best_metric"] < value if mode == "min" else best["best_metric"] > value)
     return {"trial_id": match["trial_id"], "status": match["status"], "search_metric": value,
             "tuning_beat_baseline": bool(beaten and best["trial_id"] != match["trial_id"])}
+
+
+AB_MODELS = ("base", "baseline", "tuned")
+AB_FIGURES = (("perplexity", "perplexity", "{:.2f}"), ("bleu", "BLEU", "{:.2f}"), ("rouge1", "ROUGE-1", "{:.3f}"),
+              ("rouge2", "ROUGE-2", "{:.3f}"), ("rougeL", "ROUGE-L", "{:.3f}"))
+
+
+def ab_rows(final: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The models of the final evaluation that have figures, in the order base, baseline, tuned."""
+    return [(name, final[name]) for name in AB_MODELS
+            if isinstance(final.get(name), dict) and "perplexity" in final[name]]
+
+
+def ab_lines(final: dict[str, Any]) -> list[str]:
+    """The final evaluation's A/B table as text lines, for the terminal."""
+    rows = ab_rows(final)
+    if not rows:
+        return []
+    figures = [f for f in AB_FIGURES if any(f[0] in row for _, row in rows)]
+    lines = [f"{'':<9}" + "".join(f"{label:>12}" for _, label, _ in figures)]
+    for name, row in rows:
+        cells = "".join(f"{fmt.format(row[key]) if key in row else '-':>12}" for key, _, fmt in figures)
+        lines.append(f"{name:<9}{cells}")
+    return lines
 
 
 def _same_params(params: dict[str, Any], baseline: dict[str, Any]) -> bool:

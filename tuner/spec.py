@@ -131,13 +131,28 @@ class ResourcesSpec:
 
 
 @dataclass
+class GenerateSpec:
+    """Decoding settings for the final evaluation's continuations, passed to `model.generate`."""
+
+    do_sample: bool = False  # greedy by default, so samples and their scores are reproducible
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50  # used only when sampling
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+    seed: int = 0  # the sampling seed, the same for every model compared
+
+
+@dataclass
 class PromoteSpec:
     eval_batch_size: int = 16
-    num_samples: int = 4  # generated continuations written to samples.jsonl
-    prompt_tokens: int = 16  # the first k tokens of a test block are the prompt
-    max_new_tokens: int = 32
-    do_sample: bool = False  # greedy by default, so samples are reproducible
-    evaluate_base: bool = True  # also evaluate the model before fine-tuning (base_perplexity)
+    num_prompts: int = 16  # test passages whose continuations are scored (BLEU, ROUGE) and kept in samples.jsonl
+    prompt_tokens: int = 16  # k: the first k tokens of a test passage are the prompt
+    reference_tokens: int = 32  # m: the next m tokens are the reference continuation
+    max_new_tokens: int = 32  # what each model may write
+    generate: GenerateSpec = field(default_factory=GenerateSpec)
+    evaluate_base: bool = True  # also evaluate the model before fine-tuning, side by side
+    top_k: int = 1  # re-evaluate the best k trials on the full validation split before choosing
     keep_best: int = 2  # best checkpoints kept sweep-wide; the others are deleted once they cannot win
 
 
@@ -452,6 +467,7 @@ def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
                             "training needs a GPU: use fp32 (or bf16) on CPU, or give trials GPUs")
     if spec.promote is not None:
         _check_promote(spec.promote, problems)
+        _check_promote_against(spec, problems)
     if spec.tracking is not None and spec.tracking.wandb is not None:
         _check_wandb(spec.tracking.wandb, problems)
     if isinstance(spec.storage, str) and "://" in spec.storage:
@@ -687,10 +703,29 @@ def _check_resources(resources: ResourcesSpec, problems: list[str]) -> None:
 
 
 def _check_promote(promote: PromoteSpec, problems: list[str]) -> None:
-    for key in ("eval_batch_size", "prompt_tokens", "max_new_tokens"):
+    for key in ("eval_batch_size", "prompt_tokens", "reference_tokens", "max_new_tokens", "top_k", "keep_best"):
         _at_least(getattr(promote, key), 1, f"promote.{key}", problems)
-    _at_least(promote.num_samples, 0, "promote.num_samples", problems)
-    _at_least(promote.keep_best, 1, "promote.keep_best", problems)
+    _at_least(promote.num_prompts, 0, "promote.num_prompts", problems)
+    generate = promote.generate
+    if generate is None:
+        return
+    for key, low in (("num_beams", 1), ("top_k", 0), ("seed", 0)):
+        _at_least(getattr(generate, key), low, f"promote.generate.{key}", problems)
+    for key, ok, expected in (("temperature", lambda v: v > 0, "> 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+                              ("repetition_penalty", lambda v: v > 0, "> 0")):
+        value = getattr(generate, key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
+            problems.append(f"promote.generate.{key}: got {value:g}, expected {expected}")
+
+
+def _check_promote_against(spec: Spec, problems: list[str]) -> None:
+    """The re-ranking on the whole validation split measures the loss, nothing else."""
+    top_k = spec.promote.top_k
+    if (spec.search is not None and isinstance(top_k, int) and not isinstance(top_k, bool) and top_k > 1
+            and spec.search.metric != EVAL_LOSS):
+        problems.append(f"promote.top_k: got {top_k} with search.metric {spec.search.metric!r}; the re-evaluation "
+                        f"on the full validation split measures {EVAL_LOSS}: set promote.top_k to 1 or search "
+                        f"on {EVAL_LOSS}")
 
 
 def _check_wandb(wandb: WandbSpec, problems: list[str]) -> None:

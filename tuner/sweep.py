@@ -320,7 +320,10 @@ def _ledger_class():
             self.dir = sweep_dir / TRIALS_DIR
             self.dir.mkdir(parents=True, exist_ok=True)
             self.plan, self.metric, self.sign = plan, metric, 1 if mode == "min" else -1
-            self.max_failures, self.keep_best = spec.search.max_failures, spec.promote.keep_best
+            # promote.top_k re-evaluates that many checkpoints, and the baseline trial's is evaluated too
+            self.max_failures = spec.search.max_failures
+            self.keep_best = max(spec.promote.keep_best, spec.promote.top_k)
+            self.baseline = spec.search.baseline
             self.say = say
             self.tracker = tracker  # tracking.Tracker: the trial's W&B run follows its record
             self.experiment, self.scheduler = experiment, scheduler
@@ -505,9 +508,13 @@ def _ledger_class():
                 record["checkpoint_deleted"] = True
 
         def _keep_best(self) -> None:
-            """Sweep-wide, `keep_best` checkpoints: one that `keep_best` ended trials already beat can
-            never be among them again, so it goes."""
-            ended = sorted((r for r in self.records.values() if r["status"] in C.PROMOTABLE
+            """Sweep-wide, `keep_best` checkpoints (and the baseline trial's, which the final evaluation
+            scores beside the winner): one that `keep_best` ended trials already beat can never be among
+            them again, so it goes."""
+            from tuner import results  # results reads this module's layout
+
+            baseline = results.baseline_record(list(self.records.values()), self.baseline)
+            ended = sorted((r for r in self.records.values() if r["status"] in C.PROMOTABLE and r is not baseline
                             and r["best_checkpoint"] and r["best_metric"] is not None
                             and math.isfinite(r["best_metric"]) and not r.get("checkpoint_deleted")),
                            key=lambda r: self.sign * r["best_metric"])

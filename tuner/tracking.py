@@ -289,9 +289,10 @@ class Tracker:
                                      "checkpoint_step": best.get("best_step")})
             run.summary.update({f"test/{k}": v for k, v in final_eval.items()
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
-            if "baseline" in final_eval:
-                run.summary.update({f"baseline/{k}": v for k, v in final_eval["baseline"].items()})
-            columns = [c for c in ("prompt", "reference", "base", "tuned") if any(c in s for s in samples)]
+            for name in ("tuned", "base", "baseline"):  # the A/B figures, one W&B section per model
+                if isinstance(final_eval.get(name), dict):
+                    run.summary.update({f"{name}/{k}": v for k, v in final_eval[name].items()})
+            columns = [c for c in ("prompt", "reference", "base", "baseline", "tuned") if any(c in s for s in samples)]
             if samples:
                 run.log({"samples": wandb.Table(columns=columns, data=[[s.get(c) for c in columns] for s in samples])})
             run.finish()

@@ -1,0 +1,356 @@
+"""`report.html`: what a sweep learned, on one self-contained page.
+
+Learning curves with ASHA's stopping points, Optuna's hyperparameter importances, parallel
+coordinates, the leaderboard and the final evaluation's A/B figures and samples. The plots are SVG
+drawn here, the few lines of script are inline: the page opens from disk with no network, and the
+sweep directory can be copied anywhere with it. Built from the files the sweep keeps (records, the
+Optuna study, best/), so it can be rebuilt at any time: `python launch.py report SWEEP_DIR`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from tuner import constants as C
+from tuner import results
+from tuner.spec import Spec
+
+log = logging.getLogger("tuner")
+REPORT_FILE = "report.html"
+SECTIONS = ("curves", "importances", "parallel", "leaderboard", "final")
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
+           "#9c755f", "#bab0ac")
+WIDTH, HEIGHT, PAD = 760, 360, 56
+
+
+def write_report(spec: Spec) -> Path:
+    """Build the sweep's report.html from what its directory holds now; returns its path."""
+    sweep_dir = spec.sweep_dir
+    records = results.load_records(sweep_dir)
+    final = _read_json(sweep_dir / "best" / "final_eval.json")
+    samples = _read_jsonl(sweep_dir / "best" / "samples.jsonl")
+    board = results.leaderboard(sweep_dir, spec.search.mode, spec.name)
+    body = "\n".join([
+        _section("curves", "Learning curves", learning_curves(records, spec.search.metric)),
+        _section("importances", "Hyperparameter importances", importances_html(sweep_dir, spec)),
+        _section("parallel", "Parallel coordinates", parallel_coordinates(records, spec)),
+        _section("leaderboard", "Leaderboard", leaderboard_table(board, spec)),
+        _section("final", "Final evaluation", final_html(final, samples)),
+    ])
+    path = sweep_dir / REPORT_FILE
+    path.write_text(_page(spec, records, body))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots: SVG strings.
+
+
+class Axis:
+    """A linear or log map from data values to pixels, with round tick values."""
+
+    def __init__(self, low: float, high: float, start: float, end: float, log_scale: bool = False):
+        self.log = log_scale and low > 0
+        f = math.log10 if self.log else float
+        self.low, self.high = f(low), f(high)
+        if self.high == self.low:
+            self.low, self.high = self.low - 0.5, self.high + 0.5
+        self.start, self.end = start, end
+
+    def __call__(self, value: float) -> float:
+        v = math.log10(value) if self.log else value
+        return self.start + (v - self.low) / (self.high - self.low) * (self.end - self.start)
+
+    def ticks(self, count: int = 5) -> list[float]:
+        if self.log:
+            return [10 ** e for e in range(math.ceil(self.low), math.floor(self.high) + 1)] or [10 ** self.low]
+        span = self.high - self.low
+        step = 10 ** math.floor(math.log10(span / count))
+        step *= next(m for m in (1, 2, 5, 10) if span / (step * m) <= count)
+        first = math.ceil(self.low / step) * step
+        return [first + i * step for i in range(int((self.high - first) / step) + 1)]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _svg(content: list[str], name: str, width: int = WIDTH, height: int = HEIGHT) -> str:
+    return (f'<svg class="plot" data-plot="{name}" viewBox="0 0 {width} {height}" width="{width}" '
+            f'height="{height}" xmlns="http://www.w3.org/2000/svg" role="img">' + "".join(content) + "</svg>")
+
+
+def _frame(x: Axis, y: Axis, x_label: str, y_label: str) -> list[str]:
+    parts = [f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - 16}" y2="{HEIGHT - PAD}" class="axis"/>',
+             f'<line x1="{PAD}" y1="16" x2="{PAD}" y2="{HEIGHT - PAD}" class="axis"/>']
+    for tick in x.ticks():
+        px = x(tick)
+        parts.append(f'<line x1="{px:.1f}" y1="{HEIGHT - PAD}" x2="{px:.1f}" y2="{HEIGHT - PAD + 4}" class="axis"/>'
+                     f'<text x="{px:.1f}" y="{HEIGHT - PAD + 16}" text-anchor="middle">{_fmt(tick)}</text>')
+    for tick in y.ticks():
+        py = y(tick)
+        parts.append(f'<line x1="{PAD}" y1="{py:.1f}" x2="{WIDTH - 16}" y2="{py:.1f}" class="grid"/>'
+                     f'<text x="{PAD - 6}" y="{py + 4:.1f}" text-anchor="end">{_fmt(tick)}</text>')
+    parts.append(f'<text x="{(PAD + WIDTH) / 2:.0f}" y="{HEIGHT - 14}" text-anchor="middle">{html.escape(x_label)}</text>'
+                 f'<text x="14" y="{HEIGHT / 2:.0f}" transform="rotate(-90 14 {HEIGHT / 2:.0f})" '
+                 f'text-anchor="middle">{html.escape(y_label)}</text>')
+    return parts
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def learning_curves(records: list[dict[str, Any]], metric: str) -> str:
+    """Every trial's metric against its training step; an × where ASHA stopped it."""
+    curves = [(r, [(h[C.STEP], h[metric]) for h in r.get("history", []) if _finite(h.get(metric))])
+              for r in records]
+    curves = [(r, points) for r, points in curves if points]
+    if not curves:
+        return '<p class="empty">No trial has reported yet.</p>'
+    steps = [s for _, points in curves for s, _ in points]
+    values = [v for _, points in curves for _, v in points]
+    x = Axis(0, max(steps), PAD, WIDTH - 16)
+    y = Axis(min(values), max(values), HEIGHT - PAD, 16)
+    parts = _frame(x, y, "training step", metric)
+    for i, (record, points) in enumerate(curves):
+        color = PALETTE[i % len(PALETTE)]
+        path = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in points)
+        parts.append(f'<polyline class="curve" data-trial="{record["trial_id"]}" points="{path}" fill="none" '
+                     f'stroke="{color}" stroke-width="1.6"><title>{record["trial_id"]} ({record["status"]})'
+                     f"</title></polyline>")
+        parts.extend(f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="2.5" fill="{color}"><title>{record["trial_id"]} '
+                     f"step {s}: {v:.4f}</title></circle>" for s, v in points)
+        if record.get("status") == C.STOPPED_ASHA:
+            sx, sy = x(points[-1][0]), y(points[-1][1])
+            parts.append(f'<path class="asha-stop" d="M{sx - 5:.1f},{sy - 5:.1f}L{sx + 5:.1f},{sy + 5:.1f}'
+                         f'M{sx - 5:.1f},{sy + 5:.1f}L{sx + 5:.1f},{sy - 5:.1f}" stroke="#c00" stroke-width="2">'
+                         f"<title>{record['trial_id']}: stopped by ASHA at {record.get('rung')} tokens</title></path>")
+    stopped = sum(r.get("status") == C.STOPPED_ASHA for r, _ in curves)
+    note = (f"<p>{len(curves)} trials; <span class=\"stop-key\">×</span> marks where ASHA stopped a trial "
+            f"({stopped} of them). Hover a line for its trial.</p>")
+    return note + _svg(parts, "curves")
+
+
+def parallel_coordinates(records: list[dict[str, Any]], spec: Spec) -> str:
+    """One line per trial through each searched hyperparameter's axis to its best metric, coloured
+    by that metric (dark = better)."""
+    rows = [r for r in records if _finite(r.get("best_metric")) and r.get("params")]
+    names = [n for n in spec.search.space if isinstance(spec.search.space[n], dict)]
+    if not rows or not names:
+        return '<p class="empty">No trial has a finite result yet.</p>'
+    columns = names + [spec.search.metric]
+    left, right = PAD, WIDTH - PAD
+    xs = [left + i * (right - left) / max(1, len(columns) - 1) for i in range(len(columns))]
+    axes: list[Callable[[Any], float]] = []
+    labels: list[list[tuple[float, str]]] = []
+    for name in columns:
+        values = [r["best_metric"] if name == spec.search.metric else r["params"].get(name) for r in rows]
+        entry = spec.search.space.get(name, {})
+        if entry.get("type") == "categorical" or not all(_finite(v) for v in values if v is not None):
+            choices = list(entry.get("choices") or sorted({str(v) for v in values}))
+            slot = {str(c): i for i, c in enumerate(choices)}
+            axis = Axis(0, max(1, len(choices) - 1), HEIGHT - PAD, 24)
+            axes.append(lambda v, a=axis, s=slot: a(s.get(str(v), 0)))
+            labels.append([(axis(i), str(c)) for i, c in enumerate(choices)])
+        else:
+            present = [v for v in values if v is not None]
+            axis = Axis(min(present), max(present), HEIGHT - PAD, 24, bool(entry.get("log")))
+            axes.append(lambda v, a=axis: a(v))
+            labels.append([(axis(t), _fmt(t)) for t in axis.ticks(4)])
+    best = [r["best_metric"] for r in rows]
+    sign = 1 if spec.search.mode == "min" else -1
+    low, high = min(sign * b for b in best), max(sign * b for b in best)
+    parts = []
+    for i, (x, name, marks) in enumerate(zip(xs, columns, labels)):
+        parts.append(f'<line x1="{x:.1f}" y1="24" x2="{x:.1f}" y2="{HEIGHT - PAD}" class="axis"/>'
+                     f'<text x="{x:.1f}" y="{HEIGHT - PAD + 16 + 14 * (i % 2)}" text-anchor="middle" class="axis-name">'
+                     f"{html.escape(name)}</text>")
+        parts.extend(f'<text x="{x + 4:.1f}" y="{py + 3:.1f}" class="tick">{html.escape(text)}</text>' for py, text in marks)
+    for r in sorted(rows, key=lambda r: -sign * r["best_metric"]):  # the best drawn last, on top
+        shade = 0.0 if high == low else (sign * r["best_metric"] - low) / (high - low)
+        values = [r["best_metric"] if name == spec.search.metric else r["params"].get(name) for name in columns]
+        points = " ".join(f"{x:.1f},{axis(v):.1f}" for x, axis, v in zip(xs, axes, values) if v is not None)
+        parts.append(f'<polyline class="pc-line" points="{points}" fill="none" stroke="{_shade(shade)}" '
+                     f'stroke-width="1.8" opacity="0.85"><title>{r["trial_id"]}: {spec.search.metric} '
+                     f"{r['best_metric']:.4f}</title></polyline>")
+    return (f"<p>{len(rows)} trials with a finite {html.escape(spec.search.metric)}; darker lines are better.</p>"
+            + _svg(parts, "parallel"))
+
+
+def _shade(fraction: float) -> str:
+    """Dark blue (best) to orange (worst)."""
+    start, end = (8, 29, 88), (253, 174, 97)
+    r, g, b = (round(s + (e - s) * fraction) for s, e in zip(start, end))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def importances(sweep_dir: Path, spec: Spec) -> dict[str, dict[str, float]]:
+    """Optuna's importance evaluators (fANOVA, PED-ANOVA) on the sweep's study: evaluator → {param:
+    share}. An evaluator that cannot run on these trials (too few, one parameter) is left out."""
+    import optuna
+
+    path = sweep_dir / "optuna.db"
+    if not path.exists():
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{path}")
+    except KeyError:
+        return {}
+    evaluators = {"fANOVA": optuna.importance.FanovaImportanceEvaluator(seed=0),
+                  "PED-ANOVA": optuna.importance.PedAnovaImportanceEvaluator()}
+    out = {}
+    for name, evaluator in evaluators.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                shares = dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+            except (ImportError, ValueError, RuntimeError, ZeroDivisionError) as exc:
+                log.info("report: %s importances not computed (%s)", name, exc)
+                continue
+        if any("too small" in str(w.message) for w in caught):  # PED-ANOVA then returns equal shares
+            log.info("report: %s importances left out: too few trials", name)
+            continue
+        out[name] = shares
+    return out
+
+
+def importances_html(sweep_dir: Path, spec: Spec) -> str:
+    found = importances(sweep_dir, spec)
+    if not found:
+        return ('<p class="empty">Not enough completed trials with varied hyperparameters for Optuna\'s '
+                "importance evaluators yet.</p>")
+    blocks = []
+    for evaluator, shares in found.items():
+        rows = sorted(shares.items(), key=lambda item: -item[1])
+        height = 28 + 24 * len(rows)
+        parts = []
+        for i, (name, share) in enumerate(rows):
+            y = 16 + i * 24
+            width = max(1.0, share * 420)
+            parts.append(f'<text x="190" y="{y + 14}" text-anchor="end">{html.escape(name)}</text>'
+                         f'<rect class="bar" x="200" y="{y}" width="{width:.1f}" height="18" fill="#4e79a7">'
+                         f"<title>{html.escape(name)}: {share:.3f}</title></rect>"
+                         f'<text x="{206 + width:.1f}" y="{y + 14}">{share:.3f}</text>')
+        blocks.append(f"<h3>{evaluator}</h3>" + _svg(parts, f"importances-{evaluator}", 700, height))
+    return ("<p>Share of the variation in the objective each hyperparameter explains, over the study's "
+            "completed trials (Optuna's evaluators).</p>" + "".join(blocks))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables.
+
+
+def leaderboard_table(board: list[dict[str, Any]], spec: Spec) -> str:
+    if not board:
+        return '<p class="empty">No trials yet.</p>'
+    params = [n for n in spec.search.space if any(n in row for row in board)]
+    columns = ["trial_id", "status", *params, "best_metric", "best_step", "reports", "tokens_seen", "optuna_state"]
+    head = "".join(f'<th data-col="{i}">{html.escape(c)}</th>' for i, c in enumerate(columns))
+    body = "".join("<tr>" + "".join(f'<td data-value="{html.escape(str(row.get(c)))}">{html.escape(_fmt(row.get(c)))}</td>'
+                                    for c in columns) + "</tr>" for row in board)
+    return ("<p>Best first; click a column to sort.</p>"
+            f'<div class="scroll"><table class="sortable" id="leaderboard-table"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def final_html(final: dict[str, Any] | None, samples: list[dict[str, Any]]) -> str:
+    if not final:
+        return '<p class="empty">The sweep has not promoted a model yet.</p>'
+    rows = results.ab_rows(final)
+    figures = [f for f in results.AB_FIGURES if any(f[0] in row for _, row in rows)]
+    parts = [f"<p>Trial {html.escape(str(final.get('trial_id')))} at step {final.get('step')}, on the whole "
+             f"test split ({final.get('num_test_tokens')} tokens).</p>"]
+    head = "".join(f"<th>{label}</th>" for _, label, _ in figures)
+    body = "".join(f"<tr><th>{name}</th>" + "".join(
+        f"<td>{fmt.format(row[key]) if key in row else '–'}</td>" for key, _, fmt in figures) + "</tr>"
+        for name, row in rows)
+    parts.append(f'<table id="ab-table"><thead><tr><th>model</th>{head}</tr></thead><tbody>{body}</tbody></table>')
+    selection = final.get("selection")
+    if selection:
+        verdict = (f"changed the choice from {selection['search_winner']} to {selection['chosen']}"
+                   if selection["changed"] else "kept the search's choice")
+        parts.append(f"<p>Re-evaluating the best {selection['top_k']} on the whole validation split {verdict}.</p>")
+    if samples:
+        models = [m for m in ("base", "baseline", "tuned") if any(m in s for s in samples)]
+        head = "".join(f"<th>{c}</th>" for c in ("prompt", "reference", *models))
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(s.get(c, '')))}</td>"
+                                        for c in ("prompt", "reference", *models)) + "</tr>" for s in samples)
+        generation = final.get("generation", {})
+        settings = ", ".join(f"{k} {v}" for k, v in generation.items())
+        parts.append(f"<h3>Samples</h3><p>{html.escape(settings)}</p>"
+                     f'<table id="samples-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page.
+
+
+def _section(key: str, title: str, content: str) -> str:
+    return f'<section id="{key}"><h2>{title}</h2>{content}</section>'
+
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1000px; color: #222; }
+h1 { font-size: 22px; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 32px; }
+svg.plot text { font-size: 11px; fill: #444; } .axis { stroke: #888; } .grid { stroke: #eee; }
+.axis-name { font-weight: 600; } .tick { font-size: 10px; } .stop-key { color: #c00; font-weight: 700; }
+table { border-collapse: collapse; margin: 8px 0; } th, td { border: 1px solid #ddd; padding: 3px 8px; }
+th { background: #f6f6f6; } table.sortable th { cursor: pointer; } td { vertical-align: top; }
+#samples-table td { max-width: 260px; font-size: 12px; word-break: break-all; white-space: pre-wrap; }
+.scroll { overflow-x: auto; } .empty { color: #777; font-style: italic; }
+"""
+
+SCRIPT = """
+window.reportErrors = [];
+window.addEventListener('error', function (e) { window.reportErrors.push(String(e.message)); });
+document.addEventListener('DOMContentLoaded', function () {
+  document.querySelectorAll('table.sortable').forEach(function (table) {
+    table.querySelectorAll('th').forEach(function (th, col) {
+      th.addEventListener('click', function () {
+        var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+        var up = th.dataset.order !== 'asc'; th.dataset.order = up ? 'asc' : 'desc';
+        rows.sort(function (a, b) {
+          var x = a.cells[col].dataset.value, y = b.cells[col].dataset.value;
+          var nx = parseFloat(x), ny = parseFloat(y);
+          var c = (isNaN(nx) || isNaN(ny)) ? x.localeCompare(y) : nx - ny;
+          return up ? c : -c;
+        });
+        rows.forEach(function (r) { body.appendChild(r); });
+      });
+    });
+  });
+  var plots = document.querySelectorAll('svg.plot');
+  document.body.dataset.plots = plots.length;
+  document.body.dataset.rendered = 'true';
+  document.body.dataset.jsErrors = window.reportErrors.length;
+});
+"""
+
+
+def _page(spec: Spec, records: list[dict[str, Any]], body: str) -> str:
+    done = sum(r.get("status") not in C.UNFINISHED for r in records)
+    title = f"tuner report: {html.escape(spec.name)}"
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>"
+            f"<h1>{title}</h1><p>{done} of {len(records)} trials ended; model "
+            f"{html.escape(str(spec.model.name_or_path))}; metric {html.escape(spec.search.metric)} "
+            f"({spec.search.mode}).</p>{body}</body></html>")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
