@@ -32,6 +32,10 @@ SWEEP_OVERRIDES = [
     "tracking.wandb.mode=offline",
 ]
 
+# For sweeps whose test is not about the final evaluation: no prompts to generate, no re-ranking, no
+# base model (the A/B is tested on the shared sweep above).
+LIGHT_PROMOTE = ["promote.num_prompts=0", "promote.top_k=1", "promote.evaluate_base=false"]
+
 
 def write_remote_code_model(folder: Path) -> Path:
     """A local model whose config class lives in the repository's own Python file."""

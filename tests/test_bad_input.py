@@ -126,6 +126,15 @@ ROWS = [
     pytest.param("validate", ["model.trust_remote_code=true"],
                  ["model.revision: got None", "model.trust_remote_code: true", "pin the 40-character commit"],
                  id="remote-code-unpinned"),
+    pytest.param("sweep", [MODEL, GOOD, "model.use_lora=true", "model.lora_target_modules=[q_proj]"],
+                 ["model.lora_target_modules: got ['q_proj'], not layers of 'gpt2'", "its layers include"],
+                 id="lora-on-missing-layers"),
+    pytest.param("validate", ["train.lr_scheduler_type=reduce_lr_on_plateau"],
+                 ["search.space.warmup_ratio: got up to 0.1 with lr_scheduler_type reduce_lr_on_plateau",
+                  "set warmup_ratio to 0", "when: {lr_scheduler_type:"], id="plateau-with-warmup"),
+    pytest.param("validate", ["search.space.lora_r={type: int, low: 4, high: 64, when: {use_lora: true}}"],
+                 ["search.space.lora_r.when.use_lora: got True, but use_lora is fixed at False (not searched)",
+                  "search use_lora in search.space or drop lora_r"], id="condition-that-never-holds"),
 ]
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import LIGHT_PROMOTE
 from tuner import constants as C
 from tuner.results import load_records
 
@@ -29,7 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 SMALL = ["--set", "data.max_records=300", "--set", "data.block_size=32", "--set", "scheduler=none",
          "--set", "train.report_every_tokens=2048", "--set", "search.space.num_train_epochs=1",
          "--set", "search.baseline=null", "--set", "search.max_concurrent_trials=null",
-         "--set", "promote.num_prompts=1", "--set", "promote.evaluate_base=false"]
+         *(arg for item in LIGHT_PROMOTE for arg in ("--set", item))]
 
 
 def _free_port() -> int:

@@ -490,3 +490,74 @@ def test_prepare_reuses_prepared_data(prepared_run):
 def test_regression_split_can_leave_train_empty():
     splits = split_records(["a", "b", "c", "d"], {"train": 0.2, "validation": 0.4, "test": 0.4}, seed=0)
     assert all(splits[name] for name in SPLITS), {k: len(v) for k, v in splits.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Instruction data: prompt and completion columns, the loss masked on the prompt.
+
+
+@pytest.fixture(scope="module")
+def instruction_run(tmp_path_factory):
+    """Question/answer records made from the docs: the first half of a line asks, the rest answers."""
+    root = tmp_path_factory.mktemp("instruct")
+    rows = []
+    for line in corpus_lines(300):
+        words = line.split()
+        half = len(words) // 2
+        rows.append({"question": "Q: " + " ".join(words[:half]) + "\nA:", "answer": " " + " ".join(words[half:])})
+    rows.append({"question": "an unanswered question", "answer": "   "})  # an empty completion: dropped
+    path = root / "qa.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = validate({"name": "instruct", "model": {"name_or_path": "builtin:tiny-gpt2"},
+                     "data": {"path": str(path), "prompt_column": "question", "completion_column": "answer",
+                              "block_size": BLOCK},
+                     "search": {"num_samples": 1}})
+    return spec, prepare(spec, root / "sweep"), rows
+
+
+def test_instruction_records_mask_their_prompts(instruction_run):
+    from tuner import model as model_lib
+    from tuner.data import IGNORE, tokenize
+
+    spec, _, rows = instruction_run
+    tokenizer = model_lib.load_tokenizer(spec.model.name_or_path)
+    ids, labels = tokenize([(rows[0]["question"], rows[0]["answer"])], tokenizer, spec.data)
+    prompt = tokenizer(rows[0]["question"], add_special_tokens=False)["input_ids"]
+    completion = tokenizer(rows[0]["answer"], add_special_tokens=False)["input_ids"]
+    assert ids[0] == prompt + completion
+    assert labels[0] == [IGNORE] * len(prompt) + completion
+
+
+def test_prepared_instruction_data_has_labels_and_test_pairs(instruction_run):
+    from tuner.data import IGNORE, load_prepared, read_pairs
+
+    spec, prepared, rows = instruction_run
+    assert prepared.records["train"] + prepared.records["validation"] + prepared.records["test"] == len(rows) - 1
+    for split in SPLITS:
+        data = load_prepared(prepared)[split]
+        assert data.column_names == ["input_ids", "labels"]
+        for ids, labels in zip(data["input_ids"], data["labels"]):
+            assert len(ids) == len(labels)
+            assert any(label != IGNORE for label in labels[1:])  # every block has something to predict
+            assert all(label in (token, IGNORE) for token, label in zip(ids, labels))
+        masked = sum(label == IGNORE for labels in data["labels"] for label in labels)
+        assert 0 < masked < sum(len(labels) for labels in data["labels"])
+    pairs = read_pairs(prepared)
+    assert len(pairs) == prepared.records["test"] and all(p and c for p, c in pairs)
+
+
+def test_instruction_data_needs_both_columns():
+    with pytest.raises(Exception, match="data.completion_column: missing while data.prompt_column is 'q'"):
+        validate({"name": "x", "model": {"name_or_path": "builtin:tiny-gpt2"},
+                  "data": {"path": "x.jsonl", "prompt_column": "q"}})
+
+
+def test_a_chat_template_the_tokenizer_lacks_is_refused(instruction_run):
+    from tuner import model as model_lib
+    from tuner.data import format_prompt
+
+    tokenizer = model_lib.load_tokenizer(instruction_run[0].model.name_or_path)
+    with pytest.raises(UserError, match="data.chat_template: got true, but the model's tokenizer has no chat template"):
+        format_prompt("hello", tokenizer, chat_template=True)
+    tokenizer.chat_template = "{% for m in messages %}<user>{{ m.content }}</user>{% endfor %}<bot>"
+    assert format_prompt("hello", tokenizer, chat_template=True) == "<user>hello</user><bot>"

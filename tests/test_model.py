@@ -49,3 +49,15 @@ def test_a_model_path_that_is_not_a_model_directory_is_named(tmp_path, make, fou
     make(path)
     with pytest.raises(UserError, match=f"model.name_or_path: got '{path}', {found}; give a model directory"):
         model.load_config(str(path))
+
+
+def test_lora_placement_is_checked_from_the_config():
+    from transformers import GPT2Config
+
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=2)
+    assert model.lora_problem(config, None) is None  # peft's default for GPT-2: c_attn
+    assert model.lora_problem(config, ["c_attn", "c_proj"]) is None
+    problem = model.lora_problem(config, ["q_proj", "c_attn"])
+    assert "got ['q_proj'], not layers of 'gpt2'" in problem and "'c_fc'" in problem
+    config.model_type = "my-own-lm"
+    assert "peft has no default layers for 'my-own-lm'" in model.lora_problem(config, None)

@@ -17,6 +17,7 @@ from tuner import load_spec, run_sweep
 from tuner.data import Prepared, load_prepared
 from tuner.results import load_records
 
+from tests.conftest import LIGHT_PROMOTE
 from tests.conftest import TINY as TINY_PATH
 
 pytestmark = pytest.mark.integration
@@ -159,7 +160,7 @@ def _own_loop(config, report):
 def test_a_users_own_training_loop_gets_the_same_search(ray_runtime, tmp_path):
     result = run_sweep(TINY_PATH, trial_fn=_own_loop, overrides=[
         "data.max_records=300", "scheduler=none", "search.num_samples=2", "search.baseline=null",
-        "promote.num_prompts=1", f"storage={tmp_path / 'own'}"])
+        *LIGHT_PROMOTE, f"storage={tmp_path / 'own'}"])
     assert [row["status"] for row in result.leaderboard] == [C.COMPLETED, C.COMPLETED]
     assert all(row["reports"] == 3 and row["tokens_seen"] == 288 for row in result.leaderboard)
     assert result.best["best_step"] in (1, 2, 3)
@@ -179,7 +180,7 @@ def _nan_above(learning_rate):
 def test_a_nan_configuration_is_diverged_fails_in_optuna_and_is_never_best(ray_runtime, tmp_path):
     result = run_sweep(TINY_PATH, trial_fn=_nan_above(0.00999), overrides=[
         "data.max_records=300", "scheduler=none", "search.num_samples=3", "search.baseline.learning_rate=0.01",
-        "search.space.learning_rate.high=0.01", "promote.num_prompts=1", f"storage={tmp_path / 'nan'}"])
+        "search.space.learning_rate.high=0.01", *LIGHT_PROMOTE, f"storage={tmp_path / 'nan'}"])
     nan = [row for row in result.leaderboard if row["learning_rate"] == 0.01]
     assert len(nan) == 1 and nan[0]["status"] == C.DIVERGED and nan[0]["optuna_state"] == "FAIL"
     assert nan[0]["reports"] == 0 and nan[0]["tokens_seen"] == 96  # stopped at its first report
@@ -201,7 +202,7 @@ def test_a_sweep_in_which_no_trial_completes_fails_and_exports_nothing(ray_runti
 def test_a_time_budget_ends_the_search_and_promotes_the_best_so_far(ray_runtime, tmp_path):
     result = run_sweep(TINY_PATH, overrides=[
         "data.max_records=900", "train.report_every_tokens=4096", "search.num_samples=50",
-        "search.time_budget=30s", "scheduler=none", "promote.num_prompts=1", f"storage={tmp_path / 'tb'}"])
+        "search.time_budget=30s", "scheduler=none", *LIGHT_PROMOTE, f"storage={tmp_path / 'tb'}"])
     statuses = [row["status"] for row in result.leaderboard]
     assert len(statuses) < 50 and C.STOPPED_BUDGET in statuses
     assert all(state in ("COMPLETE", "PRUNED", "FAIL") for state in (row["optuna_state"] for row in result.leaderboard))
@@ -271,3 +272,25 @@ def test_every_record_says_where_its_trial_spent_its_time(tiny_sweep):
     # The workers Tune reused paid start-up once: only their first trial counts it.
     started = [r for r in records if r["timing"][C.TIME_START] > 0]
     assert 1 <= len(started) < len(records)
+
+
+def test_a_conditional_lora_space_through_ray_tune_and_optuna(ray_runtime, tmp_path):
+    """LoRA's rank is sampled only for trials with LoRA on (a define-by-run space through Ray Tune's
+    OptunaSearch); the LoRA baseline trial's adapter checkpoint is evaluated beside the winner."""
+    baseline = ("{learning_rate: 5.0e-5, per_device_train_batch_size: 8, num_train_epochs: 1, warmup_ratio: 0.0, "
+                "gradient_accumulation_steps: 1, weight_decay: 0.0, use_lora: true, lora_r: 4}")
+    result = run_sweep(TINY_PATH, overrides=[
+        "data.max_records=300", "train.report_every_tokens=4096", "scheduler=none", "search.num_samples=4",
+        "search.space.num_train_epochs={type: int, low: 1, high: 1}",
+        "search.sampler=random", "search.space.use_lora={type: categorical, choices: [true, false]}",
+        "search.space.lora_r={type: int, low: 2, high: 8, when: {use_lora: true}}", f"search.baseline={baseline}",
+        *LIGHT_PROMOTE, f"storage={tmp_path / 'lora'}"])
+    records = load_records(result.sweep_dir)
+    assert {r["params"]["use_lora"] for r in records} == {True, False}
+    for record in records:
+        assert ("lora_r" in record["params"]) == record["params"]["use_lora"]
+    for trial in _study(result.sweep_dir, "tiny").trials:
+        assert ("lora_r" in trial.params) == trial.params["use_lora"]
+    final = json.loads(result.paths["final_eval"].read_text())
+    assert final["baseline"]["perplexity"] > 0  # its checkpoint holds adapters, put back on the base model
+    assert (result.paths["best"] / "adapter").exists() == result.best["params"]["use_lora"]

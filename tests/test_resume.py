@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import ROOT, TINY
+from tests.conftest import LIGHT_PROMOTE, ROOT, TINY
 from tuner import constants as C
 from tuner import results
 from launch import main
@@ -26,7 +26,7 @@ SAMPLES = 6
 OVERRIDES = [
     "data.max_records=900", "train.report_every_tokens=8192", "scheduler.grace_period=8192",
     "search.n_startup_trials=3", "search.space.num_train_epochs={type: int, low: 1, high: 2}",
-    "promote.num_prompts=2", "tracking.wandb.mode=offline",
+    *LIGHT_PROMOTE, "tracking.wandb.mode=offline",
 ]
 
 

@@ -8,7 +8,7 @@ import optuna.distributions as od
 import pytest
 
 from tuner.constants import HYPERPARAMETER_DEFAULTS
-from tuner.space import distributions, fixed_values, max_epochs, resolve, searched_names, to_distribution
+from tuner.space import ConditionalSpace, distributions, fixed_values, max_epochs, resolve, searched_names, to_distribution
 from tuner.spec import SpecError, validate
 
 BASE = {
@@ -122,6 +122,7 @@ def test_fixed_values_merges_every_source_and_drops_searched():
         "freeze_layers": 1,  # model.freeze_layers
         "max_grad_norm": 0.5,  # a non-default searchable name fixed in the space
         "lr_scheduler_type": "cosine",
+        "use_lora": False, "lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.05,  # LoRA's defaults, off
     }
     assert "learning_rate" not in values
     assert type(values["per_device_train_batch_size"]) is int
@@ -152,6 +153,7 @@ def test_resolve_overlays_sampled_values_and_casts_ints():
         "weight_decay": 0.05,
         "freeze_layers": 0,
         "lr_scheduler_type": "cosine",
+        "use_lora": False, "lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.05,
     }
     assert type(values["per_device_train_batch_size"]) is int
     assert type(values["num_train_epochs"]) is float
@@ -194,3 +196,42 @@ def test_regression_int_distribution_fractional_step():
     except SpecError:
         return  # fixed by rejecting it in validation
     assert distributions(spec)["gradient_accumulation_steps"].step >= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditional spaces (`when:`).
+
+LORA_SPACE = {
+    "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+    "use_lora": {"type": "categorical", "choices": [True, False]},
+    "lora_r": {"type": "int", "low": 2, "high": 16, "log": True, "when": {"use_lora": True}},
+    "lora_alpha": {"type": "categorical", "choices": [8, 16, 32], "when": {"use_lora": True}},
+}
+
+
+def test_conditional_parameters_are_sampled_only_when_their_condition_holds():
+    import optuna
+
+    space = ConditionalSpace(make_spec(LORA_SPACE))
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5))
+    for _ in range(20):
+        trial = study.ask()
+        space(trial)
+        study.tell(trial, trial.params["learning_rate"])
+    used = [t.params for t in study.trials]
+    assert {p["use_lora"] for p in used} == {True, False}
+    for params in used:
+        assert ("lora_r" in params) == ("lora_alpha" in params) == params["use_lora"]
+    # a fixed value takes part in conditions too
+    fixed_on = ConditionalSpace(make_spec({k: v for k, v in LORA_SPACE.items() if k != "use_lora"},
+                                          model={"use_lora": True}))
+    trial = study.ask()
+    fixed_on(trial)
+    assert set(trial.params) == {"learning_rate", "lora_r", "lora_alpha"}
+
+
+def test_a_conditional_space_pickles_with_its_searcher():
+    import pickle
+
+    space = ConditionalSpace(make_spec(LORA_SPACE))
+    assert pickle.loads(pickle.dumps(space)).entries == space.entries

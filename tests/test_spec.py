@@ -917,3 +917,60 @@ def test_promote_top_k_needs_the_loss_as_metric():
     ("temperature", 0, "expected > 0"), ("top_p", 1.5, "expected in (0, 1]"), ("num_beams", 0, ">= 1")])
 def test_promote_decoding_settings_are_checked(key, value, expected):
     fails(base(promote={"generate": {key: value}}), f"promote.generate.{key}: got", expected)
+
+
+
+def _lora_space(**entries):
+    space = {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+             "use_lora": {"type": "categorical", "choices": [True, False]}}
+    space.update(entries)
+    return base(search={"num_samples": 4, "space": space})
+
+
+def test_a_when_condition_names_a_field_declared_above_with_a_value_it_takes():
+    assert validate(_lora_space(lora_r={"type": "int", "low": 2, "high": 8, "when": {"use_lora": True}}))
+    fails(_lora_space(lora_r={"type": "int", "low": 2, "high": 8, "when": {"use_lora": "yes"}}),
+          "search.space.lora_r.when.use_lora: got 'yes', which use_lora never takes")
+    fails(_lora_space(lora_r={"type": "int", "low": 2, "high": 8, "when": {"lora_alpha": 32}}),
+          "search.space.lora_r.when.lora_alpha: got 32, but lora_alpha is fixed at 16.0 (not searched)")
+    fails(_lora_space(lora_r={"type": "int", "low": 2, "high": 8, "when": {"colour": "red"}}),
+          "search.space.lora_r.when.colour: 'colour' is not a hyperparameter")
+    fails(_lora_space(lora_r={"type": "int", "low": 2, "high": 8, "when": "use_lora"}),
+          "search.space.lora_r.when: got 'use_lora', expected a mapping")
+    raw = _lora_space()
+    raw["search"]["space"] = {"lora_r": {"type": "int", "low": 2, "high": 8, "when": {"use_lora": True}},
+                              **raw["search"]["space"]}
+    fails(raw, "search.space.lora_r.when.use_lora: 'use_lora' is declared after 'lora_r'")
+
+
+def test_use_lora_is_true_or_false():
+    fails(base(model={"name_or_path": "builtin:tiny-gpt2", "use_lora": "yes"}), "model.use_lora: got 'yes'",
+          "expected true or false")
+    fails(_lora_space(use_lora={"type": "int", "low": 0, "high": 1}),
+          "search.space.use_lora.type: got 'int'", "choices: [true, false]")
+    fails(_lora_space(lora_dropout={"type": "float", "low": 0.0, "high": 1.0}),
+          "search.space.lora_dropout.high: got 1.0", "[0, 1)")
+
+
+def test_a_baseline_needs_values_only_for_the_fields_its_own_values_turn_on():
+    raw = _lora_space(lora_r={"type": "int", "low": 2, "high": 8, "when": {"use_lora": True}})
+    raw["search"]["baseline"] = {"learning_rate": 1e-4, "use_lora": False}
+    assert validate(copy.deepcopy(raw))
+    raw["search"]["baseline"]["use_lora"] = True
+    fails(raw, "search.baseline: no value for 'lora_r'")
+
+
+def test_reduce_on_plateau_with_warmup_is_refused():
+    raw = base(train={"lr_scheduler_type": "reduce_lr_on_plateau", "warmup_ratio": 0.1})
+    fails(raw, "train.warmup_ratio: got 0.1 with lr_scheduler_type reduce_lr_on_plateau", "set warmup_ratio to 0")
+    searched = base(search={"num_samples": 4, "space": {
+        "lr_scheduler_type": {"type": "categorical", "choices": ["linear", "reduce_lr_on_plateau"]},
+        "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1}}})
+    fails(searched, "search.space.warmup_ratio: got up to 0.1 with lr_scheduler_type reduce_lr_on_plateau")
+    searched["search"]["space"]["warmup_ratio"]["when"] = {"lr_scheduler_type": ["linear"]}
+    assert validate(searched)  # warmup only for the schedulers that have one
+    assert validate(base(train={"lr_scheduler_type": "reduce_lr_on_plateau"}))
+
+
+def test_patience_is_at_least_one_report():
+    fails(base(train={"patience": 0}), "train.patience: got 0, expected >= 1")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SENTINEL_HF_TOKEN, SENTINEL_WANDB_KEY, SWEEP_OVERRIDES, TINY
+from tests.conftest import LIGHT_PROMOTE, ROOT, SENTINEL_HF_TOKEN, SENTINEL_WANDB_KEY, SWEEP_OVERRIDES, TINY
 from tuner import constants as C
 from tuner import tracking
 from tuner.results import load_records
@@ -277,7 +277,7 @@ def test_a_killed_trial_resumes_from_its_checkpoint_in_the_same_run(ray_runtime,
     result = run_sweep(TINY, name="killed", overrides=[
         *SWEEP_OVERRIDES, f"storage={sweep_dir}", "search.num_samples=1", "search.baseline=null",
         "scheduler=none", "train.report_every_tokens=4096", "search.space.num_train_epochs=2",
-        "search.space.per_device_train_batch_size=8", "search.max_failures=2"])
+        "search.space.per_device_train_batch_size=8", "search.max_failures=2", *LIGHT_PROMOTE])
     watcher.join(timeout=1)
     assert killed.is_set(), "the trial ended before it could be killed"
     (record,) = load_records(sweep_dir)

@@ -280,3 +280,123 @@ def test_a_reused_worker_reads_the_base_model_once_and_trains_a_fresh_copy(small
     assert torch.equal(next(second.parameters()), next(read(path, None, None, False).parameters()))
     assert not next(second.parameters()).requires_grad and next(first.parameters()).requires_grad
     assert second.config._attn_implementation == "sdpa"
+
+
+def test_patience_stops_a_trial_that_stopped_improving(small):
+    """At a learning rate of 0 no report improves on the first: with patience 2 the third report
+    ends the trial, stopped_patience, without a checkpoint (the first stays its best)."""
+    spec, prepared = small
+    spec = load_spec(_with(spec, "train.patience=2"))
+    reports, summary = _run(spec, prepared, {**HYPER, "learning_rate": 0.0, "warmup_ratio": 0.0})
+    assert [m[C.TRIAL_STATUS] for m, _ in reports] == [C.RUNNING, C.RUNNING, C.STOPPED_PATIENCE]
+    assert reports[-1][0][C.FINAL] and reports[-1][1] == []
+    assert reports[-1][0][C.STEP] < 4 * 5  # well before the epoch's end
+    assert summary["best_eval_loss"] == reports[0][0][C.EVAL_LOSS]
+
+
+def test_reduce_on_plateau_halves_the_rate_at_reports_that_do_not_improve(small):
+    """A threshold no report can meet makes every report after the first a plateau: the rate the
+    Trainer logs halves at each (patience 0), and the Trainer never evaluates on its own."""
+    spec, prepared = small
+    raw = spec.to_dict()
+    raw.pop("origin")
+    for override in ("search.baseline=null", "search.space.warmup_ratio=0.0",
+                     "train.lr_scheduler_type=reduce_lr_on_plateau",
+                     "train.lr_scheduler_kwargs={factor: 0.5, patience: 0, threshold: 0.99}"):
+        apply_override(raw, override)
+    spec = load_spec(raw)
+    reports, _ = _run(spec, prepared, {**HYPER, "warmup_ratio": 0.0})
+    rates = [m[C.LEARNING_RATE] for m, _ in reports[:4]]
+    assert rates[0] == pytest.approx(1e-3) and rates[1] == pytest.approx(1e-3)
+    assert rates[2] == pytest.approx(5e-4) and rates[3] == pytest.approx(2.5e-4)
+    assert [m[C.STEP] for m, _ in reports[:4]] == [4, 8, 12, 16]  # our reports only
+
+
+def test_lora_trains_adapters_only_and_checkpoints_them(small, tmp_path):
+    """use_lora: only peft's adapters train; the checkpoints hold the adapter, and promotion puts it
+    back on the base model: the same logits as the trained model."""
+    from tuner import promote
+
+    spec, prepared = small
+    spec = load_spec(_with(spec, "train.stop_after_steps=4"))
+    hyper = space.resolve(spec, {**HYPER, "use_lora": True, "lora_r": 4, "lora_alpha": 8.0})
+    ctx = TrialContext(spec, prepared, model.resolve(spec.model.name_or_path))
+    base = model.load_model(ctx.model_path)
+    wrapped = model.with_lora(model.load_model(ctx.model_path), hyper)
+    trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    kept = tmp_path / "kept"
+
+    def report(metrics, checkpoint):
+        if checkpoint:
+            import shutil
+            shutil.copytree(checkpoint, kept, dirs_exist_ok=True)
+
+    run_trial(hyper, ctx, report)
+    assert model.is_adapter(kept) and not (kept / "model.safetensors").exists()
+    restored = promote.load_checkpoint(str(kept), load_base=lambda: model.load_model(ctx.model_path))
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        tuned = restored(input_ids=ids).logits
+        untouched = base(input_ids=ids).logits
+        merged = restored.merge_and_unload()(input_ids=ids).logits
+    assert not torch.allclose(tuned, untouched)  # the adapters learned something
+    assert torch.allclose(tuned, merged, atol=1e-5)  # and merging them changes nothing
+    with pytest.raises(promote.UnreadableCheckpoint, match="without their base model"):
+        promote.load_checkpoint(str(kept))
+
+
+def test_a_lora_winner_is_exported_merged_and_as_an_adapter(small, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tuner import export
+
+    spec, prepared = small
+    hyper = {"use_lora": True, "lora_r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0}
+    lora = model.with_lora(model.load_model(model.resolve(spec.model.name_or_path)), hyper)
+    with torch.no_grad():  # as if trained: adapters that change the output
+        for name, parameter in lora.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(0.01)
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        expected = lora(input_ids=ids).logits
+    spec.storage = str(tmp_path)
+    record = {"trial_id": "t1", "params": {**HYPER, **hyper}, "best_metric": 5.0, "best_checkpoint": "x", "best_step": 4}
+    best = export.write_best(spec, record, {"eval_loss": 5.0}, [], lora, prepared.tokenizer_path)
+    assert model.is_adapter(best / "adapter") and not model.is_adapter(best / "model")
+    merged = AutoModelForCausalLM.from_pretrained(best / "model")
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-5)
+    again = model.load_adapter(model.load_model(model.resolve(spec.model.name_or_path)), best / "adapter")
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=ids).logits, expected, atol=1e-5)
+
+
+def test_instruction_data_trains_and_evaluates_on_completions_only(tmp_path):
+    """A real Trainer run on prompt/completion records: the loss is the completions' (the final
+    evaluation counts only their tokens)."""
+    import json
+
+    from tests.test_data import corpus_lines
+    from tuner import promote
+    from tuner.data import IGNORE, load_prepared
+
+    rows = []
+    for line in corpus_lines(200):
+        words = line.split()
+        rows.append({"prompt": "Q: " + " ".join(words[:4]) + "\nA:", "completion": " " + " ".join(words[4:])})
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = load_spec(ROOT / "search_spaces" / "tiny.yaml", [
+        f"data.path={path}", "data.prompt_column=prompt", "data.completion_column=completion",
+        "data.block_size=32", "train.report_every_tokens=2048", "train.stop_after_steps=8", "train.eval_blocks=null",
+        f"storage={tmp_path / 'sweep'}"])
+    prepared = data.prepare(spec, spec.sweep_dir)
+    reports, _ = _run(spec, prepared, {**HYPER, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1})
+    assert all(math.isfinite(m[C.EVAL_LOSS]) for m, _ in reports)
+    validation = load_prepared(prepared)["validation"]
+    base = model.load_model(model.resolve(spec.model.name_or_path))
+    total, count = promote.token_loss(base, validation["input_ids"], 16, validation["labels"])
+    assert count == sum(sum(label != IGNORE for label in labels[1:]) for labels in validation["labels"])
+    assert count < sum(len(ids) - 1 for ids in validation["input_ids"])

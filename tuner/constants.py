@@ -68,4 +68,11 @@ HYPERPARAMETER_DEFAULTS = {
     "gradient_accumulation_steps": 1,
     "weight_decay": 0.0,
     "freeze_layers": 0,
+    # Parameter-efficient fine-tuning (peft's LoRA): off unless the spec turns it on or searches it.
+    "use_lora": False,
+    "lora_r": 8,
+    "lora_alpha": 16.0,
+    "lora_dropout": 0.05,
 }
+# Hyperparameters fixed under `model` (how the model is set up), not under `train`.
+MODEL_HYPERPARAMETERS = ("freeze_layers", "use_lora", "lora_r", "lora_alpha", "lora_dropout")

@@ -3,7 +3,8 @@
 The result is Arrow in the sweep directory (`data/<fingerprint>/`), memory-mapped by every trial,
 and reused by any later run whose data and tokenizer settings hash to the same fingerprint.
 Packing concatenates documents (EOS between them) and cuts `block_size` blocks, so no compute goes
-to padding. Train and validation drop the last partial block; test keeps it, so the final
+to padding. Instruction data (`prompt_column`, `completion_column`) packs the same way with a
+`labels` column that masks each prompt, so the loss is the completions' alone. Train and validation drop the last partial block; test keeps it, so the final
 evaluation predicts every test token.
 """
 
@@ -53,6 +54,7 @@ class Prepared:
     tokens: dict[str, int]  # tokens per split
     records: dict[str, int]  # records per split after cleaning
     shared: str | None = None  # the prepared directory on storage every node reaches
+    pairs: str | None = None  # instruction data: the test split's (prompt, completion) token ids
 
     def train_tokens(self) -> int:
         return self.blocks["train"] * self.block_size
@@ -64,7 +66,8 @@ class Prepared:
         if self.shared is None:
             return self
         local = storage.node_copy(self.shared, self.fingerprint)
-        return replace(self, path=str(local / "arrow"), tokenizer_path=str(local / "tokenizer"))
+        return replace(self, path=str(local / "arrow"), tokenizer_path=str(local / "tokenizer"),
+                       pairs=str(local / Path(self.pairs).name) if self.pairs else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,14 +83,24 @@ def clean_text(text: str, rules: CleanSpec) -> str:
     return text
 
 
-def clean_records(texts: list[str], rules: CleanSpec, seen: set[str] | None = None) -> tuple[list[str], dict[str, int]]:
-    """Clean each record; drop empty ones and exact duplicates (also of those in `seen`)."""
+Record = Any  # a text, or an instruction record: a (prompt, completion) tuple
+
+
+def clean_record(raw: Record, rules: CleanSpec) -> Record:
+    if isinstance(raw, tuple):
+        return tuple(clean_text(part if isinstance(part, str) else "", rules) for part in raw)
+    return clean_text(raw if isinstance(raw, str) else "", rules)
+
+
+def clean_records(texts: list[Record], rules: CleanSpec, seen: set | None = None) -> tuple[list[Record], dict[str, int]]:
+    """Clean each record; drop empty ones (an instruction record: an empty completion) and exact
+    duplicates (also of those in `seen`)."""
     seen = set() if seen is None else seen
-    kept: list[str] = []
+    kept: list[Record] = []
     counts = {"records_in": len(texts), "dropped_empty": 0, "dropped_duplicate": 0}
     for raw in texts:
-        text = clean_text(raw if isinstance(raw, str) else "", rules)
-        if rules.drop_empty and not text.strip():
+        text = clean_record(raw, rules)
+        if rules.drop_empty and not (text[-1] if isinstance(text, tuple) else text).strip():
             counts["dropped_empty"] += 1
             continue
         if rules.drop_duplicates:
@@ -124,10 +137,14 @@ def split_records(texts: list[str], ratios: dict[str, float], seed: int) -> dict
 # Tokenizing and packing.
 
 
+IGNORE = -100  # a label the loss skips: the prompt of an instruction record
+
+
 def pack(token_lists: list[list[int]], eos_id: int, block_size: int, keep_remainder: bool) -> list[np.ndarray]:
     """Concatenate documents, each followed by EOS, and cut into `block_size` blocks.
 
     A trailing partial block is kept only when asked (test) and when it predicts at least one token.
+    Labels (an instruction record's, its prompt masked) pack the same way, block for block.
     """
     lengths = [len(ids) + 1 for ids in token_lists]
     flat = np.empty(sum(lengths), dtype=np.int32)
@@ -144,16 +161,28 @@ def pack(token_lists: list[list[int]], eos_id: int, block_size: int, keep_remain
     return blocks
 
 
-def _to_dataset(blocks: list[np.ndarray]):
-    """Blocks → a datasets.Dataset with one `input_ids` list column, built straight in Arrow."""
+def supervised(label_blocks: list[np.ndarray]) -> list[int]:
+    """The blocks with at least one token to predict (a block of prompt alone has none: its loss
+    would be 0 / 0)."""
+    return [i for i, labels in enumerate(label_blocks) if np.any(labels[1:] != IGNORE)]
+
+
+def _to_dataset(blocks: list[np.ndarray], labels: list[np.ndarray] | None = None):
+    """Blocks → a datasets.Dataset with an `input_ids` list column (and `labels` for instruction
+    data), built straight in Arrow."""
     import pyarrow as pa
     from datasets import Dataset
 
-    values = np.concatenate(blocks) if blocks else np.empty(0, dtype=np.int32)
-    offsets = np.zeros(len(blocks) + 1, dtype=np.int32)
-    np.cumsum([len(b) for b in blocks], out=offsets[1:])
-    column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
-    return Dataset(pa.table({"input_ids": column}))
+    def column(rows: list[np.ndarray]):
+        values = np.concatenate(rows) if rows else np.empty(0, dtype=np.int32)
+        offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+        np.cumsum([len(b) for b in rows], out=offsets[1:])
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
+
+    table = {"input_ids": column(blocks)}
+    if labels is not None:
+        table["labels"] = column(labels)
+    return Dataset(pa.table(table))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,12 +222,18 @@ def load_source(data: DataSpec, token_env: str | None = None) -> dict[str, list[
         except Exception as exc:  # the hub raises many kinds; all mean "cannot load this"
             raise UserError(f"data.dataset: cannot load {data.dataset!r} (config {data.config!r}): "
                             f"{first_line(exc)}") from None
-    out: dict[str, list[str]] = {}
+    columns = {"data.prompt_column": data.prompt_column, "data.completion_column": data.completion_column} \
+        if data.prompt_column else {"data.text_column": data.text_column}
+    out: dict[str, list[Record]] = {}
     for name, split in loaded.items():
-        if data.text_column not in split.column_names:
-            raise UserError(f"data.text_column: got {data.text_column!r}, but the {name} split has "
-                            f"columns {split.column_names}; set data.text_column to one of them")
-        out[name] = split[data.text_column]
+        for key, column in columns.items():
+            if column not in split.column_names:
+                raise UserError(f"{key}: got {column!r}, but the {name} split has columns "
+                                f"{split.column_names}; set {key} to one of them")
+        if data.prompt_column:
+            out[name] = list(zip(split[data.prompt_column], split[data.completion_column]))
+        else:
+            out[name] = split[data.text_column]
     return out
 
 
@@ -295,18 +330,27 @@ def prepare(spec: Spec, sweep_dir: Path) -> Prepared:
     shutil.rmtree(tmp, ignore_errors=True)
     blocks, tokens = {}, {}
     datasets_by_split = {}
+    tmp.mkdir(parents=True)
     for name in SPLITS:
-        ids = tokenizer(splits[name], add_special_tokens=False)["input_ids"]
+        ids, labels = tokenize(splits[name], tokenizer, spec.data)
         packed = pack(ids, tokenizer.eos_token_id, spec.data.block_size, keep_remainder=name == "test")
+        packed_labels = None
+        if labels is not None:
+            packed_labels = pack(labels, tokenizer.eos_token_id, spec.data.block_size, keep_remainder=name == "test")
+            keep = supervised(packed_labels)
+            packed, packed_labels = [packed[i] for i in keep], [packed_labels[i] for i in keep]
+            if name == "test":  # the final evaluation prompts with whole test prompts
+                write_pairs(tmp / PAIRS_FILE, ids, labels)
         blocks[name], tokens[name] = len(packed), int(sum(len(b) for b in packed))
-        datasets_by_split[name] = _to_dataset(packed)
+        datasets_by_split[name] = _to_dataset(packed, packed_labels)
     from datasets import DatasetDict
 
     DatasetDict(datasets_by_split).save_to_disk(str(tmp / "arrow"))
     tokenizer.save_pretrained(tmp / "tokenizer")
     prepared = Prepared(path=str(out / "arrow"), tokenizer_path=str(out / "tokenizer"), fingerprint=key,
                         block_size=spec.data.block_size, blocks=blocks, tokens=tokens,
-                        records={name: len(texts) for name, texts in splits.items()})
+                        records={name: len(texts) for name, texts in splits.items()},
+                        pairs=str(out / PAIRS_FILE) if spec.data.prompt_column else None)
     (tmp / "prepared.json").write_text(json.dumps(asdict(prepared), indent=2))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
@@ -315,6 +359,49 @@ def prepare(spec: Spec, sweep_dir: Path) -> Prepared:
              "/".join(str(tokens[s]) for s in SPLITS), "/".join(str(blocks[s]) for s in SPLITS),
              spec.data.block_size)
     return prepared
+
+
+PAIRS_FILE = "test_pairs.jsonl"
+
+
+def tokenize(records: list[Record], tokenizer, data: DataSpec) -> tuple[list[list[int]], list[list[int]] | None]:
+    """Token ids of each record, and for instruction records their labels: the prompt's masked
+    (IGNORE), so the loss is the completion's alone. The prompt goes through the tokenizer's chat
+    template as a user turn when `data.chat_template` is on."""
+    if not data.prompt_column:
+        return tokenizer(records, add_special_tokens=False)["input_ids"], None
+    prompts = [format_prompt(prompt, tokenizer, data.chat_template) for prompt, _ in records]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer([completion for _, completion in records], add_special_tokens=False)["input_ids"]
+    ids = [p + c for p, c in zip(prompt_ids, completion_ids)]
+    labels = [[IGNORE] * len(p) + c for p, c in zip(prompt_ids, completion_ids)]
+    return ids, labels
+
+
+def format_prompt(prompt: str, tokenizer, chat_template: bool) -> str:
+    if not chat_template:
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError("data.chat_template: got true, but the model's tokenizer has no chat template; set "
+                        "data.chat_template: false to use each prompt as it is, or use a chat model")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def write_pairs(path: Path, ids: list[list[int]], labels: list[list[int]]) -> None:
+    """Each test record's prompt and completion token ids, split where the mask ends."""
+    with open(path, "w") as f:
+        for row, mask in zip(ids, labels):
+            cut = next((i for i, label in enumerate(mask) if label != IGNORE), len(mask))
+            f.write(json.dumps({"prompt": row[:cut], "completion": row[cut:]}) + "\n")
+
+
+def read_pairs(prepared: Prepared) -> list[tuple[list[int], list[int]]] | None:
+    """The test split's (prompt, completion) token ids of instruction data; None for plain text."""
+    if not prepared.pairs:
+        return None
+    rows = [json.loads(line) for line in Path(prepared.pairs).read_text().splitlines() if line.strip()]
+    return [(row["prompt"], row["completion"]) for row in rows]
 
 
 def check_prepared(spec: Spec, prepared: Prepared) -> None:

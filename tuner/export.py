@@ -18,7 +18,7 @@ from tuner import space
 from tuner.spec import Spec, to_yaml, validate
 
 BEST_DIR = "best"
-PACKAGES = ("tuner", "torch", "transformers", "ray", "optuna", "datasets", "accelerate")
+PACKAGES = ("tuner", "torch", "transformers", "ray", "optuna", "datasets", "accelerate", "peft")
 
 
 def versions() -> dict[str, str]:
@@ -48,6 +48,9 @@ def best_config(spec: Spec, record: dict[str, Any]) -> dict[str, Any]:
     data["storage"] = None
     for key, value in record["params"].items():
         data["search"]["space"][key] = value
+    for key, entry in list(data["search"]["space"].items()):  # conditioned off for the winner: unused
+        if key not in record["params"] and isinstance(entry, dict) and "type" in entry:
+            del data["search"]["space"][key]
     data["search"].update(num_samples=1, baseline=None)
     data["scheduler"] = "none"
     data["train"]["stop_after_steps"] = int(record["best_step"])
@@ -63,7 +66,8 @@ def best_config(spec: Spec, record: dict[str, Any]) -> dict[str, Any]:
 
 def write_best(spec: Spec, record: dict[str, Any], metrics: dict[str, Any],
                samples: list[dict[str, Any]], model, tokenizer_path: str) -> Path:
-    """Write `best/`: config.yaml, training_args.json, model/, final_eval.json, samples.jsonl."""
+    """Write `best/`: config.yaml, training_args.json, model/ (LoRA merged into the weights) and, for a
+    LoRA winner, adapter/ (peft's adapter alone), final_eval.json, samples.jsonl."""
     from transformers import AutoTokenizer
 
     from tuner.trial import training_arguments
@@ -77,8 +81,13 @@ def write_best(spec: Spec, record: dict[str, Any], metrics: dict[str, Any],
     args = training_arguments(spec, hyper, out / "model").to_dict()
     args["stop_after_steps"] = int(record["best_step"])  # not a TrainingArguments field: train this far
     (out / "training_args.json").write_text(json.dumps(args, indent=2, default=str))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    if hasattr(model, "merge_and_unload"):  # LoRA (peft): the adapter alone, then merged into the weights
+        model.save_pretrained(out / "adapter")
+        tokenizer.save_pretrained(out / "adapter")
+        model = model.merge_and_unload()
     model.save_pretrained(out / "model")
-    AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
     (out / "model" / "tuner_config.yaml").write_text(to_yaml(config))  # the spec travels with the model
     final = {"trial_id": record["trial_id"], "checkpoint": record["best_checkpoint"],
              "step": int(record["best_step"]), "search_" + spec.search.metric: record["best_metric"], **metrics}

@@ -113,6 +113,54 @@ def load_model(name_or_path: str | Path, revision: str | None = None, freeze_lay
     return model
 
 
+def with_lora(model, hyper: dict[str, Any], target_modules: list[str] | None = None):
+    """The model with LoRA adapters (peft) on its attention and projection weights: only the
+    adapters train. `target_modules` None leaves the choice to peft's table for the architecture."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=int(hyper["lora_r"]), lora_alpha=float(hyper["lora_alpha"]),
+                        lora_dropout=float(hyper["lora_dropout"]), target_modules=target_modules,
+                        task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # an architecture peft has no default modules for
+        raise UserError(f"model.lora_target_modules: peft cannot place LoRA on {type(model).__name__} "
+                        f"({first_line(exc)}); name its linear layers, e.g. [q_proj, v_proj]") from None
+
+
+def lora_problem(config, target_modules: list[str] | None) -> str | None:
+    """Why LoRA cannot go on this architecture, checked from its config before any trial: peft has no
+    default layers for it, or a named layer is not in the model (built on the meta device: no weights)."""
+    import torch
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+    from transformers import AutoModelForCausalLM
+
+    if target_modules is None:
+        if config.model_type in DEFAULTS:
+            return None
+        return (f"model.lora_target_modules: peft has no default layers for {config.model_type!r}; name the "
+                "linear layers LoRA should wrap, e.g. [q_proj, v_proj]")
+    with torch.device("meta"):
+        names = {name.rsplit(".", 1)[-1] for name, _ in AutoModelForCausalLM.from_config(config).named_modules()}
+    missing = [m for m in target_modules if m not in names]
+    if missing:
+        return (f"model.lora_target_modules: got {missing!r}, not layers of {config.model_type!r}; its layers "
+                f"include {sorted(n for n in names if n and not n.isdigit())[:12]!r}")
+    return None
+
+
+def is_adapter(path: str | Path) -> bool:
+    """A checkpoint holding LoRA adapters (peft's adapter_config.json) rather than whole weights."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def load_adapter(base, checkpoint: str | Path):
+    """The base model with a LoRA checkpoint's adapters on it (peft), ready to evaluate or merge."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(checkpoint))
+
+
 REUSE_MAX_BYTES = 4 * 2**30  # larger models are read again for each trial rather than held twice in RAM
 _pristine: dict[tuple, Any] = {}  # this process's untouched copy of the base model, by how it was loaded
 

@@ -51,7 +51,8 @@ def resolve_spec(spec_or_path: Spec | str | Path | dict, overrides: list[str] | 
 
 
 def check_model(spec: Spec) -> None:
-    """Checks that need the model's config: the block fits its positions, the frozen blocks exist."""
+    """Checks that need the model's config: the block fits its positions, the frozen blocks exist,
+    LoRA has layers to wrap."""
     config = model.load_config(spec.model.name_or_path, spec.model.revision, spec.model.token_env,
                                spec.model.trust_remote_code)
     problems = []
@@ -65,6 +66,10 @@ def check_model(spec: Spec) -> None:
         where = "search.space.freeze_layers" if "freeze_layers" in spec.search.space else "model.freeze_layers"
         problems.append(f"{where}: up to {frozen} blocks frozen, but {spec.model.name_or_path} has "
                         f"{blocks}; freeze at most {blocks}")
+    if space.may_take(spec, "use_lora", True):
+        problem = model.lora_problem(config, spec.model.lora_target_modules)
+        if problem:
+            problems.append(problem)
     if problems:
         raise UserError("the model does not fit the spec:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -286,7 +291,9 @@ def _evaluate_best_readable(spec: Spec, ctx: TrialContext, baseline: dict[str, A
     selection = None
     if spec.promote.top_k > 1 and len(candidates) > 1:
         candidates, selection = promote.rerank(candidates, locate, ctx.prepared, spec.promote,
-                                               spec.model.trust_remote_code)
+                                               spec.model.trust_remote_code, lambda: model.load_model(
+                                                   ctx.model_path, spec.model.revision, token_env=spec.model.token_env,
+                                                   trust_remote_code=spec.model.trust_remote_code))
         log.info("promote: the best %d trials re-evaluated on the whole validation split (%d blocks): %s",
                  len(selection["candidates"]), selection["blocks"], ", ".join(
                      f"{c['trial_id']} {c['validation_loss']:.4f}" for c in selection["candidates"]))

@@ -12,7 +12,7 @@ import logging
 import math
 from typing import Any, Callable
 
-from tuner.data import Prepared, load_prepared
+from tuner.data import IGNORE, Prepared, load_prepared, read_pairs
 from tuner.errors import first_line
 from tuner.spec import PromoteSpec
 
@@ -23,8 +23,9 @@ class UnreadableCheckpoint(Exception):
     """The checkpoint to promote is missing or cannot be loaded: promotion takes the next best."""
 
 
-def load_checkpoint(checkpoint: str, trust_remote_code: bool = False):
-    """The checkpoint's model, or UnreadableCheckpoint saying why not."""
+def load_checkpoint(checkpoint: str, trust_remote_code: bool = False, load_base: Callable[[], Any] | None = None):
+    """The checkpoint's model, or UnreadableCheckpoint saying why not. A LoRA checkpoint holds the
+    adapters only: they go onto a fresh copy of the base model from `load_base`."""
     from pathlib import Path
 
     from tuner import model as model_lib
@@ -32,35 +33,50 @@ def load_checkpoint(checkpoint: str, trust_remote_code: bool = False):
     if not Path(checkpoint).is_dir():
         raise UnreadableCheckpoint(f"{checkpoint} does not exist")
     try:
+        if model_lib.is_adapter(checkpoint):
+            if load_base is None:
+                raise UnreadableCheckpoint(f"{checkpoint}: LoRA adapters without their base model")
+            return model_lib.load_adapter(load_base(), checkpoint)
         return model_lib.load_model(checkpoint, trust_remote_code=trust_remote_code)
+    except UnreadableCheckpoint:
+        raise
     except Exception as exc:  # safetensors, config and OS errors all mean: not loadable
         raise UnreadableCheckpoint(f"{checkpoint}: {first_line(exc)}") from None
 
 
-def token_loss(model, blocks: list[list[int]], batch_size: int) -> tuple[float, int]:
-    """Summed next-token cross-entropy over `blocks`, and the number of tokens predicted."""
+def token_loss(model, blocks: list[list[int]], batch_size: int,
+               labels: list[list[int]] | None = None) -> tuple[float, int]:
+    """Summed next-token cross-entropy over `blocks`, and the number of tokens predicted. With
+    `labels` (instruction data), only the tokens whose label is not masked count."""
     import torch
 
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    by_length: dict[int, list[list[int]]] = {}
-    for block in blocks:
-        by_length.setdefault(len(block), []).append(block)
+    by_length: dict[int, list[tuple[list[int], list[int]]]] = {}
+    for i, block in enumerate(blocks):
+        by_length.setdefault(len(block), []).append((block, labels[i] if labels is not None else block))
     with torch.no_grad():
-        for length, group in by_length.items():
+        for group in by_length.values():
             for start in range(0, len(group), batch_size):
-                ids = torch.tensor(group[start:start + batch_size], device=device)
+                ids = torch.tensor([b for b, _ in group[start:start + batch_size]], device=device)
+                target = torch.tensor([t for _, t in group[start:start + batch_size]], device=device)[:, 1:]
                 logits = model(input_ids=ids).logits[:, :-1].float()
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="sum")
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                                         reduction="sum", ignore_index=IGNORE)
                 total += float(loss)
-                count += ids[:, 1:].numel()
+                count += int((target != IGNORE).sum())
     return total, count
 
 
-def evaluate(model, blocks: list[list[int]], batch_size: int) -> dict[str, float]:
-    total, count = token_loss(model, blocks, batch_size)
+def split_tokens(prepared: Prepared, split: str) -> tuple[list[list[int]], list[list[int]] | None]:
+    """A prepared split's blocks, and their labels where the data has its own (instruction data)."""
+    data = load_prepared(prepared)[split]
+    return data["input_ids"], (data["labels"] if "labels" in data.column_names else None)
+
+
+def evaluate(model, blocks: list[list[int]], batch_size: int, labels: list[list[int]] | None = None) -> dict[str, float]:
+    total, count = token_loss(model, blocks, batch_size, labels)
     loss = total / count
     return {"eval_loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf,
             "num_test_tokens": count}
@@ -81,9 +97,22 @@ def passages(blocks: list[list[int]], settings: PromoteSpec) -> list[tuple[list[
     return [(stream[s:s + k], stream[s + k:s + k + m]) for s in starts]
 
 
+def instruction_passages(pairs: list[tuple[list[int], list[int]]], settings: PromoteSpec, block_size: int,
+                         ) -> list[tuple[list[int], list[int]]]:
+    """Instruction data: each of `num_prompts` evenly spaced test records' prompt (k does not apply:
+    a prompt is kept whole, or its last tokens where it would leave the block no room to answer) and
+    the first m tokens of its completion as the reference."""
+    usable = [(prompt, completion) for prompt, completion in pairs if prompt and completion]
+    count = min(max(settings.num_prompts, 0), len(usable))
+    step = len(usable) / count if count else 0
+    room = max(1, block_size - settings.max_new_tokens)
+    return [(usable[int(i * step)][0][-room:], usable[int(i * step)][1][:settings.reference_tokens])
+            for i in range(count)]
+
+
 def continuations(model, prompts: list[list[int]], settings: PromoteSpec, pad_token_id: int | None) -> list[list[int]]:
-    """What the model writes after each prompt, with the spec's decoding settings and seed. All
-    prompts are k tokens long, so they go in batches with no padding."""
+    """What the model writes after each prompt, with the spec's decoding settings and seed. Prompts
+    of one length go in batches together, with no padding (text passages all have k tokens)."""
     import torch
 
     decoding = settings.generate
@@ -94,24 +123,29 @@ def continuations(model, prompts: list[list[int]], settings: PromoteSpec, pad_to
     model.eval()
     device = next(model.parameters()).device
     torch.manual_seed(decoding.seed)
-    out: list[list[int]] = []
+    out: dict[int, list[int]] = {}
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(i)
     with torch.no_grad():
-        for start in range(0, len(prompts), settings.eval_batch_size):
-            ids = torch.tensor(prompts[start:start + settings.eval_batch_size], device=device)
-            generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                       max_new_tokens=settings.max_new_tokens, min_new_tokens=1,
-                                       pad_token_id=pad_token_id, **options)
-            out.extend(row[ids.shape[1]:].tolist() for row in generated)
-    return out
+        for indices in by_length.values():
+            for start in range(0, len(indices), settings.eval_batch_size):
+                batch = indices[start:start + settings.eval_batch_size]
+                ids = torch.tensor([prompts[i] for i in batch], device=device)
+                generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                           max_new_tokens=settings.max_new_tokens, min_new_tokens=1,
+                                           pad_token_id=pad_token_id, **options)
+                out.update((i, row[ids.shape[1]:].tolist()) for i, row in zip(batch, generated))
+    return [out[i] for i in range(len(prompts))]
 
 
 def assess(model, tokenizer, test: list[list[int]], pairs: list[tuple[list[int], list[int]]],
-           settings: PromoteSpec) -> tuple[dict[str, float], list[str]]:
+           settings: PromoteSpec, labels: list[list[int]] | None = None) -> tuple[dict[str, float], list[str]]:
     """One model's figures on the test split (loss, perplexity, BLEU, ROUGE-1/2/L of its
     continuations against the references) and the continuations themselves."""
     from tuner import metrics
 
-    figures: dict[str, Any] = evaluate(model, test, settings.eval_batch_size)
+    figures: dict[str, Any] = evaluate(model, test, settings.eval_batch_size, labels)
     if not pairs:
         return figures, []
     written = continuations(model, [prompt for prompt, _ in pairs], settings, tokenizer.pad_token_id)
@@ -132,21 +166,22 @@ def generation_settings(settings: PromoteSpec, count: int) -> dict[str, Any]:
 
 
 def rerank(candidates: list[dict[str, Any]], locate: Callable[[dict[str, Any]], str], prepared: Prepared,
-           settings: PromoteSpec, trust_remote_code: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+           settings: PromoteSpec, trust_remote_code: bool = False, load_base: Callable[[], Any] | None = None,
+           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """`promote.top_k`: the best k trials' checkpoints scored again on the whole validation split, so a
     lucky score on the search's validation sample does not win. Returns the candidates in their new
     order (the others after them, as they were) and what the re-evaluation found."""
     top, rest = candidates[:settings.top_k], candidates[settings.top_k:]
-    validation = load_prepared(prepared)["validation"]["input_ids"]
+    validation, labels = split_tokens(prepared, "validation")
     scored = []
     for record in top:
         try:
-            model = load_checkpoint(locate(record), trust_remote_code)
+            model = load_checkpoint(locate(record), trust_remote_code, load_base)
         except UnreadableCheckpoint as exc:  # it cannot be promoted either: left out
             log.warning("promote: the checkpoint of trial %s is missing or unreadable (%s); it is left out",
                         record["trial_id"], exc)
             continue
-        total, count = token_loss(model, validation, settings.eval_batch_size)
+        total, count = token_loss(model, validation, settings.eval_batch_size, labels)
         scored.append((total / count, record))
         del model
     scored.sort(key=lambda pair: pair[0])
@@ -173,21 +208,25 @@ def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, setti
     """
     from tuner import model as model_lib
 
-    model = load_checkpoint(checkpoint, trust_remote_code)  # first: an unreadable one costs nothing else
+    def load_base():
+        return model_lib.load_model(base_model, revision, token_env=token_env, trust_remote_code=trust_remote_code)
+
+    model = load_checkpoint(checkpoint, trust_remote_code, load_base)  # first: an unreadable one costs nothing else
     tokenizer = model_lib.load_tokenizer(prepared.tokenizer_path)
-    test = load_prepared(prepared)["test"]["input_ids"]
-    pairs = passages(test, settings)
+    test, labels = split_tokens(prepared, "test")
+    instructions = read_pairs(prepared)
+    pairs = (instruction_passages(instructions, settings, prepared.block_size) if instructions is not None
+             else passages(test, settings))
     log.info("promote: evaluating %s on %d test blocks and %d prompts", checkpoint, len(test), len(pairs))
-    figures, texts = assess(model, tokenizer, test, pairs, settings)
+    figures, texts = assess(model, tokenizer, test, pairs, settings, labels)
     metrics: dict[str, Any] = {key: figures[key] for key in ("eval_loss", "perplexity", "num_test_tokens")}
     metrics["tuned"] = figures
     written = {"tuned": texts}
     others = {}
     if settings.evaluate_base:
-        others["base"] = lambda: model_lib.load_model(base_model, revision, token_env=token_env,
-                                                      trust_remote_code=trust_remote_code)
+        others["base"] = load_base
     if baseline_checkpoint is not None:
-        others["baseline"] = lambda: load_checkpoint(baseline_checkpoint, trust_remote_code)
+        others["baseline"] = lambda: load_checkpoint(baseline_checkpoint, trust_remote_code, load_base)
     for name, load in others.items():
         try:
             other = load()
@@ -195,7 +234,7 @@ def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, setti
             log.warning("promote: the %s model could not be read (%s)", name, exc)
             metrics[name] = {"unavailable": str(exc)}
             continue
-        metrics[name], written[name] = assess(other, tokenizer, test, pairs, settings)
+        metrics[name], written[name] = assess(other, tokenizer, test, pairs, settings, labels)
         del other
     metrics["generation"] = generation_settings(settings, len(pairs))
     rows = [{"prompt": tokenizer.decode(prompt, skip_special_tokens=True),

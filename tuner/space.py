@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tuner.constants import HYPERPARAMETER_DEFAULTS
-from tuner.spec import RULES, SEARCHABLE, Spec, as_number, is_distribution
+from tuner.constants import HYPERPARAMETER_DEFAULTS, MODEL_HYPERPARAMETERS
+from tuner.spec import RULES, SEARCHABLE, Spec, as_number, condition_holds, is_distribution
 
 if TYPE_CHECKING:  # Optuna is needed to search, not to train: trials import this module too
     import optuna.distributions as od
@@ -35,14 +35,48 @@ def distributions(spec: Spec) -> dict[str, od.BaseDistribution]:
             if is_distribution(entry)}
 
 
+def is_conditional(spec: Spec) -> bool:
+    return any(is_distribution(entry) and "when" in entry for entry in spec.search.space.values())
+
+
+class ConditionalSpace:
+    """The space as an Optuna define-by-run function, for spaces with `when:` conditions: entries are
+    suggested in the spec's order, each only when its condition holds for the values so far (the
+    fixed ones, then those already sampled), so LoRA's rank is never sampled for a trial without
+    LoRA and TPE models each parameter only over the trials that used it. A plain class, so Tune
+    can pickle the searcher holding it."""
+
+    def __init__(self, spec: Spec):
+        self.entries = {name: entry for name, entry in spec.search.space.items() if is_distribution(entry)}
+        self.fixed = fixed_values(spec)
+
+    def __call__(self, trial) -> None:
+        values = dict(self.fixed)
+        for name, entry in self.entries.items():
+            if condition_holds(entry.get("when"), values):
+                values[name] = _suggest(trial, name, entry)
+
+
+def _suggest(trial, name: str, entry: dict[str, Any]) -> Any:
+    """One entry through Optuna's public suggest API (what Ray's trial captor records)."""
+    kind = entry["type"]
+    if kind == "categorical":
+        return trial.suggest_categorical(name, entry["choices"])
+    log, step = bool(entry.get("log", False)), entry.get("step")
+    if kind == "int":
+        return trial.suggest_int(name, int(entry["low"]), int(entry["high"]), step=int(step or 1), log=log)
+    return trial.suggest_float(name, as_number(entry["low"]), as_number(entry["high"]),
+                               step=as_number(step) if step is not None else None, log=log)
+
+
 def fixed_values(spec: Spec) -> dict[str, Any]:
     """Every hyperparameter that is not sampled: fixed in the space, in `train`/`model`, or default."""
     values: dict[str, Any] = dict(HYPERPARAMETER_DEFAULTS)
-    values["freeze_layers"] = spec.model.freeze_layers or 0
     for name in SEARCHABLE:
-        if name in HYPERPARAMETER_DEFAULTS and name != "freeze_layers":
-            if getattr(spec.train, name) is not None:
-                values[name] = getattr(spec.train, name)
+        if name in HYPERPARAMETER_DEFAULTS:
+            fixed = getattr(spec.model if name in MODEL_HYPERPARAMETERS else spec.train, name)
+            if fixed is not None:
+                values[name] = fixed
     for name, entry in spec.search.space.items():
         if is_distribution(entry):
             values.pop(name, None)
@@ -53,7 +87,7 @@ def fixed_values(spec: Spec) -> dict[str, Any]:
 
 def _typed(name: str, value: Any) -> Any:
     rule = RULES.get(name)
-    if rule is None:
+    if rule is None or rule.kind is bool:
         return value
     number = as_number(value)
     return int(number) if rule.kind is int else number
@@ -78,6 +112,14 @@ def largest(spec: Spec, name: str) -> float:
             return max(as_number(c) for c in entry["choices"])
         return as_number(entry["high"])
     return as_number(fixed_values(spec)[name])
+
+
+def may_take(spec: Spec, name: str, value: Any) -> bool:
+    """Whether some trial of this sweep can get `value` for hyperparameter `name`."""
+    entry = spec.search.space.get(name)
+    if is_distribution(entry):
+        return entry["type"] != "categorical" or value in entry["choices"]
+    return fixed_values(spec).get(name) == value
 
 
 def largest_batch(spec: Spec) -> int:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from tuner import secret
-from tuner.constants import EVAL_LOSS, HYPERPARAMETER_DEFAULTS, REPORT_KEYS
+from tuner.constants import EVAL_LOSS, HYPERPARAMETER_DEFAULTS, MODEL_HYPERPARAMETERS, REPORT_KEYS
 from tuner.errors import UserError
 
 
@@ -35,6 +35,13 @@ class SpecError(UserError):
 class ModelSpec:
     name_or_path: str  # hub name, local path, or builtin:tiny-gpt2 (made locally, no network)
     freeze_layers: int | None = None  # freeze embeddings and the first N blocks (or search it)
+    # LoRA through peft (each searchable in search.space like any hyperparameter): train low-rank
+    # adapters instead of the weights; the promoted model is exported merged and as an adapter.
+    use_lora: bool | None = None
+    lora_r: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float | None = None
+    lora_target_modules: list[str] | None = None  # default: peft's choice for the architecture
     revision: str | None = None  # hub revision (branch, tag or commit)
     token_env: str | None = None  # the environment variable holding a hub token (e.g. HF_TOKEN)
     trust_remote_code: bool = False  # run the model repository's own code; needs a pinned revision
@@ -61,6 +68,11 @@ class DataSpec:
     config: str | None = None
     path: str | None = None  # ... a local file or glob: txt, jsonl, csv, parquet; or builtin:pydoc-topics
     text_column: str = "text"
+    # Instruction data: a prompt and a completion column instead of text; the loss is masked on the
+    # prompt. With chat_template, each prompt is formatted as a user turn by the tokenizer's template.
+    prompt_column: str | None = None
+    completion_column: str | None = None
+    chat_template: bool = False
     clean: CleanSpec = field(default_factory=CleanSpec)
     split: SplitSpec = field(default_factory=SplitSpec)
     seed: int = 0  # seeds the split
@@ -80,8 +92,13 @@ class TrainSpec:
     gradient_accumulation_steps: int | None = None
     weight_decay: float | None = None
     lr_scheduler_type: Literal[
-        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
+        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial",
+        "reduce_lr_on_plateau"
     ] = "linear"
+    # Passed to the scheduler; reduce_lr_on_plateau defaults to {factor: 0.5, patience: 1} (in reports).
+    lr_scheduler_kwargs: dict[str, Any] | None = None
+    # Stop a trial whose eval_loss has not improved for this many reports (status stopped_patience).
+    patience: int | None = None
     max_grad_norm: float = 1.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -235,7 +252,7 @@ class Spec:
 
 @dataclass(frozen=True)
 class Rule:
-    kind: type  # int or float (categorical values of any kind are checked one by one)
+    kind: type  # int, float or bool (categorical values of any kind are checked one by one)
     low: float  # inclusive
     high: float = math.inf
     low_open: bool = False  # True: low itself is not allowed
@@ -251,6 +268,10 @@ RULES: dict[str, Rule] = {
     "gradient_accumulation_steps": Rule(int, 1, text="an integer >= 1"),
     "weight_decay": Rule(float, 0, text="a number >= 0"),
     "freeze_layers": Rule(int, 0, text="an integer >= 0"),
+    "use_lora": Rule(bool, 0, text="true or false"),
+    "lora_r": Rule(int, 1, text="an integer >= 1 (the adapters' rank)"),
+    "lora_alpha": Rule(float, 0, low_open=True, text="a number > 0 (the adapters' scale is alpha / r)"),
+    "lora_dropout": Rule(float, 0, 1, high_open=True, text="a number in [0, 1)"),
     "max_grad_norm": Rule(float, 0, low_open=True, text="a number > 0"),
     "adam_beta1": Rule(float, 0, 1, high_open=True, text="a number in [0, 1)"),
     "adam_beta2": Rule(float, 0, 1, high_open=True, text="a number in [0, 1)"),
@@ -260,10 +281,20 @@ RULES: dict[str, Rule] = {
 SEARCHABLE = (*HYPERPARAMETER_DEFAULTS, "lr_scheduler_type", "max_grad_norm", "adam_beta1",
               "adam_beta2", "adam_epsilon", "label_smoothing_factor")
 DISTRIBUTION_KEYS = {
-    "float": {"type", "low", "high", "log", "step"},
-    "int": {"type", "low", "high", "log", "step"},
-    "categorical": {"type", "choices"},
+    "float": {"type", "low", "high", "log", "step", "when"},
+    "int": {"type", "low", "high", "log", "step", "when"},
+    "categorical": {"type", "choices", "when"},
 }
+
+
+def condition_holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool:
+    """A space entry's `when:` against a trial's values: each named field equals the value given, or
+    one of the values listed. No `when:` always holds."""
+    for name, wanted in (when or {}).items():
+        allowed = wanted if isinstance(wanted, list) else [wanted]
+        if values.get(name) not in allowed:
+            return False
+    return True
 
 
 def is_distribution(entry: Any) -> bool:
@@ -458,6 +489,8 @@ def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
             spec.search.space = {}
         _check_space(spec, raw, problems)
         _check_search(spec, problems)
+        if spec.train is not None:
+            _check_plateau_warmup(spec, problems)
     if spec.scheduler is not None:
         _check_scheduler(spec.scheduler, problems)
     if spec.resources is not None:
@@ -486,6 +519,14 @@ def _check_name(spec: Spec, problems: list[str]) -> None:
 
 
 def _check_data(data: DataSpec, problems: list[str]) -> None:
+    if (data.prompt_column is None) != (data.completion_column is None):
+        given, missing = (("prompt_column", "completion_column") if data.prompt_column is not None
+                          else ("completion_column", "prompt_column"))
+        problems.append(f"data.{missing}: missing while data.{given} is {getattr(data, given)!r}; instruction "
+                        "data needs both columns (or neither, for plain text in data.text_column)")
+    if data.chat_template and data.prompt_column is None:
+        problems.append("data.chat_template: got true without data.prompt_column; the template formats "
+                        "instruction prompts: set data.prompt_column and data.completion_column")
     if (data.dataset is None) == (data.path is None):
         problems.append(f"data: got dataset={data.dataset!r} and path={data.path!r}; "
                         "set exactly one: `dataset` (a hub dataset) or `path` (local files)")
@@ -520,18 +561,25 @@ def _check_train(train: TrainSpec, problems: list[str]) -> None:
             _at_least(getattr(train, name), 1, f"train.{name}", problems)
     if train.dataloader_workers is not None:
         _at_least(train.dataloader_workers, 0, "train.dataloader_workers", problems)
+    if train.patience is not None:
+        _at_least(train.patience, 1, "train.patience", problems)
 
 
 def _check_space(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
     raw_train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
     raw_model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    declared: list[str] = []
     for name, entry in spec.search.space.items():
         path = f"search.space.{name}"
         if name not in SEARCHABLE:
             problems.append(f"{path}: {name!r} cannot be searched; searchable: {', '.join(SEARCHABLE)}")
             continue
-        fixed_where = "model" if name == "freeze_layers" else "train"
-        if (raw_model if name == "freeze_layers" else raw_train).get(name) is not None:
+        if isinstance(entry, dict) and "when" in entry:
+            _check_when(name, entry["when"], spec, declared, path, problems)
+        declared.append(name)
+        in_model = name in MODEL_HYPERPARAMETERS
+        fixed_where = "model" if in_model else "train"
+        if (raw_model if in_model else raw_train).get(name) is not None:
             problems.append(f"{path}: {name} is also fixed in {fixed_where}.{name}; "
                             f"a field is either fixed in `{fixed_where}` or searched in `search.space`, "
                             "remove one of them")
@@ -541,6 +589,73 @@ def _check_space(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
             _check_scheduler_type(entry, path, problems)
         else:
             _check_value(name, entry, path, problems)
+
+
+def _check_when(name: str, when: Any, spec: Spec, declared: list[str], path: str, problems: list[str]) -> None:
+    """`when: {field: value or [values]}`: sample this entry only for trials where each named field,
+    declared earlier in the space, takes one of those values (e.g. LoRA's rank only when use_lora)."""
+    if not is_distribution(spec.search.space[name]):
+        problems.append(f"{path}.when: a fixed value has no condition; make it a distribution or drop `when`")
+        return
+    if not isinstance(when, dict) or not when:
+        problems.append(f"{path}.when: got {when!r}, expected a mapping such as {{use_lora: true}}")
+        return
+    for parent, wanted in when.items():
+        where = f"{path}.when.{parent}"
+        if parent in spec.search.space and parent not in declared:
+            problems.append(f"{where}: {parent!r} is declared after {name!r}; a condition names a field "
+                            "declared above it in search.space (or fixed)")
+            continue
+        if parent not in SEARCHABLE or parent == name:
+            problems.append(f"{where}: {parent!r} is not a hyperparameter; a condition names one of "
+                            f"{', '.join(SEARCHABLE)}")
+            continue
+        values = wanted if isinstance(wanted, list) else [wanted]
+        entry = spec.search.space.get(parent)
+        if parent not in spec.search.space:  # fixed in `model`/`train`, or its default
+            fixed = _fixed_value(spec, parent)
+            if fixed not in values:
+                problems.append(f"{where}: got {wanted!r}, but {parent} is fixed at {fixed!r} (not searched), "
+                                f"so {name} would never be sampled; search {parent} in search.space or drop {name}")
+            continue
+        possible = entry.get("choices") if is_distribution(entry) and entry.get("type") == "categorical" else (
+            None if is_distribution(entry) else [entry])
+        for value in values:
+            if possible is not None and value not in possible:
+                problems.append(f"{where}: got {value!r}, which {parent} never takes (its values: {possible!r})")
+
+
+def _fixed_value(spec: Spec, name: str) -> Any:
+    """A hyperparameter's value where the space does not search it: fixed in `model`/`train`, else the default."""
+    section = spec.model if name in MODEL_HYPERPARAMETERS else spec.train
+    value = getattr(section, name, None) if section is not None else None
+    return HYPERPARAMETER_DEFAULTS.get(name) if value is None else value
+
+
+def _check_plateau_warmup(spec: Spec, problems: list[str]) -> None:
+    """reduce_lr_on_plateau has no warmup (transformers ignores warmup_steps for it): a trial that
+    could get both is refused, unless warmup_ratio is conditioned on the other schedulers."""
+    plateau = "reduce_lr_on_plateau"
+    space_ = spec.search.space
+    scheduler = space_.get("lr_scheduler_type", spec.train.lr_scheduler_type)
+    schedulers = scheduler.get("choices") or [] if is_distribution(scheduler) else [scheduler]
+    if plateau not in schedulers:
+        return
+    warmup = space_.get("warmup_ratio", spec.train.warmup_ratio or 0.0)
+    if is_distribution(warmup):
+        when = (warmup.get("when") or {}).get("lr_scheduler_type")
+        if when is not None and plateau not in (when if isinstance(when, list) else [when]):
+            return
+        top = max([as_number(c) or 0.0 for c in warmup.get("choices", [])] or [as_number(warmup.get("high")) or 0.0])
+        where, shown = "search.space.warmup_ratio", f"up to {top:g}"
+    else:
+        top = as_number(warmup) or 0.0
+        where = "search.space.warmup_ratio" if "warmup_ratio" in space_ else "train.warmup_ratio"
+        shown = f"{top:g}"
+    if top > 0:
+        problems.append(f"{where}: got {shown} with lr_scheduler_type reduce_lr_on_plateau, which has no warmup; "
+                        "set warmup_ratio to 0, or sample it only for the other schedulers with "
+                        "`when: {lr_scheduler_type: [linear, cosine, ...]}`")
 
 
 def _check_distribution(name: str, entry: dict[str, Any], path: str, problems: list[str]) -> None:
@@ -569,6 +684,10 @@ def _check_distribution(name: str, entry: dict[str, Any], path: str, problems: l
         problems.append(f"{path}.type: got {kind!r}; lr_scheduler_type takes a categorical or a fixed value")
         return
     rule = RULES[name]
+    if rule.kind is bool:
+        problems.append(f"{path}.type: got {kind!r}; {name} is true or false: use type: categorical, "
+                        "choices: [true, false]")
+        return
     if kind == "float" and rule.kind is int:
         problems.append(f"{path}.type: got 'float', but {name} is an integer: use type: int")
     low, high = entry.get("low"), entry.get("high")
@@ -620,6 +739,10 @@ def _check_scheduler_type(value: Any, path: str, problems: list[str]) -> None:
 def _check_value(name: str, value: Any, path: str, problems: list[str]) -> None:
     """Check one value (fixed, a bound, a choice) of hyperparameter `name` against its rule."""
     rule = RULES[name]
+    if rule.kind is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: got {value!r}, expected {rule.text}")
+        return
     number = as_number(value)
     if number is None or (rule.kind is int and not float(number).is_integer()):
         problems.append(f"{path}: got {value!r}, expected {rule.text}")
@@ -656,7 +779,8 @@ def _check_baseline(search: SearchSpec, problems: list[str]) -> None:
     """The baseline is enqueued as Optuna's first trial: it must give each searched field a value
     the distribution contains."""
     for name, entry in search.space.items():
-        if is_distribution(entry) and name not in search.baseline:
+        active = condition_holds(entry.get("when"), search.baseline) if is_distribution(entry) else True
+        if is_distribution(entry) and active and name not in search.baseline:
             problems.append(f"search.baseline: no value for {name!r}; a baseline gives a value for "
                             "every searched field")
     for name, value in search.baseline.items():

@@ -284,7 +284,8 @@ def _searcher(spec: Spec, sweep_dir: Path, first: bool = True):
     study = optuna.storages.RDBStorage(f"sqlite:///{storage.local_study(sweep_dir)}")
     baseline = [dict(spec.search.baseline)] if spec.search.baseline and first else None
     return _optuna_search_class()(
-        space=distributions, metric=spec.search.metric, mode=spec.search.mode,
+        space=space.ConditionalSpace(spec) if space.is_conditional(spec) else distributions,
+        metric=spec.search.metric, mode=spec.search.mode,
         points_to_evaluate=baseline, sampler=_sampler(spec), study_name=spec.name, storage=study)
 
 

@@ -61,6 +61,8 @@ def training_arguments(spec: Spec, hyper: dict[str, Any], output_dir: str | Path
 
     train = spec.train
     warmup = float(hyper["warmup_ratio"])
+    scheduler = hyper.get("lr_scheduler_type", train.lr_scheduler_type)
+    plateau = scheduler == "reduce_lr_on_plateau"
 
     def pick(name: str) -> Any:  # searched value, else the fixed one in `train`
         return hyper.get(name, getattr(train, name))
@@ -74,7 +76,10 @@ def training_arguments(spec: Spec, hyper: dict[str, Any], output_dir: str | Path
         gradient_accumulation_steps=int(hyper["gradient_accumulation_steps"]),
         warmup_steps=warmup if warmup > 0 else 0,
         weight_decay=float(hyper["weight_decay"]),
-        lr_scheduler_type=pick("lr_scheduler_type"),
+        lr_scheduler_type=scheduler,
+        # Plateau: at our reports, halve the rate after two without improvement (torch's defaults,
+        # 10 evaluations, would rarely act within one trial's few reports).
+        lr_scheduler_kwargs=train.lr_scheduler_kwargs or ({"factor": 0.5, "patience": 1} if plateau else {}),
         max_grad_norm=float(pick("max_grad_norm")),
         adam_beta1=float(pick("adam_beta1")),
         adam_beta2=float(pick("adam_beta2")),
@@ -86,7 +91,11 @@ def training_arguments(spec: Spec, hyper: dict[str, Any], output_dir: str | Path
         seed=train.seed,
         use_cpu=not torch.cuda.is_available(),
         # ReportCallback drives evaluation, saving and the last log of each report interval.
-        eval_strategy="no",
+        # transformers refuses reduce_lr_on_plateau without an eval strategy; "steps" at an interval
+        # never reached keeps our reports the only evaluations, and the Trainer steps the plateau
+        # scheduler on each of them.
+        eval_strategy="steps" if plateau else "no",
+        **({"eval_steps": 2**31, "metric_for_best_model": "loss"} if plateau else {}),
         save_strategy="no",
         logging_strategy="steps",
         logging_steps=10,  # how soon a NaN loss is seen
@@ -99,10 +108,13 @@ def training_arguments(spec: Spec, hyper: dict[str, Any], output_dir: str | Path
 
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Packed blocks are all `block_size` long: stack them; labels are the inputs (the model shifts)."""
+    """Packed blocks are all `block_size` long: stack them; labels are the inputs (the model shifts),
+    or instruction data's own labels, its prompts masked."""
     import torch
 
     ids = torch.stack([torch.as_tensor(row["input_ids"]) for row in rows])
+    if "labels" in rows[0]:
+        return {"input_ids": ids, "labels": torch.stack([torch.as_tensor(row["labels"]) for row in rows])}
     return {"input_ids": ids, "labels": ids.clone()}
 
 
@@ -119,6 +131,8 @@ class ReportCallback(TrainerCallback):
                  per_token_flops: float | None = None, peak: float | None = None):
         self.every = spec.train.report_every_tokens
         self.stop_after = spec.train.stop_after_steps
+        self.patience = spec.train.patience
+        self.stale = 0  # reports since the best one
         self.report = report
         self.max_t = max_t
         self.next_report = self.every
@@ -183,11 +197,20 @@ class ReportCallback(TrainerCallback):
             self.diverged = True
             control.should_training_stop = True
             control.should_save = False
+        elif self._out_of_patience() and not self._is_last(state):
+            control.should_training_stop = True  # our own early stopping: no checkpoint save per evaluation
+            control.should_save = False  # not better than the trial's best, which stays promotable
+            self._send(state, None, C.STOPPED_PATIENCE, True)
         elif self._ends(state) and self.best is not None and self.eval_loss >= self.best:
             control.should_save = False  # the trial's earlier best is the one that can be promoted
             self._send(state, None, C.COMPLETED if self._is_last(state) else C.RUNNING, self._is_last(state))
         elif self._ends(state):
             args.save_only_model = True
+
+    def _out_of_patience(self) -> bool:
+        """This report is the `patience`-th in a row not better than the trial's best."""
+        return (self.patience is not None and self.best is not None and self.eval_loss >= self.best
+                and self.stale + 1 >= self.patience)
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -228,6 +251,7 @@ class ReportCallback(TrainerCallback):
         if status != C.DIVERGED:
             self.reports += 1
             loss = metrics[C.EVAL_LOSS]
+            self.stale = 0 if self.best is None or loss < self.best else self.stale + 1
             self.best = loss if self.best is None else min(self.best, loss)
         self.losses = []
         self.report(metrics, str(checkpoint) if checkpoint is not None else None)
@@ -365,6 +389,8 @@ def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_fr
     args = training_arguments(spec, hyper, workdir / "hf")
     model = model_lib.load_model(ctx.model_path, spec.model.revision, int(hyper["freeze_layers"]),
                                  spec.model.token_env, spec.model.trust_remote_code, reuse=True)
+    if hyper["use_lora"]:
+        model = model_lib.with_lora(model, hyper, spec.model.lora_target_modules)
     trainer = Trainer(model=model, args=args, data_collator=collate, train_dataset=train_split,
                       eval_dataset=validation)
     times[C.TIME_MODEL] = time.perf_counter() - mark - times[C.TIME_DATA]

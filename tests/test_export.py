@@ -1,0 +1,29 @@
+"""The exported best config: complete, valid, nothing left to sample."""
+
+from __future__ import annotations
+
+from tuner.export import best_config
+from tuner.spec import validate
+
+SPEC = {
+    "name": "lora-sweep", "model": {"name_or_path": "builtin:tiny-gpt2"}, "data": {"path": "corpus.jsonl"},
+    "search": {"num_samples": 8, "space": {
+        "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+        "use_lora": {"type": "categorical", "choices": [True, False]},
+        "lora_r": {"type": "int", "low": 2, "high": 16, "when": {"use_lora": True}}}},
+}
+
+
+def _record(params):
+    return {"trial_id": "t1", "params": params, "best_metric": 4.2, "best_checkpoint": "/x", "best_step": 12}
+
+
+def test_a_winner_without_lora_exports_a_config_without_its_conditional_parameters():
+    config = best_config(validate(SPEC), _record({"learning_rate": 1e-4, "use_lora": False}))
+    assert config["search"]["space"] == {"learning_rate": 1e-4, "use_lora": False}
+    assert validate(config).search.num_samples == 1
+
+
+def test_a_lora_winner_exports_its_rank():
+    config = best_config(validate(SPEC), _record({"learning_rate": 1e-4, "use_lora": True, "lora_r": 4}))
+    assert config["search"]["space"] == {"learning_rate": 1e-4, "use_lora": True, "lora_r": 4}
