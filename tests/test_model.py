@@ -61,3 +61,13 @@ def test_lora_placement_is_checked_from_the_config():
     assert "got ['q_proj'], not layers of 'gpt2'" in problem and "'c_fc'" in problem
     config.model_type = "my-own-lm"
     assert "peft has no default layers for 'my-own-lm'" in model.lora_problem(config, None)
+
+
+def test_lora_without_peft_installed_says_how_to_get_it(monkeypatch):
+    import sys
+
+    from transformers import GPT2Config
+
+    monkeypatch.setitem(sys.modules, "peft.utils.constants", None)  # as if peft were not installed
+    problem = model.lora_problem(GPT2Config(n_layer=2, n_embd=64, n_head=2), None)
+    assert "LoRA needs peft, which is not installed" in problem and "pip install 'tuner[lora]'" in problem

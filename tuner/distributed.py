@@ -14,7 +14,7 @@ from typing import Any
 
 from tuner import constants as C
 from tuner import storage
-from tuner.trial import TrialContext
+from tuner.context import TrialContext
 
 TRAIN_DIR = "train"  # Ray Train's runs inside the sweep directory, one per trial
 CHECKPOINT_PATH = "checkpoint_path"  # the key TuneReportCallback gives a reported checkpoint

@@ -132,8 +132,13 @@ def lora_problem(config, target_modules: list[str] | None) -> str | None:
     """Why LoRA cannot go on this architecture, checked from its config before any trial: peft has no
     default layers for it, or a named layer is not in the model (built on the meta device: no weights)."""
     import torch
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
     from transformers import AutoModelForCausalLM
+
+    try:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+    except ImportError:
+        return ("model.use_lora: LoRA needs peft, which is not installed; install it with "
+                "`pip install 'tuner[lora]'` (peft>=0.21.2,<0.22), or turn LoRA off")
 
     if target_modules is None:
         if config.model_type in DEFAULTS:

@@ -16,7 +16,7 @@ from tuner import data, export, model, promote, results, secret, space, state, s
 from tuner import constants as C
 from tuner.errors import UserError, first_line
 from tuner.spec import Spec, load_spec, to_yaml
-from tuner.trial import TrialContext
+from tuner.context import TrialContext
 
 log = logging.getLogger("tuner")
 SPEC_FILE = "spec.yaml"

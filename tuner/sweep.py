@@ -27,7 +27,7 @@ from tuner.spec import Spec, parse_duration
 from tuner.state import FIRST_EXPERIMENT, Experiment
 
 if TYPE_CHECKING:  # the training core imports transformers: load it only where trials run
-    from tuner.trial import TrialContext
+    from tuner.context import TrialContext
 
 log = logging.getLogger("tuner")
 

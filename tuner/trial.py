@@ -15,7 +15,6 @@ import pickle
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +22,8 @@ from transformers import TrainerCallback
 
 from tuner import constants as C
 from tuner import gpu, space
-from tuner.data import Prepared, trial_splits
+from tuner.context import TrialContext
+from tuner.data import trial_splits
 from tuner.errors import first_line
 from tuner.spec import Spec
 
@@ -35,22 +35,6 @@ log = logging.getLogger("tuner")
 
 class UnsafeCheckpoint(Exception):
     """A checkpoint whose state files could run code if unpickled: never loaded."""
-
-
-@dataclass
-class TrialContext:
-    """What every trial of one sweep shares; pickled once and shipped to each worker."""
-
-    spec: Spec
-    prepared: Prepared
-    model_path: str  # what from_pretrained takes for the base model
-    max_t: int | None = None  # ASHA's max_t in tokens: a trial reaching it has completed
-    trial_fn: Callable | None = None  # the user's own training loop, in place of `run_trial`
-    workers_have_cuda: bool = False  # data-parallel trials use nccl when true, else gloo
-    driver_node: str | None = None  # the Ray node that prepared the data; others copy it locally
-    # Trials that had ended when a resumed driver's predecessor died, each with its last report: Tune's
-    # older snapshot may still count them as running, and they only repeat that report.
-    ended: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def training_arguments(spec: Spec, hyper: dict[str, Any], output_dir: str | Path):
