@@ -75,8 +75,9 @@ def cluster():
     _wait_for_nodes(address, 2)
     _wait_for_job_agent(f"http://127.0.0.1:{dashboard}")
     yield {"address": address, "dashboard": f"http://127.0.0.1:{dashboard}", "cache": CACHE}
-    for process in (second, head):
+    for process in (second, head):  # both stop at once: each takes seconds to wind its node down
         process.send_signal(signal.SIGTERM)
+    for process in (second, head):
         process.wait(timeout=60)
     for temp in temps:
         subprocess.run(["pkill", "-f", temp])  # anything of this cluster still alive

@@ -291,7 +291,7 @@ def test_patience_stops_a_trial_that_stopped_improving(small):
     assert [m[C.TRIAL_STATUS] for m, _ in reports] == [C.RUNNING, C.RUNNING, C.STOPPED_PATIENCE]
     assert reports[-1][0][C.FINAL] and reports[-1][1] == []
     assert reports[-1][0][C.STEP] < 4 * 5  # well before the epoch's end
-    assert summary["best_eval_loss"] == reports[0][0][C.EVAL_LOSS]
+    assert summary["best_eval_loss"] == reports[0][0][C.EVAL_LOSS] and summary["status"] == C.STOPPED_PATIENCE
 
 
 def test_reduce_on_plateau_halves_the_rate_at_reports_that_do_not_improve(small):

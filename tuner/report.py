@@ -13,6 +13,7 @@ import html
 import json
 import logging
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -283,13 +284,18 @@ def final_html(final: dict[str, Any] | None, samples: list[dict[str, Any]]) -> s
     if samples:
         models = [m for m in ("base", "baseline", "tuned") if any(m in s for s in samples)]
         head = "".join(f"<th>{c}</th>" for c in ("prompt", "reference", *models))
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(s.get(c, '')))}</td>"
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(_one_line(str(s.get(c, ''))))}</td>"
                                         for c in ("prompt", "reference", *models)) + "</tr>" for s in samples)
         generation = final.get("generation", {})
         settings = ", ".join(f"{k} {v}" for k, v in generation.items())
         parts.append(f"<h3>Samples</h3><p>{html.escape(settings)}</p>"
                      f'<table id="samples-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
     return "".join(parts)
+
+
+def _one_line(text: str) -> str:
+    """Line breaks shown as ⏎, runs of them once: a model that writes blank lines keeps its row short."""
+    return re.sub(r"\s*\n[\s\n]*", " ⏎ ", text).strip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +313,7 @@ svg.plot text { font-size: 11px; fill: #444; } .axis { stroke: #888; } .grid { s
 .axis-name { font-weight: 600; } .tick { font-size: 10px; } .stop-key { color: #c00; font-weight: 700; }
 table { border-collapse: collapse; margin: 8px 0; } th, td { border: 1px solid #ddd; padding: 3px 8px; }
 th { background: #f6f6f6; } table.sortable th { cursor: pointer; } td { vertical-align: top; }
-#samples-table td { max-width: 260px; font-size: 12px; word-break: break-all; white-space: pre-wrap; }
+#samples-table td { max-width: 260px; font-size: 12px; word-break: break-all; }
 .scroll { overflow-x: auto; } .empty { color: #777; font-style: italic; }
 """
 

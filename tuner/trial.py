@@ -45,11 +45,12 @@ def training_arguments(spec: Spec, hyper: dict[str, Any], output_dir: str | Path
 
     train = spec.train
     warmup = float(hyper["warmup_ratio"])
-    scheduler = hyper.get("lr_scheduler_type", train.lr_scheduler_type)
-    plateau = scheduler == "reduce_lr_on_plateau"
 
     def pick(name: str) -> Any:  # searched value, else the fixed one in `train`
         return hyper.get(name, getattr(train, name))
+
+    scheduler = pick("lr_scheduler_type")
+    plateau = scheduler == "reduce_lr_on_plateau"
 
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -117,6 +118,7 @@ class ReportCallback(TrainerCallback):
         self.stop_after = spec.train.stop_after_steps
         self.patience = spec.train.patience
         self.stale = 0  # reports since the best one
+        self.ended_as: str | None = None  # the status of the trial's final report
         self.report = report
         self.max_t = max_t
         self.next_report = self.every
@@ -238,6 +240,8 @@ class ReportCallback(TrainerCallback):
             self.stale = 0 if self.best is None or loss < self.best else self.stale + 1
             self.best = loss if self.best is None else min(self.best, loss)
         self.losses = []
+        if final:
+            self.ended_as = status
         self.report(metrics, str(checkpoint) if checkpoint is not None else None)
         self.last_tokens, self.interval_train = tokens, 0.0
 
@@ -393,7 +397,7 @@ def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_fr
                                f"tensors, so it was refused, not loaded ({first_line(exc)})") from None
     finally:
         shutil.rmtree(workdir / "hf", ignore_errors=True)
-    return {"status": C.DIVERGED if callback.diverged else C.COMPLETED, "best_eval_loss": callback.best,
+    return {"status": callback.ended_as or C.COMPLETED, "best_eval_loss": callback.best,
             "reports": callback.reports, "tokens_seen": int(trainer.state.num_input_tokens_seen),
             "train_seconds": time.perf_counter() - start, "hyperparameters": hyper}
 
