@@ -75,8 +75,10 @@ def run_driver(args: list[str], sweep_dir: Path, log: Path, kill_when=None, time
 
 
 def all_running_checkpointed(minimum_ended: int):
-    """A point to kill at: some trials ended, each running trial has a checkpoint this driver made,
-    and Tune's last snapshot is newer than every trial record (it holds those checkpoints)."""
+    """A point to kill at: some trials ended, each running trial has a checkpoint this driver made
+    (a report it received: a restored trial is only rewritten at its restart, so the record's time
+    alone would not say), and Tune's last snapshot is newer than every trial record (it holds those
+    checkpoints)."""
     since = time.time()
 
     def ready(sweep_dir: Path) -> bool:
@@ -84,7 +86,8 @@ def all_running_checkpointed(minimum_ended: int):
         snapshots = [p.stat().st_mtime for p in (sweep_dir / "tune").glob("experiment_state-*.json")]
         running = [r for r in found if r["status"] == C.RUNNING]
         return (ended(found) >= minimum_ended and bool(running) and bool(snapshots)
-                and all(r.get("checkpoint_step") and r["mtime"] > since for r in running)
+                and all(r.get("checkpoint_step") and r["history"] and r["history"][-1].get("reported_at", 0) > since
+                        for r in running)
                 and max(snapshots) >= max(r["mtime"] for r in found))
     return ready
 
