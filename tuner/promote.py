@@ -93,7 +93,7 @@ def passages(blocks: list[list[int]], settings: PromoteSpec) -> list[tuple[list[
     count = max(settings.num_prompts, 0) if room >= 0 else 0
     if not count:
         return []
-    starts = sorted({round(i * room / max(count - 1, 1)) for i in range(count)}) if count > 1 else [0]
+    starts = sorted({round(i * room / max(count - 1, 1)) for i in range(count)})
     return [(stream[s:s + k], stream[s + k:s + k + m]) for s in starts]
 
 

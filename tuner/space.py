@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tuner.constants import HYPERPARAMETER_DEFAULTS, MODEL_HYPERPARAMETERS
-from tuner.spec import RULES, SEARCHABLE, Spec, as_number, condition_holds, is_distribution
+from tuner.constants import HYPERPARAMETER_DEFAULTS
+from tuner.spec import RULES, Spec, as_number, condition_holds, fixed_value, is_distribution
 
 if TYPE_CHECKING:  # Optuna is needed to search, not to train: trials import this module too
     import optuna.distributions as od
@@ -71,12 +71,7 @@ def _suggest(trial, name: str, entry: dict[str, Any]) -> Any:
 
 def fixed_values(spec: Spec) -> dict[str, Any]:
     """Every hyperparameter that is not sampled: fixed in the space, in `train`/`model`, or default."""
-    values: dict[str, Any] = dict(HYPERPARAMETER_DEFAULTS)
-    for name in SEARCHABLE:
-        if name in HYPERPARAMETER_DEFAULTS:
-            fixed = getattr(spec.model if name in MODEL_HYPERPARAMETERS else spec.train, name)
-            if fixed is not None:
-                values[name] = fixed
+    values: dict[str, Any] = {name: fixed_value(spec, name) for name in HYPERPARAMETER_DEFAULTS}
     for name, entry in spec.search.space.items():
         if is_distribution(entry):
             values.pop(name, None)

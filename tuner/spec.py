@@ -613,7 +613,7 @@ def _check_when(name: str, when: Any, spec: Spec, declared: list[str], path: str
         values = wanted if isinstance(wanted, list) else [wanted]
         entry = spec.search.space.get(parent)
         if parent not in spec.search.space:  # fixed in `model`/`train`, or its default
-            fixed = _fixed_value(spec, parent)
+            fixed = fixed_value(spec, parent)
             if fixed not in values:
                 problems.append(f"{where}: got {wanted!r}, but {parent} is fixed at {fixed!r} (not searched), "
                                 f"so {name} would never be sampled; search {parent} in search.space or drop {name}")
@@ -625,7 +625,7 @@ def _check_when(name: str, when: Any, spec: Spec, declared: list[str], path: str
                 problems.append(f"{where}: got {value!r}, which {parent} never takes (its values: {possible!r})")
 
 
-def _fixed_value(spec: Spec, name: str) -> Any:
+def fixed_value(spec: Spec, name: str) -> Any:
     """A hyperparameter's value where the space does not search it: fixed in `model`/`train`, else the default."""
     section = spec.model if name in MODEL_HYPERPARAMETERS else spec.train
     value = getattr(section, name, None) if section is not None else None
