@@ -74,21 +74,31 @@ def run_driver(args: list[str], sweep_dir: Path, log: Path, kill_when=None, time
     return {"rc": driver.returncode, "killed": killed, "output": log.read_text()}
 
 
+def snapshot_files(sweep_dir: Path) -> dict[str, bytes]:
+    """Tune's experiment snapshot as it is on storage now: the files at the top of its directory."""
+    return {p.name: p.read_bytes() for p in (sweep_dir / "tune").glob("*") if p.is_file()}
+
+
+def snapshot_holds(files: dict[str, bytes], trial_id: str) -> bool:
+    states = [name for name in files if name.startswith("experiment_state-")]
+    return bool(states) and trial_id.encode() in files[max(states)]  # trial states are JSON inside JSON
+
+
 def all_running_checkpointed(minimum_ended: int):
-    """A point to kill at: some trials ended, each running trial has a checkpoint this driver made
-    (a report it received: a restored trial is only rewritten at its restart, so the record's time
-    alone would not say), and Tune's last snapshot is newer than every trial record (it holds those
-    checkpoints)."""
+    """A point to kill at: some trials ended, and each running trial has a checkpoint this driver
+    made (a report it received: a restored trial is only rewritten at its restart, so the record's
+    time alone would not say) and is held by Tune's snapshot on storage (a trial the snapshot lacks
+    is set aside as lost and runs again). The snapshot may name an older checkpoint than the record:
+    the resume goes on from the record's."""
     since = time.time()
 
     def ready(sweep_dir: Path) -> bool:
         found = records(sweep_dir)
-        snapshots = [p.stat().st_mtime for p in (sweep_dir / "tune").glob("experiment_state-*.json")]
         running = [r for r in found if r["status"] == C.RUNNING]
-        return (ended(found) >= minimum_ended and bool(running) and bool(snapshots)
+        files = snapshot_files(sweep_dir)
+        return (ended(found) >= minimum_ended and bool(running)
                 and all(r.get("checkpoint_step") and r["history"] and r["history"][-1].get("reported_at", 0) > since
-                        for r in running)
-                and max(snapshots) >= max(r["mtime"] for r in found))
+                        and snapshot_holds(files, r["trial_id"]) for r in running))
     return ready
 
 
@@ -214,6 +224,37 @@ def test_a_changed_spec_is_refused_unless_forced(killed_twice, capsys):
     before = json.loads((sweep_dir / "sweep.json").read_text())["spec_hash"]
     assert main([*changed, "--force"]) == 0
     assert json.loads((sweep_dir / "sweep.json").read_text())["spec_hash"] != before
+
+
+def test_a_snapshot_older_than_a_trials_checkpoint_goes_on_from_the_checkpoint(tmp_path):
+    """Tune uploads its snapshot in the background: a driver killed between a trial's checkpoint and
+    the next upload leaves a snapshot that names an older checkpoint, or none. The resume goes on from
+    the checkpoint the trial's record holds, not from the older one (Tune may have deleted it since)."""
+    sweep_dir = tmp_path / "resume-test"
+    saved: dict[str, dict] = {}
+
+    def ready(sweep_dir: Path) -> bool:
+        running = [r for r in records(sweep_dir) if r["status"] == C.RUNNING and r.get("checkpoint_step")]
+        for record in running:
+            files = snapshot_files(sweep_dir)
+            if not saved and snapshot_holds(files, record["trial_id"]):  # Tune's snapshot at its first checkpoint
+                saved.update(trial=record, files=files)
+        trial = saved.get("trial")
+        later = [r for r in running if trial and r["trial_id"] == trial["trial_id"]
+                 and r["checkpoint_step"] > trial["checkpoint_step"]]
+        return bool(later)
+
+    first = run_driver(sweep_args(sweep_dir, 3), sweep_dir, tmp_path / "first.log", ready)
+    assert first["rc"] == -signal.SIGKILL, first["output"]
+    at_kill = next(r for r in first["killed"] if r["trial_id"] == saved["trial"]["trial_id"])
+    for name, content in saved["files"].items():  # the upload of the newer snapshot never happened
+        (sweep_dir / "tune" / name).write_bytes(content)
+    resumed = run_driver(["resume", str(sweep_dir)], sweep_dir, tmp_path / "resumed.log")
+    assert resumed["rc"] == 0, resumed["output"]
+    record = json.loads((sweep_dir / "trials" / f"{at_kill['trial_id']}.json").read_text())
+    assert record["resumed_from_steps"] == [at_kill["checkpoint_step"]], (record, resumed["output"])
+    assert at_kill["checkpoint_step"] > saved["trial"]["checkpoint_step"]
+    assert not record.get("crashes") and record["status"] in C.PROMOTABLE
 
 
 def test_resume_of_something_not_a_sweep_is_refused(tmp_path, capsys):

@@ -348,11 +348,16 @@ def _ledger_class():
             _restore_scheduler(self.scheduler, state.get("scheduler"))
 
         def on_step_begin(self, iteration, trials, **info):
-            """On the first step of a restored experiment, set aside the records of trials that Tune's
-            snapshot does not hold: the dead driver started them after it, and they run again."""
+            """On the first step of a restored experiment, before any trial starts: bring each
+            restored trial up to the latest checkpoint its record holds, and set aside the records of
+            trials that Tune's snapshot does not hold (the dead driver started them after it; they
+            run again)."""
             if not self.restored:
                 return
             self.restored = False
+            for trial in trials:
+                if trial.trial_id in self.records:
+                    self._catch_up(trial, self.records[trial.trial_id])
             known = {t.trial_id for t in trials}
             for record in list(self.records.values()):
                 if record.get("experiment", FIRST_EXPERIMENT) != self.experiment or record["trial_id"] in known:
@@ -365,6 +370,40 @@ def _ledger_class():
                 del self.records[record["trial_id"]]
                 self.say(f"trial {record['trial_id']}: started after the dead driver's last snapshot; "
                          "its configuration runs again as a new trial")
+
+        def _catch_up(self, trial, record: dict[str, Any]) -> None:
+            """Tune uploads its snapshot in the background, so a driver killed after a trial's
+            checkpoint but before the next upload leaves a snapshot whose latest checkpoint for that
+            trial is an older one (or one Tune has deleted since). The record, written when Tune
+            registered the checkpoint, is the later word: register its checkpoint with the restored
+            trial, as Tune would have, so the trial goes on from there and Tune's next checkpoint
+            takes a new directory."""
+            latest = record.get("latest_checkpoint")
+            if record["status"] not in C.UNFINISHED or not latest:
+                return
+            ours = self._uri(latest["path"])
+            theirs = trial.checkpoint.path if trial.checkpoint is not None else None
+            if theirs is not None and _checkpoint_index(theirs) >= _checkpoint_index(ours):
+                return
+            if not storage.exists(ours):
+                log.warning("trial %s: its latest checkpoint %s is gone; it goes on from %s", trial.trial_id,
+                            ours, theirs or "step 0")
+                return
+            from ray import tune
+            from ray.train._internal.session import _TrainingResult
+
+            path = ours.split("://", 1)[1] if "://" in ours else ours
+            result = _TrainingResult(checkpoint=tune.Checkpoint(path, trial.storage.storage_filesystem),
+                                     metrics=dict(latest["metrics"]))
+            try:
+                trial.on_checkpoint(result)
+            except FileNotFoundError:  # an older one it then deletes was deleted by the dead driver already
+                trial.invalidate_json_state()
+                trial.run_metadata.invalidate_cache()
+            trial.storage.current_checkpoint_index = max(trial.storage.current_checkpoint_index,
+                                                         _checkpoint_index(ours) + 1)
+            log.info("trial %s: Tune's last snapshot predates its checkpoint at step %s; it goes on from that one",
+                     trial.trial_id, record.get("checkpoint_step"))
 
         def _uri(self, path: str) -> str:
             """Ray gives checkpoint paths without the bucket's scheme."""
@@ -440,7 +479,12 @@ def _ledger_class():
 
         def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
             record = self._record(trial)
-            self._checkpointed(record, trial.last_result, self._uri(checkpoint.path))
+            result = trial.last_result
+            self._checkpointed(record, result, self._uri(checkpoint.path))
+            # What a restore needs to register this checkpoint again (see _catch_up).
+            record["latest_checkpoint"] = {"path": self._uri(checkpoint.path), "metrics": {
+                key: result[key] for key in (*C.REPORT_KEYS, self.metric, "training_iteration", "time_total_s")
+                if key in result}}
             self._write(record)
 
         def _checkpointed(self, record: dict[str, Any], result: dict[str, Any], path: str) -> None:
@@ -560,6 +604,13 @@ def _restore_scheduler(scheduler, saved: bytes | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "scheduler.pkl").write_bytes(saved)
         scheduler.restore(os.path.join(tmp, "scheduler.pkl"))
+
+
+def _checkpoint_index(path: str) -> int:
+    """Tune numbers a trial's checkpoints checkpoint_000000, checkpoint_000001, … in order."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    digits = name.rsplit("_", 1)[-1]
+    return int(digits) if digits.isdigit() else -1
 
 
 def _error_text(trial) -> str:
