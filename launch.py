@@ -1,7 +1,7 @@
 """tuner: hyperparameter search for fine-tuning causal language models.
 
     python launch.py sweep SPEC [--name NAME] [--set key.path=value ...] [--num-samples N] [--address ADDR] [--force]
-    python launch.py resume SWEEP_DIR [--num-samples N] [--address ADDR] [--force]
+    python launch.py resume SWEEP_DIR|STORAGE_URI [--num-samples N] [--address ADDR] [--force] [--restart-search]
     python launch.py validate SPEC [--set key.path=value ...] [--address ADDR]
     python launch.py status SWEEP_DIR
     python launch.py export SWEEP_DIR [--format yaml|json]
@@ -34,7 +34,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from tuner.pipeline import resume_sweep
 
     return _run(lambda: resume_sweep(args.sweep_dir, address=args.address, force=args.force,
-                                     num_samples=args.num_samples))
+                                     num_samples=args.num_samples, restart_search=args.restart_search))
 
 
 def _run(sweep) -> int:
@@ -55,11 +55,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from tuner import data, sweep
+    from tuner import data, layout
+    from tuner.plan import make_plan
     from tuner.spec import load_spec, to_yaml
 
     spec = load_spec(args.spec, args.set)
-    meta = spec.sweep_dir / "data" / data.fingerprint(spec) / "prepared.json"
+    meta = spec.sweep_dir / layout.DATA_DIR / data.fingerprint(spec) / "prepared.json"
     train_tokens = None
     if meta.exists():  # data prepared by an earlier run: the plan can give token budgets
         prepared = json.loads(Path(meta).read_text())
@@ -67,14 +68,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(to_yaml(spec, f"# resolved spec: {args.spec}\n"))
     concurrency = None
     if args.address:  # the plan against the live cluster: its nodes, GPUs and what fits
-        from tuner import cluster
+        from tuner import cluster, sweep
 
         sweep.init_ray(args.address)
         nodes = cluster.inspect()
         print(nodes.describe())
         cluster.check(spec, nodes)
         concurrency = cluster.concurrency(spec, nodes)
-    print("plan:\n  " + sweep.make_plan(spec, train_tokens, concurrency).describe().replace("\n", "\n  "))
+    print("plan:\n  " + make_plan(spec, train_tokens, concurrency).describe().replace("\n", "\n  "))
     print(f"sweep directory: {spec.sweep_dir}")
     return 0
 
@@ -82,18 +83,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tuner import results, tracking
-    from tuner.report import REPORT_FILE
+    from tuner import layout, lock, results, tracking
     from tuner.pipeline import load_sweep_spec
 
     spec = load_sweep_spec(args.sweep_dir)
     rows = results.leaderboard(args.sweep_dir, spec.search.mode, spec.name)
+    holder = lock.read_holder(Path(args.sweep_dir))
     print(f"sweep {spec.name}: {args.sweep_dir}")
+    print(f"driver: {holder.describe()}" if holder else "driver: none running")
     print(results.format_table(rows))
     for row in rows:
-        print(f"  {row['trial_id']}: log {row['log_file']}")
+        print(f"  {row['trial_id']}: log {layout.resolve(row['log_file'], Path(args.sweep_dir).resolve())}")
     print(f"disk: {results.disk_summary(spec)}")
-    report = Path(args.sweep_dir) / REPORT_FILE
+    report = Path(args.sweep_dir) / layout.REPORT_FILE
     print(f"report: {report}" if report.is_file() else
           f"report: none yet; build it with `python launch.py report {args.sweep_dir}`")
     offline = tracking.offline_runs(args.sweep_dir)
@@ -106,7 +108,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tuner.export import BEST_DIR, read_best_config
+    from tuner.export import read_best_config
+    from tuner.layout import BEST_DIR
     from tuner.pipeline import load_sweep_spec
 
     load_sweep_spec(args.sweep_dir)
@@ -159,10 +162,14 @@ def parser() -> argparse.ArgumentParser:
     sweep.set_defaults(run=cmd_sweep)
 
     resume = commands.add_parser("resume", help="go on with an interrupted sweep (same as re-running `sweep`)")
-    resume.add_argument("sweep_dir", help="the directory `sweep` printed, e.g. runs/tiny")
+    resume.add_argument("sweep_dir", help="the directory `sweep` printed, e.g. runs/tiny, or its bucket storage "
+                        "URI, e.g. s3://bucket/sweeps/tiny (on another machine: the driver's files are fetched)")
     resume.add_argument("--num-samples", type=int, help="raise search.num_samples: run that many trials in all")
     resume.add_argument("--address", help="attach to a running Ray cluster (default: a private local one)")
     resume.add_argument("--force", action="store_true", help="resume even though the saved spec was edited")
+    resume.add_argument("--restart-search", action="store_true",
+                        help="go on without an unreadable Tune snapshot or Optuna study: every finished trial is "
+                             "kept, unfinished ones run again from their checkpoints")
     resume.set_defaults(run=cmd_resume)
 
     validate = commands.add_parser("validate", help="check a spec and print the plan; builds nothing")

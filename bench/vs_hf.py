@@ -68,7 +68,8 @@ def run_hf(spec_path: str, seed: int, root: Path, prepared_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
     from tuner import model as model_lib
-    from tuner import space, sweep
+    from tuner import searcher as tuner_searcher
+    from tuner import space
     from tuner.data import load_prepared, read_prepared
     from tuner.spec import load_spec
     from tuner.trial import collate
@@ -105,7 +106,7 @@ def run_hf(spec_path: str, seed: int, root: Path, prepared_dir: Path) -> dict:
     distributions = {HF_NAMES.get(k, k): v for k, v in space.distributions(spec).items()}
     baseline = [{HF_NAMES.get(k, k): v for k, v in spec.search.baseline.items()}] if spec.search.baseline else None
     searcher = OptunaSearch(space=distributions, metric="objective", mode="min",
-                            points_to_evaluate=baseline, sampler=sweep._sampler(spec))
+                            points_to_evaluate=baseline, sampler=tuner_searcher.sampler(spec))
     scheduler = ASHAScheduler(time_attr="training_iteration", metric="objective", mode="min", max_t=reports,
                               grace_period=max(1, round(spec.scheduler.grace_period / every)),
                               reduction_factor=spec.scheduler.reduction_factor)

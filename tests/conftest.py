@@ -67,3 +67,45 @@ def tiny_sweep(ray_runtime, tmp_path_factory):
 
     sweep_dir = tmp_path_factory.mktemp("sweeps") / "tiny-test"
     return run_sweep(TINY, overrides=[*SWEEP_OVERRIDES, f"storage={sweep_dir}"], name="tiny-test")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API on loopback (moto's server mode), with a bucket; the AWS variables point boto3
+    and pyarrow at it for this session and every process it starts."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        for _ in range(100):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        boto3.client("s3").create_bucket(Bucket="tuner-test")
+        yield {"endpoint": endpoint, "bucket": "tuner-test"}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        log.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

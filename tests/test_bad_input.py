@@ -90,6 +90,9 @@ ROWS = [
                  ["scheduler.reduction_factor: got 1.5", "expected >= 2"], id="reduction-factor-below-2"),
     pytest.param("validate", ["search.num_samples=0"],
                  ["search.num_samples: got 0", "expected >= 1"], id="num-samples-below-1"),
+    pytest.param("validate", ["search.trial_timeout=soon"],
+                 ["search.trial_timeout: got 'soon'", "expected seconds > 0 or a duration such as '90s'"],
+                 id="not-a-duration"),
     # The data: `sweep` finds these while preparing it, before any trial (the split ratios: `validate`).
     pytest.param("sweep", [MODEL, "data.path={inputs}/missing.jsonl"],
                  ["data.path: no file matches '{inputs}/missing.jsonl'", "give an existing file"],
@@ -179,3 +182,20 @@ def test_gpus_per_trial_beyond_the_cluster(nodes, gpus, needles, tmp_path, capsy
     assert err.count("tuner: error:") == 1 and "Traceback" not in err, err
     for needle in needles:
         assert needle in err, err
+
+
+def test_an_address_where_no_cluster_answers(tmp_path, capsys):
+    """`--address` to a port nothing listens on: refused within seconds, never waited on."""
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start = time.monotonic()
+    code = launch.main(["validate", str(TINY), "--address", f"127.0.0.1:{port}", "--set",
+                        f"storage={tmp_path / 'sweep'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - start < 30, err
+    assert err.count("tuner: error:") == 1 and "Traceback" not in err
+    assert f"--address 127.0.0.1:{port}: cannot reach a Ray cluster there" in err and "ray start --head" in err

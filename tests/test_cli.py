@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tuner.results import load_records
 import yaml
+
+from tuner.records import load_all as load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ def test_status_and_export_of_a_finished_sweep(tiny_sweep):
     assert "logs/" in status.stdout
     runs = len(tiny_sweep.leaderboard) + 2  # trials, the sweep run, the final evaluation
     assert f"W&B: {runs} offline runs" in status.stdout
-    kept = sum(1 for r in load_records(tiny_sweep.sweep_dir) if r["best_checkpoint"] and not r.get("checkpoint_deleted"))
+    kept = sum(1 for r in load_records(tiny_sweep.sweep_dir) if r.best_checkpoint and not r.checkpoint_deleted)
     assert kept in (2, 3)  # keep_best 2, and the baseline trial's when it is not among them
     assert "disk: " in status.stdout and f"{kept} trial checkpoints kept" in status.stdout and "launch.py sync" in status.stdout
     assert f"report: {tiny_sweep.sweep_dir / 'report.html'}" in status.stdout
@@ -97,7 +97,7 @@ def test_status_and_export_of_a_finished_sweep(tiny_sweep):
     assert exported.returncode == 0, exported.stderr
     config = json.loads(exported.stdout)
     assert config["name"] == "tiny-test-best"
-    assert config["origin"]["trial_id"] == tiny_sweep.best["trial_id"]
+    assert config["origin"]["trial_id"] == tiny_sweep.best.trial_id
 
 
 def test_sweep_refuses_to_freeze_more_blocks_than_the_model_has(tmp_path):

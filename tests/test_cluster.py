@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import LIGHT_PROMOTE
 from tuner import constants as C
-from tuner.results import load_records
+from tuner.records import load_all as load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -115,20 +115,20 @@ def sweep(cluster, tmp_path: Path, gpus: float, samples: int, *extra: str) -> su
         env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
 
-def _overlap(a: dict, b: dict) -> bool:
-    return a["started_at"] < b["ended_at"] and b["started_at"] < a["ended_at"]
+def _overlap(a, b) -> bool:
+    return a.started_at < b.ended_at and b.started_at < a.ended_at
 
 
 def test_one_gpu_trials_spread_over_both_nodes_without_sharing_a_gpu(cluster, tmp_path):
     result = sweep(cluster, tmp_path, gpus=1, samples=4)
     assert result.returncode == 0, result.stderr[-3000:]
     records = load_records(tmp_path / "sweep")
-    assert [r["status"] for r in records] == [C.COMPLETED] * 4
-    assert len({r[C.NODE_ID] for r in records}) == 2  # both nodes ran trials
+    assert [r.status for r in records] == [C.COMPLETED] * 4
+    assert len({r.node_id for r in records}) == 2  # both nodes ran trials
     for a in records:
         for b in records:
-            if a is not b and a[C.NODE_ID] == b[C.NODE_ID] and _overlap(a, b):
-                assert a[C.GPU_IDS] != b[C.GPU_IDS]
+            if a is not b and a.node_id == b.node_id and _overlap(a, b):
+                assert a.gpu_ids != b.gpu_ids
     assert "concurrent trials: 4" in result.stderr
 
 
@@ -136,22 +136,22 @@ def test_half_gpu_trials_share_one_gpu(cluster, tmp_path):
     result = sweep(cluster, tmp_path, gpus=0.5, samples=4)
     assert result.returncode == 0, result.stderr[-3000:]
     records = load_records(tmp_path / "sweep")
-    shared = [(a["trial_id"], b["trial_id"]) for a in records for b in records
-              if a["trial_id"] < b["trial_id"] and a[C.GPU_IDS] == b[C.GPU_IDS] and _overlap(a, b)]
-    assert shared, [(r[C.GPU_IDS], r["started_at"], r["ended_at"]) for r in records]
+    shared = [(a.trial_id, b.trial_id) for a in records for b in records
+              if a.trial_id < b.trial_id and a.gpu_ids == b.gpu_ids and _overlap(a, b)]
+    assert shared, [(r.gpu_ids, r.started_at, r.ended_at) for r in records]
 
 
 def test_a_data_parallel_trial_trains_reports_and_checkpoints_as_one_trial(cluster, tmp_path):
     result = sweep(cluster, tmp_path, 2, 1)
     assert result.returncode == 0, result.stderr[-3000:]
     record, = load_records(tmp_path / "sweep")
-    assert record["status"] == C.COMPLETED and record["reports"] >= 3
-    workers = record[C.GPU_IDS].split(";")
+    assert record.status == C.COMPLETED and record.reports >= 3
+    workers = record.gpu_ids.split(";")
     assert len(workers) == 2  # two workers, one GPU each, one record
-    assert Path(record["best_checkpoint"]).is_relative_to(tmp_path / "sweep" / "train")
-    assert (Path(record["best_checkpoint"]) / "model.safetensors").exists()
+    assert record.best_checkpoint.startswith("train/")  # relative to the sweep
+    assert (tmp_path / "sweep" / record.best_checkpoint / "model.safetensors").exists()
     final = json.loads((tmp_path / "sweep" / "best" / "final_eval.json").read_text())
-    assert final["trial_id"] == record["trial_id"] and final["perplexity"] > 0
+    assert final["trial_id"] == record.trial_id and final["perplexity"] > 0
 
 
 def test_bucket_storage_checkpoints_to_the_bucket_and_nodes_read_local_data(cluster, tmp_path):
@@ -165,9 +165,10 @@ def test_bucket_storage_checkpoints_to_the_bucket_and_nodes_read_local_data(clus
     assert result.returncode == 0, result.stderr[-3000:]
     local = tmp_path / "runs" / "bucket-test"  # the driver's own files
     records = load_records(local)
-    assert len(records) == 4 and len({r[C.NODE_ID] for r in records}) == 2
-    for record in records:
-        assert record["best_checkpoint"].startswith(f"file://{bucket}/tune/")
+    assert len(records) == 4 and len({r.node_id for r in records}) == 2
+    for record in records:  # stored relative to the bucket, where Tune wrote them
+        assert record.best_checkpoint.startswith("tune/")
+        assert (bucket / record.best_checkpoint).is_dir() != record.checkpoint_deleted
     fingerprint = next((local / "data").iterdir()).name
     assert (bucket / "data" / fingerprint / "prepared.json").exists()  # written to storage once
     copies = list((cluster["cache"] / "data").glob(f"{fingerprint}*"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tuner.export import best_config
+from tuner.records import TrialRecord
 from tuner.spec import validate
 
 SPEC = {
@@ -15,7 +16,7 @@ SPEC = {
 
 
 def _record(params):
-    return {"trial_id": "t1", "params": params, "best_metric": 4.2, "best_checkpoint": "/x", "best_step": 12}
+    return TrialRecord("t1", params=params, best_metric=4.2, best_checkpoint="tune/t1/checkpoint_000003", best_step=12)
 
 
 def test_a_winner_without_lora_exports_a_config_without_its_conditional_parameters():

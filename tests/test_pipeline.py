@@ -5,20 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 
 import optuna
 import pytest
 import torch
 import yaml
 
-from tuner import constants as C
-from tuner import load_spec, run_sweep
-from tuner.data import Prepared, load_prepared
-from tuner.results import load_records
-
 from tests.conftest import LIGHT_PROMOTE
 from tests.conftest import TINY as TINY_PATH
+from tuner import constants as C
+from tuner import load_spec, run_sweep
+from tuner.data import load_prepared, read_prepared
+from tuner.records import load_all as load_records
 
 pytestmark = pytest.mark.integration
 
@@ -37,19 +35,19 @@ def test_runs_the_number_of_trials_asked(tiny_sweep):
 def test_asha_stops_some_trials_and_optuna_records_them_pruned(tiny_sweep):
     study = {t.user_attrs["ray_trial_id"]: t for t in _study(tiny_sweep.sweep_dir, "tiny-test").trials}
     records = load_records(tiny_sweep.sweep_dir)
-    stopped = [r for r in records if r["status"] == C.STOPPED_ASHA]
-    assert stopped, [r["status"] for r in records]
+    stopped = [r for r in records if r.status == C.STOPPED_ASHA]
+    assert stopped, [r.status for r in records]
     for record in stopped:
-        trial = study[record["trial_id"]]
+        trial = study[record.trial_id]
         assert trial.state == optuna.trial.TrialState.PRUNED
-        assert record["rung"] is not None and record["tokens_seen"] >= record["rung"]
+        assert record.rung is not None and record.tokens_seen >= record.rung
         # intermediate values are keyed by tokens seen, one per report
-        assert len(trial.intermediate_values) == record["reports"]
+        assert len(trial.intermediate_values) == record.reports
     for record in records:
-        if record["status"] == C.COMPLETED:
-            trial = study[record["trial_id"]]
+        if record.status == C.COMPLETED:
+            trial = study[record.trial_id]
             assert trial.state == optuna.trial.TrialState.COMPLETE
-            assert trial.value == pytest.approx(record["best_metric"])
+            assert trial.value == pytest.approx(record.best_metric)
 
 
 def test_leaderboard_rows(tiny_sweep):
@@ -62,7 +60,7 @@ def test_leaderboard_rows(tiny_sweep):
     assert all(row["status"] in C.STATUSES for row in rows)
     losses = [float(row["best_eval_loss"]) for row in rows if row["status"] in C.PROMOTABLE]
     assert losses == sorted(losses)  # best first
-    assert rows[0]["trial_id"] == tiny_sweep.best["trial_id"]
+    assert rows[0]["trial_id"] == tiny_sweep.best.trial_id
     for row in rows:
         assert int(row["reports"]) >= 1 and int(row["tokens_seen"]) >= 8192
 
@@ -73,18 +71,18 @@ def test_best_config_validates_and_fixes_the_winning_hyperparameters(tiny_sweep)
     spec = load_spec(path)
     assert spec.name == "tiny-test-best"
     assert spec.search.num_samples == 1 and spec.scheduler.type == "none"
-    assert spec.search.space == {k: v for k, v in tiny_sweep.best["params"].items()}
-    assert spec.train.stop_after_steps == tiny_sweep.best["best_step"]
-    assert spec.origin.trial_id == tiny_sweep.best["trial_id"]
-    assert spec.origin.value == pytest.approx(tiny_sweep.best["best_metric"])
+    assert spec.search.space == {k: v for k, v in tiny_sweep.best.params.items()}
+    assert spec.train.stop_after_steps == tiny_sweep.best.best_step
+    assert spec.origin.trial_id == tiny_sweep.best.trial_id
+    assert spec.origin.value == pytest.approx(tiny_sweep.best.best_metric)
     args = json.loads((tiny_sweep.paths["best"] / "training_args.json").read_text())
-    assert args["learning_rate"] == pytest.approx(tiny_sweep.best["params"]["learning_rate"])
+    assert args["learning_rate"] == pytest.approx(tiny_sweep.best.params["learning_rate"])
 
 
 def test_final_eval_is_the_token_weighted_test_loss(tiny_sweep):
     final = json.loads(tiny_sweep.paths["final_eval"].read_text())
     assert {"trial_id", "checkpoint", "eval_loss", "perplexity", "num_test_tokens", "tuned", "base"} <= set(final)
-    prepared = Prepared(**json.loads(next((tiny_sweep.sweep_dir / "data").glob("*/prepared.json")).read_text()))
+    prepared = read_prepared(next((tiny_sweep.sweep_dir / "data").glob("*/prepared.json")).parent)
     test_blocks = load_prepared(prepared)["test"]["input_ids"]
     from transformers import AutoModelForCausalLM
 
@@ -118,8 +116,8 @@ def test_best_model_loads_and_generates(tiny_sweep):
 
 def test_trial_logs_and_records_are_in_the_sweep_dir(tiny_sweep):
     for record in load_records(tiny_sweep.sweep_dir):
-        assert record["status"] in C.STATUSES
-        log = tiny_sweep.sweep_dir / "logs" / f"{record['trial_id']}.log"
+        assert record.status in C.STATUSES
+        log = tiny_sweep.sweep_dir / "logs" / f"{record.trial_id}.log"
         assert log.exists()
 
 
@@ -129,7 +127,7 @@ def test_best_config_retrains_bit_for_bit(tiny_sweep, tmp_path):
     assert len(again.leaderboard) == 1
     first = json.loads(tiny_sweep.paths["final_eval"].read_text())
     assert again.final_eval["eval_loss"] == first["eval_loss"]
-    assert again.best["best_step"] == tiny_sweep.best["best_step"]
+    assert again.best.best_step == tiny_sweep.best.best_step
 
 
 def _own_loop(config, report):
@@ -163,7 +161,7 @@ def test_a_users_own_training_loop_gets_the_same_search(ray_runtime, tmp_path):
         *LIGHT_PROMOTE, f"storage={tmp_path / 'own'}"])
     assert [row["status"] for row in result.leaderboard] == [C.COMPLETED, C.COMPLETED]
     assert all(row["reports"] == 3 and row["tokens_seen"] == 288 for row in result.leaderboard)
-    assert result.best["best_step"] in (1, 2, 3)
+    assert result.best.best_step in (1, 2, 3)
     assert result.paths["model"].joinpath("model.safetensors").exists()
 
 
@@ -184,7 +182,7 @@ def test_a_nan_configuration_is_diverged_fails_in_optuna_and_is_never_best(ray_r
     nan = [row for row in result.leaderboard if row["learning_rate"] == 0.01]
     assert len(nan) == 1 and nan[0]["status"] == C.DIVERGED and nan[0]["optuna_state"] == "FAIL"
     assert nan[0]["reports"] == 0 and nan[0]["tokens_seen"] == 96  # stopped at its first report
-    assert nan[0] is result.leaderboard[-1] and result.best["trial_id"] != nan[0]["trial_id"]
+    assert nan[0] is result.leaderboard[-1] and result.best.trial_id != nan[0]["trial_id"]
     assert nan[0]["best_metric"] is None and math.isfinite(result.final_eval["perplexity"])
 
 
@@ -212,9 +210,9 @@ def test_a_time_budget_ends_the_search_and_promotes_the_best_so_far(ray_runtime,
 def test_final_eval_says_whether_tuning_beat_the_baseline(tiny_sweep):
     final = json.loads(tiny_sweep.paths["final_eval"].read_text())
     baseline = final["baseline"]
-    record = next(r for r in load_records(tiny_sweep.sweep_dir) if r["trial_id"] == baseline["trial_id"])
-    assert record["params"]["learning_rate"] == pytest.approx(5e-5)  # the enqueued HF defaults
-    assert baseline["tuning_beat_baseline"] == (tiny_sweep.best["best_metric"] < record["best_metric"])
+    record = next(r for r in load_records(tiny_sweep.sweep_dir) if r.trial_id == baseline["trial_id"])
+    assert record.params["learning_rate"] == pytest.approx(5e-5)  # the enqueued HF defaults
+    assert baseline["tuning_beat_baseline"] == (tiny_sweep.best.best_metric < record.best_metric)
 
 
 def test_promotion_falls_back_to_the_next_best_readable_checkpoint(tiny_sweep, tmp_path, caplog):
@@ -223,54 +221,53 @@ def test_promotion_falls_back_to_the_next_best_readable_checkpoint(tiny_sweep, t
     import shutil
 
     from tuner import data, model, tracking
-    from tuner.pipeline import promote_and_export
+    from tuner.promotion import promote_and_export
     from tuner.trial import TrialContext
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_sweep.sweep_dir, copy, ignore=shutil.ignore_patterns("best", "wandb"))
-    for path in (copy / "trials").glob("*.json"):  # the records point into the copy
-        path.write_text(path.read_text().replace(str(tiny_sweep.sweep_dir), str(copy)))
-    records = {r["trial_id"]: r for r in load_records(copy)}
+    records = {r.trial_id: r for r in load_records(copy)}  # relative paths: they point into the copy
     kept = [records[row["trial_id"]] for row in tiny_sweep.leaderboard if not row["checkpoint_deleted"]
             and row["status"] in C.PROMOTABLE]
     first, second = kept[:2]
     spec = load_spec(copy / "spec.yaml", [f"storage={copy}", "tracking.wandb.mode=disabled"])
     ctx = TrialContext(spec, data.prepare(spec, copy), model.resolve(spec.model.name_or_path))
 
-    (Path(first["best_checkpoint"]) / "model.safetensors").write_bytes(b"not a safetensors file")
+    (copy / first.best_checkpoint / "model.safetensors").write_bytes(b"not a safetensors file")
     with caplog.at_level(logging.WARNING, logger="tuner"):
         corrupt = promote_and_export(spec, ctx, tiny_sweep.leaderboard, tracking.Tracker(spec))
-        shutil.rmtree(first["best_checkpoint"])
+        shutil.rmtree(copy / first.best_checkpoint)
         missing = promote_and_export(spec, ctx, tiny_sweep.leaderboard, tracking.Tracker(spec))
-    assert corrupt.best["trial_id"] == missing.best["trial_id"] == second["trial_id"]
-    assert yaml.safe_load((copy / "best" / "config.yaml").read_text())["origin"]["trial_id"] == second["trial_id"]
+    assert corrupt.best.trial_id == missing.best.trial_id == second.trial_id
+    assert yaml.safe_load((copy / "best" / "config.yaml").read_text())["origin"]["trial_id"] == second.trial_id
     warned = [r.getMessage() for r in caplog.records if "missing or unreadable" in r.getMessage()]
-    assert len(warned) == 2 and all(first["trial_id"] in w for w in warned) and "does not exist" in warned[1]
+    assert len(warned) == 2 and all(first.trial_id in w for w in warned) and "no such directory" in warned[1]
+    assert (tiny_sweep.sweep_dir / first.best_checkpoint / "model.safetensors").read_bytes()[:1] != b"n"
 
 
 def test_only_the_best_checkpoints_remain(tiny_sweep):
     """Each ended trial keeps its best checkpoint only; sweep-wide, the `keep_best` (2) best and the
     baseline trial's, which the final evaluation scores beside the winner."""
     records = load_records(tiny_sweep.sweep_dir)
-    remaining = sorted(str(p) for p in (tiny_sweep.sweep_dir / "tune").glob("*/checkpoint_*"))
-    kept = sorted(r["best_checkpoint"] for r in records if r["best_checkpoint"] and not r.get("checkpoint_deleted"))
+    remaining = sorted(str(p.relative_to(tiny_sweep.sweep_dir)) for p in (tiny_sweep.sweep_dir / "tune").glob("*/checkpoint_*"))
+    kept = sorted(r.best_checkpoint for r in records if r.best_checkpoint and not r.checkpoint_deleted)
     best_two = [row["trial_id"] for row in tiny_sweep.leaderboard if row["status"] in C.PROMOTABLE][:2]
     baseline = json.loads(tiny_sweep.paths["final_eval"].read_text())["baseline"]["trial_id"]
     assert remaining == kept and len(kept) == len({*best_two, baseline})
-    assert {r["trial_id"] for r in records if r["best_checkpoint"] in kept} == {*best_two, baseline}
-    assert tiny_sweep.best["best_checkpoint"] in kept
+    assert {r.trial_id for r in records if r.best_checkpoint in kept} == {*best_two, baseline}
+    assert tiny_sweep.best.best_checkpoint in kept
 
 
 def test_every_record_says_where_its_trial_spent_its_time(tiny_sweep):
     records = load_records(tiny_sweep.sweep_dir)
     for record in records:
-        timing = record["timing"]
+        timing = record.timing
         assert set(timing) == set(C.TIME_KEYS)
         assert timing[C.TIME_TRAIN] > 0 and timing[C.TIME_EVAL] > 0 and timing[C.TIME_MODEL] > 0
-        arrived = [point["reported_at"] for point in record["history"]]
-        assert arrived == sorted(arrived) and len(arrived) == record["reports"]
+        arrived = [point["reported_at"] for point in record.history]
+        assert arrived == sorted(arrived) and len(arrived) == record.reports
     # The workers Tune reused paid start-up once: only their first trial counts it.
-    started = [r for r in records if r["timing"][C.TIME_START] > 0]
+    started = [r for r in records if r.timing[C.TIME_START] > 0]
     assert 1 <= len(started) < len(records)
 
 
@@ -286,11 +283,11 @@ def test_a_conditional_lora_space_through_ray_tune_and_optuna(ray_runtime, tmp_p
         "search.space.lora_r={type: int, low: 2, high: 8, when: {use_lora: true}}", f"search.baseline={baseline}",
         *LIGHT_PROMOTE, f"storage={tmp_path / 'lora'}"])
     records = load_records(result.sweep_dir)
-    assert {r["params"]["use_lora"] for r in records} == {True, False}
+    assert {r.params["use_lora"] for r in records} == {True, False}
     for record in records:
-        assert ("lora_r" in record["params"]) == record["params"]["use_lora"]
+        assert ("lora_r" in record.params) == record.params["use_lora"]
     for trial in _study(result.sweep_dir, "tiny").trials:
         assert ("lora_r" in trial.params) == trial.params["use_lora"]
     final = json.loads(result.paths["final_eval"].read_text())
     assert final["baseline"]["perplexity"] > 0  # its checkpoint holds adapters, put back on the base model
-    assert (result.paths["best"] / "adapter").exists() == result.best["params"]["use_lora"]
+    assert (result.paths["best"] / "adapter").exists() == result.best.params["use_lora"]

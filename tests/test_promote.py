@@ -8,8 +8,9 @@ import json
 import pytest
 
 from tuner import metrics, promote
-from tuner.data import Prepared, load_prepared
-from tuner.results import baseline_record, load_records
+from tuner.data import Prepared, load_prepared, read_prepared
+from tuner.records import load_all as load_records
+from tuner.results import baseline_record
 from tuner.spec import GenerateSpec, PromoteSpec
 
 pytestmark = pytest.mark.integration
@@ -20,7 +21,7 @@ def _final(tiny_sweep):
 
 
 def _prepared(tiny_sweep) -> Prepared:
-    return Prepared(**json.loads(next((tiny_sweep.sweep_dir / "data").glob("*/prepared.json")).read_text()))
+    return read_prepared(next((tiny_sweep.sweep_dir / "data").glob("*/prepared.json")).parent)
 
 
 def test_passages_are_evenly_spaced_windows_of_the_test_text():
@@ -49,8 +50,8 @@ def test_final_eval_scores_base_baseline_and_tuned_on_the_same_prompts(tiny_swee
             assert figures[key] == pytest.approx(value)
     assert final["base"]["num_test_tokens"] == final["tuned"]["num_test_tokens"] == final["num_test_tokens"]
     baseline = baseline_record(load_records(tiny_sweep.sweep_dir), {"learning_rate": 5e-5})
-    assert final["baseline"]["trial_id"] == baseline["trial_id"]
-    assert not baseline.get("checkpoint_deleted")  # kept for this evaluation whatever its rank
+    assert final["baseline"]["trial_id"] == baseline.trial_id
+    assert not baseline.checkpoint_deleted  # kept for this evaluation whatever its rank
 
 
 def test_top_k_reranks_on_the_whole_validation_split(tiny_sweep):
@@ -60,7 +61,7 @@ def test_top_k_reranks_on_the_whole_validation_split(tiny_sweep):
     validation = load_prepared(_prepared(tiny_sweep))["validation"]["input_ids"]
     assert selection["top_k"] == 2 and selection["blocks"] == len(validation)
     losses = {c["trial_id"]: c["validation_loss"] for c in selection["candidates"]}
-    assert selection["chosen"] == min(losses, key=losses.get) == tiny_sweep.best["trial_id"]
+    assert selection["chosen"] == min(losses, key=losses.get) == tiny_sweep.best.trial_id
     assert selection["changed"] == (selection["chosen"] != selection["search_winner"])
     # The exported model is the chosen checkpoint: its loss on the whole split is the one recorded.
     model = AutoModelForCausalLM.from_pretrained(tiny_sweep.paths["model"])

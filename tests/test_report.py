@@ -14,7 +14,7 @@ import pytest
 from tuner import constants as C
 from tuner import report
 from tuner.pipeline import load_sweep_spec
-from tuner.results import load_records
+from tuner.records import load_all as load_records
 
 pytestmark = pytest.mark.integration
 
@@ -54,17 +54,17 @@ def test_report_renders_every_section_with_its_plots(tiny_sweep):
     assert 'data-rendered="true"' in dom
     assert js_errors(dom, log) == []
     records = load_records(tiny_sweep.sweep_dir)
-    reported = [r for r in records if r["history"]]
+    reported = [r for r in records if r.history]
     curves = section(dom, "curves")
     assert curves.count('class="curve"') == len(reported) >= 4
-    assert curves.count('class="asha-stop"') == sum(r["status"] == C.STOPPED_ASHA for r in records) >= 1
+    assert curves.count('class="asha-stop"') == sum(r.status == C.STOPPED_ASHA for r in records) >= 1
     assert re.search(r'data-plot="importances-fANOVA"', section(dom, "importances"))
     assert section(dom, "importances").count('class="bar"') >= 2
-    finite = [r for r in records if r["best_metric"] is not None and math.isfinite(r["best_metric"])]
+    finite = [r for r in records if r.best_metric is not None and math.isfinite(r.best_metric)]
     assert section(dom, "parallel").count('class="pc-line"') == len(finite)
     board = section(dom, "leaderboard")
     assert board.count("<tr>") == len(records) + 1  # the header row too
-    assert tiny_sweep.best["trial_id"] in board
+    assert tiny_sweep.best.trial_id in board
     final = section(dom, "final")
     ab = re.search(r'<table id="ab-table">(.*?)</table>', final, re.S).group(1)
     assert re.findall(r"<tr><th>(\w+)</th><td>", ab) == ["base", "baseline", "tuned"]

@@ -17,10 +17,11 @@ from pathlib import Path
 import optuna
 import pytest
 
+from launch import main
 from tests.conftest import LIGHT_PROMOTE, ROOT, TINY
 from tuner import constants as C
+from tuner import records as trial_records
 from tuner import results
-from launch import main
 
 SAMPLES = 6
 OVERRIDES = [
@@ -136,30 +137,30 @@ def test_both_kills_landed_mid_search_and_the_last_run_exits_0(killed_twice):
 
 def test_exactly_num_samples_trials_none_restarted_from_step_0(killed_twice):
     sweep_dir = killed_twice["dir"]
-    found = results.load_records(sweep_dir)
+    found = trial_records.load_all(sweep_dir)
     assert len(found) == SAMPLES
-    assert all(r["status"] in C.STATUSES for r in found)
-    assert not any(r.get("restarted_from_step_0") for r in found)
+    assert all(r.status in C.STATUSES for r in found)
+    assert not any(r.restarted_from_step_0 for r in found)
     # Every trial running at a kill went on from the checkpoint it had then, and no report was
     # counted twice.
     expected: dict[str, list[int]] = {}
     for run in killed_twice["runs"][:2]:
         for was in (r for r in run["killed"] if r["status"] == C.RUNNING):
             expected.setdefault(was["trial_id"], []).append(was["checkpoint_step"])
-    assert expected and {r["trial_id"]: r["resumed_from_steps"] for r in found if "resumed_from_steps" in r} == expected
+    assert expected and {r.trial_id: r.resumed_from_steps for r in found if r.resumed_from_steps} == expected
     assert all(step > 0 for steps in expected.values() for step in steps)
     for record in found:
-        steps = [h[C.STEP] for h in record["history"]]
-        assert steps == sorted(set(steps)) and record["reports"] == len(steps)
+        steps = [h[C.STEP] for h in record.history]
+        assert steps == sorted(set(steps)) and record.reports == len(steps)
 
 
 def test_finished_trials_were_not_rerun(killed_twice):
     """A trial that had ended when the driver died was not started again."""
     sweep_dir = killed_twice["dir"]
     ended_first = {r["trial_id"] for r in killed_twice["runs"][0]["killed"] if r["status"] not in (C.RUNNING, C.PENDING)}
-    for record in results.load_records(sweep_dir):
-        if record["trial_id"] in ended_first:
-            assert "resumes" not in record and "resumed_from_steps" not in record
+    for record in trial_records.load_all(sweep_dir):
+        if record.trial_id in ended_first:
+            assert record.resumes == 0 and not record.resumed_from_steps
 
 
 def test_the_study_maps_one_to_one_onto_the_leaderboard(killed_twice):
@@ -191,16 +192,16 @@ def test_running_the_finished_sweep_again_runs_and_promotes_nothing(killed_twice
     before = (sweep_dir / "best" / "final_eval.json").stat().st_mtime_ns
     assert main(sweep_args(sweep_dir)) == 0
     assert (sweep_dir / "best" / "final_eval.json").stat().st_mtime_ns == before
-    assert len(results.load_records(sweep_dir)) == SAMPLES
+    assert len(trial_records.load_all(sweep_dir)) == SAMPLES
 
 
 def test_more_samples_extend_the_finished_sweep_on_the_same_study(killed_twice):
     sweep_dir = killed_twice["dir"]
     run = run_driver(sweep_args(sweep_dir, SAMPLES + 2), sweep_dir, sweep_dir.parent / "extend.log")
     assert run["rc"] == 0, run["output"]
-    found = results.load_records(sweep_dir)
+    found = trial_records.load_all(sweep_dir)
     assert len(found) == SAMPLES + 2
-    assert sorted(r.get("experiment") for r in found).count("tune-2") == 2
+    assert sorted(r.experiment for r in found).count("tune-2") == 2
     assert (sweep_dir / "tune-2").is_dir()
     board = results.leaderboard(sweep_dir, "min", "resume-test")
     finished = [t for t in study_trials(sweep_dir) if t.state.is_finished() and not t.user_attrs.get(C.LOST)]
@@ -210,8 +211,8 @@ def test_more_samples_extend_the_finished_sweep_on_the_same_study(killed_twice):
     final = json.loads((sweep_dir / "best" / "final_eval.json").read_text())
     assert final["trial_id"] == board[0]["trial_id"]
     # Promoted again only when one of the new trials won.
-    assert ("promote: evaluating" in run["output"]) == (board[0]["trial_id"] in {r["trial_id"] for r in found
-                                                                               if r["experiment"] == "tune-2"})
+    assert ("promote: evaluating" in run["output"]) == (board[0]["trial_id"] in {r.trial_id for r in found
+                                                                               if r.experiment == "tune-2"})
 
 
 def test_a_changed_spec_is_refused_unless_forced(killed_twice, capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -46,23 +45,6 @@ def test_a_node_copies_the_prepared_data_once(tmp_path, monkeypatch):
     (source / "prepared.json").write_text('{"changed": true}')
     assert storage.node_copy(f"file://{source}", "fp1") == first
     assert (first / "prepared.json").read_text() == "{}"  # not copied again
-
-
-def test_the_study_copy_is_a_consistent_sqlite_database(tmp_path):
-    live = tmp_path / "live.db"
-    with sqlite3.connect(live) as db:
-        db.execute("create table t (x)")
-        db.executemany("insert into t values (?)", [(i,) for i in range(100)])
-    storage.copy_study(live, tmp_path / "copy.db")
-    with sqlite3.connect(tmp_path / "copy.db") as db:
-        assert db.execute("select count(*) from t").fetchone() == (100,)
-
-
-def test_the_live_study_is_on_the_drivers_disk_not_in_the_sweep_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNER_CACHE", str(tmp_path / "cache"))
-    path = storage.local_study(tmp_path / "runs" / "s")
-    assert path.is_relative_to(tmp_path / "cache") and path.name == "optuna.db"
-    assert storage.local_study(tmp_path / "runs" / "s") == path != storage.local_study(tmp_path / "runs" / "t")
 
 
 def test_unshared_storage_is_refused_with_what_to_set():

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LIGHT_PROMOTE, ROOT, SENTINEL_HF_TOKEN, SENTINEL_WANDB_KEY, SWEEP_OVERRIDES, TINY
+from tests.wandb_reader import read_runs
 from tuner import constants as C
 from tuner import tracking
-from tuner.results import load_records
+from tuner.records import TrialRecord
+from tuner.records import load_all as load_records
 from tuner.spec import SpecError, WandbSpec, load_spec
-from tests.wandb_reader import read_runs
 
 
 def _spec(tmp_path: Path, *extra: str):
@@ -82,8 +83,8 @@ def test_a_retried_trial_keeps_one_run_and_its_steps_go_on(tmp_path):
     tracker.trial_started("t1", params)
     tracker.trial_reported("t1", report(20))  # a report the checkpoint had already made
     tracker.trial_reported("t1", report(30))
-    tracker.trial_ended({"trial_id": "t1", "status": C.COMPLETED, "best_eval_loss": 4.7, "best_metric": 4.7,
-                         "reports": 3, "retries": 1})
+    tracker.trial_ended(TrialRecord("t1", status=C.COMPLETED, best_eval_loss=4.7, best_metric=4.7, reports=3,
+                                    retries=1))
     tracker.close()
     runs = [r for r in read_runs(spec.sweep_dir / "wandb") if r.job_type == "trial"]
     assert len(runs) == 1 and runs[0].run_id == tracking.run_id("tiny", "t1")
@@ -104,7 +105,7 @@ def test_an_online_start_that_fails_falls_back_to_offline(tmp_path, monkeypatch)
     assert tracker.mode == "online"  # the sentinel key is set
     started = time.monotonic()
     tracker.trial_started("t1", {"learning_rate": 1e-3})
-    tracker.trial_ended({"trial_id": "t1", "status": C.COMPLETED, "best_metric": 1.0, "reports": 0})
+    tracker.trial_ended(TrialRecord("t1", status=C.COMPLETED, best_metric=1.0, reports=0))
     tracker.close()
     assert time.monotonic() - started < 30
     assert tracker.mode == "offline"
@@ -120,7 +121,7 @@ def test_disabled_tracking_writes_nothing(tmp_path):
     tracker = tracking.Tracker(spec, say=lambda _: None)
     tracker.trial_started("t1", {})
     tracker.trial_reported("t1", {C.EVAL_LOSS: 1.0, C.STEP: 1})
-    tracker.trial_ended({"trial_id": "t1", "status": C.COMPLETED, "best_metric": 1.0})
+    tracker.trial_ended(TrialRecord("t1", status=C.COMPLETED, best_metric=1.0))
     tracker.sweep_ended([], None)
     assert not (spec.sweep_dir / "wandb").exists()
 
@@ -171,43 +172,43 @@ def test_one_run_per_trial_plus_the_sweep_and_final_evaluation(tiny_sweep, runs)
     assert kinds == sorted(["trial"] * len(records) + ["sweep", "final-eval"])
     assert {r.group for r in runs} == {"tiny-test"}
     trials = {r.name: r for r in runs if r.job_type == "trial"}
-    assert set(trials) == {r["trial_id"] for r in records}
+    assert set(trials) == {r.trial_id for r in records}
     assert len({r.run_id for r in runs}) == len(runs)
 
 
 def test_each_trial_run_has_its_config_metrics_and_summary(tiny_sweep, runs):
     trials = {r.name: r for r in runs if r.job_type == "trial"}
     for record in load_records(tiny_sweep.sweep_dir):
-        run = trials[record["trial_id"]]
-        for name, value in record["params"].items():
+        run = trials[record.trial_id]
+        for name, value in record.params.items():
             assert run.config[name] == pytest.approx(value)
         assert {"model", "data", "train", "search", "scheduler", "resources", "sweep"} <= set(run.config)
-        assert len(run.history) == record["reports"]  # one point per report
+        assert len(run.history) == record.reports  # one point per report
         steps = [row["_step"] for row in run.history]
-        assert steps == [h[C.STEP] for h in record["history"]] and steps == sorted(set(steps))
+        assert steps == [h[C.STEP] for h in record.history] and steps == sorted(set(steps))
         for row in run.history:
             assert {"eval/loss", "eval/perplexity", "train/loss", "train/learning_rate", "train/epoch",
                     "train/global_step", "train/tokens_per_s"} <= set(row)
-        assert run.summary["status"] == record["status"]
-        assert run.summary["best_eval_loss"] == pytest.approx(record["best_eval_loss"])
+        assert run.summary["status"] == record.status
+        assert run.summary["best_eval_loss"] == pytest.approx(record.best_eval_loss)
 
 
 def test_asha_stopped_trials_say_at_which_report(tiny_sweep, runs):
-    stopped = [r for r in load_records(tiny_sweep.sweep_dir) if r["status"] == C.STOPPED_ASHA]
+    stopped = [r for r in load_records(tiny_sweep.sweep_dir) if r.status == C.STOPPED_ASHA]
     assert stopped, "the shared sweep is sized so that ASHA stops some trials"
     trials = {r.name: r for r in runs if r.job_type == "trial"}
     for record in stopped:
-        summary = trials[record["trial_id"]].summary
-        assert summary["stopped_at_report"] == record["reports"] and summary["stopped_at_tokens"] == record["rung"]
+        summary = trials[record.trial_id].summary
+        assert summary["stopped_at_report"] == record.reports and summary["stopped_at_tokens"] == record.rung
 
 
 def test_the_sweep_run_holds_leaderboard_progress_and_best_config(tiny_sweep, runs):
     (sweep,) = [r for r in runs if r.job_type == "sweep"]
     trials = len(load_records(tiny_sweep.sweep_dir))
-    assert sweep.summary["leaderboard.nrows"] == trials and sweep.summary["best_trial"] == tiny_sweep.best["trial_id"]
+    assert sweep.summary["leaderboard.nrows"] == trials and sweep.summary["best_trial"] == tiny_sweep.best.trial_id
     progress = [row["search/best_eval_loss"] for row in sweep.history if "search/best_eval_loss" in row]
     assert progress == sorted(progress, reverse=True)  # best so far only improves
-    assert progress[-1] == pytest.approx(tiny_sweep.best["best_metric"])
+    assert progress[-1] == pytest.approx(tiny_sweep.best.best_metric)
     assert "tiny-test-best-config" in sweep.artifacts
 
 
@@ -281,9 +282,9 @@ def test_a_killed_trial_resumes_from_its_checkpoint_in_the_same_run(ray_runtime,
     watcher.join(timeout=1)
     assert killed.is_set(), "the trial ended before it could be killed"
     (record,) = load_records(sweep_dir)
-    assert record["status"] == C.COMPLETED and record["retries"] == 1
-    steps = [h[C.STEP] for h in record["history"]]
+    assert record.status == C.COMPLETED and record.retries == 1
+    steps = [h[C.STEP] for h in record.history]
     assert steps == sorted(set(steps)) and steps[0] > 0  # resumed from its checkpoint, not step 0
     (run,) = [r for r in read_runs(sweep_dir / "wandb") if r.job_type == "trial"]
     assert [row["_step"] for row in run.history] == steps and run.summary["retries"] == 1
-    assert result.best["trial_id"] == record["trial_id"]
+    assert result.best.trial_id == record.trial_id

@@ -11,6 +11,7 @@ from transformers import TrainerControl, TrainerState
 
 from tuner import constants as C
 from tuner import data, model, space
+from tuner.records import TrialRecord
 from tuner.spec import apply_override, load_spec
 from tuner.trial import ReportCallback, TrialContext, run_trial, training_arguments
 
@@ -362,7 +363,7 @@ def test_a_lora_winner_is_exported_merged_and_as_an_adapter(small, tmp_path):
     with torch.no_grad():
         expected = lora(input_ids=ids).logits
     spec.storage = str(tmp_path)
-    record = {"trial_id": "t1", "params": {**HYPER, **hyper}, "best_metric": 5.0, "best_checkpoint": "x", "best_step": 4}
+    record = TrialRecord("t1", params={**HYPER, **hyper}, best_metric=5.0, best_checkpoint="x", best_step=4)
     best = export.write_best(spec, record, {"eval_loss": 5.0}, [], lora, prepared.tokenizer_path)
     assert model.is_adapter(best / "adapter") and not model.is_adapter(best / "model")
     merged = AutoModelForCausalLM.from_pretrained(best / "model")

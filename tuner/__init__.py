@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Spec", "SpecError", "SweepFailed", "SweepResult", "UserError", "load_spec", "run_sweep"]
+__all__ = ["Spec", "SpecError", "SweepFailed", "SweepResult", "UserError", "load_spec", "resume_sweep", "run_sweep"]
 _HOMES = {"Spec": "tuner.spec", "SpecError": "tuner.spec", "load_spec": "tuner.spec",
-          "SweepFailed": "tuner.pipeline", "SweepResult": "tuner.pipeline", "run_sweep": "tuner.pipeline",
-          "UserError": "tuner.errors"}
+          "SweepFailed": "tuner.promotion", "SweepResult": "tuner.promotion", "run_sweep": "tuner.pipeline",
+          "resume_sweep": "tuner.pipeline", "UserError": "tuner.errors"}
 
 
 def __getattr__(name: str) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from tuner import storage
 from tuner.errors import UserError
 from tuner.spec import Spec
 
@@ -71,8 +72,6 @@ def probe_storage(location: str, cluster: Cluster) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from tuner import storage
-
     if len(cluster.nodes) < 2:
         return
     marker, token = storage.join(location, ".tuner-probe"), uuid.uuid4().hex
@@ -80,8 +79,6 @@ def probe_storage(location: str, cluster: Cluster) -> None:
 
     @ray.remote(num_cpus=0)
     def read(path: str) -> str | None:
-        from tuner import storage
-
         try:
             return storage.read_text(path)
         except (OSError, FileNotFoundError):

@@ -48,16 +48,21 @@ STOPPED_BUDGET = "stopped_budget"  # the sweep's time budget or Ctrl-C ended it
 DIVERGED = "diverged"  # NaN or inf loss
 OOM = "oom"
 FAILED = "failed"
+TIMED_OUT = "timed_out"  # ran longer than search.trial_timeout: the driver ended it
+STALLED = "stalled"  # sent no report for search.stall_timeout: the driver ended it
+# Ended by the driver's clock, not by the trial: FAIL in Optuna (they did not finish), but what they
+# checkpointed before stays promotable.
+CUT_OFF = (TIMED_OUT, STALLED)
 # A trial a dead driver had started after Tune's last snapshot: Tune cannot resume it, so its record
 # is set aside (trials/lost/) and, in Optuna, it is FAIL with this user attribute; its configuration
-# runs again as a new trial.
+# runs again as a new trial, which goes on from the lost one's latest checkpoint.
 LOST = "lost"
-STATUSES = (COMPLETED, STOPPED_ASHA, STOPPED_PATIENCE, STOPPED_BUDGET, DIVERGED, OOM, FAILED)
+STATUSES = (COMPLETED, STOPPED_ASHA, STOPPED_PATIENCE, STOPPED_BUDGET, DIVERGED, OOM, FAILED, TIMED_OUT, STALLED)
 UNFINISHED = (RUNNING, PENDING)  # a record in any other status has ended
 # Statuses a trial reports itself on its last report (with a NaN metric): never counted as a report.
 ABORTED = (DIVERGED, OOM)
 # Statuses whose checkpoints may be promoted: the trial trained normally up to its last report.
-PROMOTABLE = (COMPLETED, STOPPED_ASHA, STOPPED_PATIENCE, STOPPED_BUDGET)
+PROMOTABLE = (COMPLETED, STOPPED_ASHA, STOPPED_PATIENCE, STOPPED_BUDGET, TIMED_OUT, STALLED)
 
 # Hyperparameters every search space can name, and the defaults (Hugging Face's) when it doesn't.
 HYPERPARAMETER_DEFAULTS = {

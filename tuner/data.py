@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from tuner import builtin, space
+from tuner import builtin, space, storage
+from tuner import model as model_lib
 from tuner.errors import UserError, first_line
 from tuner.spec import CleanSpec, DataSpec, Spec
 
@@ -61,8 +62,6 @@ class Prepared:
 
     def on_this_node(self) -> "Prepared":
         """A copy that reads from this node's local cache (copied there once from storage)."""
-        from tuner import storage
-
         if self.shared is None:
             return self
         local = storage.node_copy(self.shared, self.fingerprint)
@@ -209,8 +208,6 @@ def load_source(data: DataSpec, token_env: str | None = None) -> dict[str, list[
     A hub dataset is read with the token in `token_env`, if any."""
     import datasets
 
-    from tuner import model as model_lib
-
     if data.path is not None:
         files = _data_files(data.path)
         kind = FORMATS[Path(files[0]).suffix.lower()]
@@ -312,8 +309,6 @@ def fingerprint(spec: Spec) -> str:
 
 def prepare(spec: Spec, sweep_dir: Path) -> Prepared:
     """Prepare the sweep's data once; a later run with the same fingerprint reuses it."""
-    from tuner import model as model_lib
-
     key = fingerprint(spec)
     out = sweep_dir / "data" / key
     meta_path = out / "prepared.json"
@@ -351,7 +346,7 @@ def prepare(spec: Spec, sweep_dir: Path) -> Prepared:
                         block_size=spec.data.block_size, blocks=blocks, tokens=tokens,
                         records={name: len(texts) for name, texts in splits.items()},
                         pairs=str(out / PAIRS_FILE) if spec.data.prompt_column else None)
-    (tmp / "prepared.json").write_text(json.dumps(asdict(prepared), indent=2))
+    write_prepared(tmp, prepared)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     log.info("data: %s records, %s tokens, %s blocks of %d tokens (train/validation/test)",
@@ -430,9 +425,26 @@ def _largest_batch(spec: Spec) -> tuple[str, str]:
     return " × ".join(keys), f"{batch} × {accumulation} = {batch * accumulation} blocks"
 
 
+LOCATED = ("path", "tokenizer_path", "pairs")  # stored relative to the prepared directory: it may move
+
+
+def write_prepared(directory: Path, prepared: Prepared) -> None:
+    """`prepared.json`, its paths relative to the prepared directory (a moved sweep still finds them)."""
+    meta = asdict(prepared)
+    for key in LOCATED:
+        if meta[key] is not None:
+            meta[key] = Path(meta[key]).name  # arrow/, tokenizer/, the pairs file: all directly inside
+    (Path(directory) / "prepared.json").write_text(json.dumps(meta, indent=2))
+
+
 def read_prepared(directory: Path) -> Prepared:
-    """The description `prepare` wrote beside the data it prepared in `directory`."""
-    return Prepared(**json.loads((directory / "prepared.json").read_text()))
+    """The description `prepare` wrote beside the data it prepared in `directory`, its paths placed
+    where the directory is now."""
+    meta = json.loads((Path(directory) / "prepared.json").read_text())
+    for key in LOCATED:
+        if meta.get(key) is not None and not os.path.isabs(meta[key]):
+            meta[key] = str(Path(directory).resolve() / meta[key])
+    return Prepared(**meta)
 
 
 def load_prepared(prepared: Prepared):

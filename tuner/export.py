@@ -14,10 +14,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tuner import space
+from tuner import layout, space
+from tuner.records import TrialRecord
 from tuner.spec import Spec, to_yaml, validate
 
-BEST_DIR = "best"
+BEST_DIR = layout.BEST_DIR
 PACKAGES = ("tuner", "torch", "transformers", "ray", "optuna", "datasets", "accelerate", "peft")
 
 
@@ -40,46 +41,54 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def best_config(spec: Spec, record: dict[str, Any]) -> dict[str, Any]:
+def best_config(spec: Spec, record: TrialRecord) -> dict[str, Any]:
     """A complete, valid spec that retrains the winner: `<name>-best`, nothing left to sample."""
     data = copy.deepcopy(spec.to_dict())
     name = spec.name if spec.name.endswith("-best") else f"{spec.name}-best"
     data["name"] = name
     data["storage"] = None
-    for key, value in record["params"].items():
+    for key, value in record.params.items():
         data["search"]["space"][key] = value
     for key, entry in list(data["search"]["space"].items()):  # conditioned off for the winner: unused
-        if key not in record["params"] and isinstance(entry, dict) and "type" in entry:
+        if key not in record.params and isinstance(entry, dict) and "type" in entry:
             del data["search"]["space"][key]
     data["search"].update(num_samples=1, baseline=None)
     data["scheduler"] = "none"
-    data["train"]["stop_after_steps"] = int(record["best_step"])
-    data["origin"] = {
-        "sweep": spec.name, "trial_id": record["trial_id"], "metric": spec.search.metric,
-        "value": record["best_metric"], "checkpoint": record["best_checkpoint"],
-        "step": int(record["best_step"]), "seed": spec.train.seed, "git_commit": git_commit(),
+    data["train"]["stop_after_steps"] = int(record.best_step)
+    data["origin"] = {  # the checkpoint relative to the sweep: the sweep directory may move
+        "sweep": spec.name, "trial_id": record.trial_id, "metric": spec.search.metric,
+        "value": record.best_metric, "checkpoint": record.best_checkpoint,
+        "step": int(record.best_step), "seed": spec.train.seed, "git_commit": git_commit(),
         "versions": versions(),
     }
     validate(copy.deepcopy(data))  # an export that does not validate is a bug: fail here, not later
     return data
 
 
-def write_best(spec: Spec, record: dict[str, Any], metrics: dict[str, Any],
+def write_best(spec: Spec, record: TrialRecord, metrics: dict[str, Any],
                samples: list[dict[str, Any]], model, tokenizer_path: str) -> Path:
     """Write `best/`: config.yaml, training_args.json, model/ (LoRA merged into the weights) and, for a
-    LoRA winner, adapter/ (peft's adapter alone), final_eval.json, samples.jsonl."""
+    LoRA winner, adapter/ (peft's adapter alone), final_eval.json, samples.jsonl. It is filled aside
+    and takes the old `best/`'s place in one step: a kill at any instant leaves one whole."""
+    target = spec.sweep_dir / BEST_DIR
+    with layout.staged_dir(target) as out:
+        _fill_best(out, spec, record, metrics, samples, model, tokenizer_path)
+    return target
+
+
+def _fill_best(out: Path, spec: Spec, record: TrialRecord, metrics: dict[str, Any],
+               samples: list[dict[str, Any]], model, tokenizer_path: str) -> None:
     from transformers import AutoTokenizer
 
     from tuner.trial import training_arguments
 
-    out = spec.sweep_dir / BEST_DIR
-    out.mkdir(parents=True, exist_ok=True)
     config = best_config(spec, record)
-    header = f"# python launch.py sweep {out / 'config.yaml'}\n# The best trial of sweep {spec.name!r}, fixed.\n"
+    header = (f"# python launch.py sweep {spec.sweep_dir.name}/{BEST_DIR}/config.yaml  (from the folder holding "
+              f"the sweep)\n# The best trial of sweep {spec.name!r}, fixed.\n")
     (out / "config.yaml").write_text(to_yaml(config, header))
-    hyper = space.resolve(spec, record["params"])
-    args = training_arguments(spec, hyper, out / "model").to_dict()
-    args["stop_after_steps"] = int(record["best_step"])  # not a TrainingArguments field: train this far
+    hyper = space.resolve(spec, record.params)
+    args = training_arguments(spec, hyper, f"{BEST_DIR}/model").to_dict()
+    args["stop_after_steps"] = int(record.best_step)  # not a TrainingArguments field: train this far
     (out / "training_args.json").write_text(json.dumps(args, indent=2, default=str))
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     if hasattr(model, "merge_and_unload"):  # LoRA (peft): the adapter alone, then merged into the weights
@@ -89,13 +98,12 @@ def write_best(spec: Spec, record: dict[str, Any], metrics: dict[str, Any],
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     (out / "model" / "tuner_config.yaml").write_text(to_yaml(config))  # the spec travels with the model
-    final = {"trial_id": record["trial_id"], "checkpoint": record["best_checkpoint"],
-             "step": int(record["best_step"]), "search_" + spec.search.metric: record["best_metric"], **metrics}
+    final = {"trial_id": record.trial_id, "checkpoint": record.best_checkpoint,
+             "step": int(record.best_step), "search_" + spec.search.metric: record.best_metric, **metrics}
     (out / "final_eval.json").write_text(json.dumps(final, indent=2))
     with open(out / "samples.jsonl", "w") as f:
         for row in samples:
             f.write(json.dumps(row) + "\n")
-    return out
 
 
 def read_best_config(sweep_dir: Path, fmt: str = "yaml") -> str:

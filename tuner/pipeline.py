@@ -5,34 +5,45 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from tuner import data, export, model, promote, results, secret, space, state, storage, sweep, tracking
 from tuner import constants as C
-from tuner.errors import UserError, first_line
-from tuner.spec import Spec, load_spec, to_yaml
+from tuner import (
+    data,
+    layout,
+    lock,
+    mirror,
+    model,
+    records,
+    restore,
+    results,
+    secret,
+    space,
+    state,
+    storage,
+    study,
+    tracking,
+)
 from tuner.context import TrialContext
+from tuner.errors import UserError, first_line
+from tuner.plan import Plan, make_plan
+from tuner.promotion import (
+    SweepFailed,
+    SweepResult,
+    already_exported,
+    exported_result,
+    promote_and_export,
+)
+from tuner.records import TrialRecord
+from tuner.spec import Spec, load_spec, to_yaml
 
+__all__ = ["SweepFailed", "SweepResult", "resume_sweep", "run_sweep"]
 log = logging.getLogger("tuner")
-SPEC_FILE = "spec.yaml"
-
-
-class SweepFailed(Exception):
-    """No trial finished with a usable result: nothing to promote or export."""
-
-
-@dataclass
-class SweepResult:
-    sweep_dir: Path
-    leaderboard: list[dict[str, Any]]
-    best: dict[str, Any]  # the promoted trial's record
-    final_eval: dict[str, Any]
-    paths: dict[str, Path] = field(default_factory=dict)
+SPEC_FILE = layout.SPEC_FILE
 
 
 def resolve_spec(spec_or_path: Spec | str | Path | dict, overrides: list[str] | None = None,
@@ -74,7 +85,7 @@ def check_model(spec: Spec) -> None:
         raise UserError("the model does not fit the spec:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def check_plan(spec: Spec, plan: sweep.Plan) -> None:
+def check_plan(spec: Spec, plan: Plan) -> None:
     """A `grace_period` past the `max_t` the data gives (max_t unset: the largest epochs over the
     train split) would let ASHA stop nothing; `validate` catches it where max_t is set."""
     grace = spec.scheduler.grace_period
@@ -86,32 +97,49 @@ def check_plan(spec: Spec, plan: sweep.Plan) -> None:
 
 def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | None = None,
               name: str | None = None, num_samples: int | None = None, address: str | None = None,
-              trial_fn: Callable | None = None, force: bool = False) -> SweepResult:
+              trial_fn: Callable | None = None, force: bool = False, restart_search: bool = False,
+              command: str = "sweep") -> SweepResult:
     """Run a whole sweep and return its leaderboard, best trial, final evaluation and export paths.
 
     Run again on the same sweep directory, it resumes: an experiment whose driver died is restored,
     a finished sweep asked for more trials (`num_samples`) runs the missing ones on the same study,
-    and a sweep already promoted is not promoted again. A changed spec is refused unless `force`.
+    and a sweep already promoted is not promoted again. A changed spec is refused unless `force`;
+    an unreadable Tune snapshot or study unless `restart_search`. One driver per sweep: a second
+    one is refused while the first runs.
 
     `trial_fn(config, report)`, when given, replaces the built-in Trainer run: it receives the
     trial's hyperparameters and calls `report(metrics, checkpoint_dir)` with at least `eval_loss` and
-    `tokens_seen`; a checkpoint is a directory `from_pretrained` can load.
+    `tokens_seen`; a checkpoint is a directory `from_pretrained` can load. `trial_fn(config, report,
+    checkpoint)` also gets the checkpoint to go on from when the trial restarts (else None).
     """
-    _quiet_libraries()
+    _log_handler()
     spec = resolve_spec(spec_or_path, overrides, name, num_samples)
+    # spec.yaml names no local path: the sweep is wherever its directory is (`resume DIR`), moved or not
+    saved = to_yaml(replace(spec, storage=spec.storage if storage.is_uri(spec.storage) else None))
     sweep_dir = spec.sweep_dir
     if not storage.is_uri(spec.storage):
         spec.storage = str(sweep_dir)  # absolute: trials run in other working directories
-    progress = state.begin(spec, _saved_spec(sweep_dir), force)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / SPEC_FILE).write_text(to_yaml(spec))
+    with lock.hold(sweep_dir, spec.location, command):
+        return _drive(spec, saved, address, trial_fn, force, restart_search)
+
+
+def _drive(spec: Spec, saved: str, address: str | None, trial_fn: Callable | None, force: bool,
+           restart_search: bool) -> SweepResult:
+    """Everything a sweep does, under its lock."""
+    _quiet_libraries()
+    sweep_dir = spec.sweep_dir
+    layout.remove_temporaries(sweep_dir)
+    progress = state.begin(spec, _saved_spec(sweep_dir), force, _name_of(trial_fn))
+    layout.write_text(sweep_dir / SPEC_FILE, saved)
     progress.save(sweep_dir)
     log.info("sweep %s: %s", spec.name, sweep_dir)
 
     check_model(spec)
+    _check_study(spec, progress, restart_search)
     prepared = publish(spec, data.prepare(spec, sweep_dir))
     data.check_prepared(spec, prepared)
-    plan = sweep.make_plan(spec, prepared.train_tokens())
+    plan = make_plan(spec, prepared.train_tokens())
     check_plan(spec, plan)
     log.info("plan:\n  %s", plan.describe().replace("\n", "\n  "))
 
@@ -120,9 +148,9 @@ def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | 
     board: list[dict[str, Any]] = []
     result = None
     try:
-        search(spec, ctx, plan, address, tracker, progress)
+        search(spec, ctx, plan, address, tracker, progress, restart_search)
         board = results.leaderboard(sweep_dir, spec.search.mode, spec.name)
-        results.write_csv(board, sweep_dir / "leaderboard.csv")
+        results.write_csv(board, sweep_dir / layout.LEADERBOARD)
         if already_exported(spec, board, progress):
             log.info("sweep %s: its best of %d trials was promoted and exported already", spec.name, len(board))
             result = exported_result(spec, board)
@@ -135,96 +163,109 @@ def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | 
             write_report(spec)
         tracker.sweep_ended(board, result.paths["best"] if result else None)
         tracker.close()
-        if storage.is_uri(spec.location) and (sweep_dir / tracking.WANDB_DIR).exists():
-            storage.upload(sweep_dir / tracking.WANDB_DIR, storage.join(spec.location, tracking.WANDB_DIR))
+        _upload_results(spec, progress)
     return result
 
 
-def resume_sweep(sweep_dir: str | Path, *, address: str | None = None, force: bool = False,
-                 num_samples: int | None = None) -> SweepResult:
-    """Go on with the sweep in `sweep_dir`, under the spec saved there."""
-    spec = load_sweep_spec(sweep_dir)
-    if not state.is_sweep_dir(Path(sweep_dir)):
-        raise UserError(f"{sweep_dir}: not a sweep directory (no {state.STATE_FILE}); give the directory "
-                        "`launch.py sweep` printed, e.g. runs/tiny")
-    if not storage.is_uri(spec.storage):
-        spec.storage = str(Path(sweep_dir).resolve())  # the directory may have moved since
-    return run_sweep(spec, num_samples=num_samples, address=address, force=force)
+def _name_of(trial_fn: Callable | None) -> str | None:
+    if trial_fn is None:
+        return None
+    return f"{getattr(trial_fn, '__module__', '?')}:{getattr(trial_fn, '__qualname__', repr(trial_fn))}"
 
 
-def search(spec: Spec, ctx: TrialContext, plan: sweep.Plan, address: str | None, tracker: tracking.Tracker,
-           progress: state.SweepState) -> None:
-    """The Tune experiments this run owes: the one a dead driver left (restored), then one for the
-    trials still missing from `search.num_samples`. The state is saved around each, so a driver
-    killed at any point resumes at the right one."""
+def _check_study(spec: Spec, progress: state.SweepState, restart_search: bool) -> None:
+    """The sweep's study must be its own and readable before any trial starts; with
+    `restart_search`, an unreadable one is set aside and rebuilt from the trial records."""
+    try:
+        study.check(spec.sweep_dir, spec.location, progress.sweep_id, spec.name)
+    except UserError:
+        if not restart_search:
+            raise
+        study.set_aside(spec.sweep_dir, progress.sweep_id)
+        ended = [r for r in records.load_all(spec.sweep_dir, spec.location) if r.ended]
+        count = study.rebuild(study.live_path(spec.sweep_dir, progress.sweep_id), spec.name, progress.sweep_id,
+                              spec.search.metric, spec.search.mode, space.distributions(spec), ended)
+        log.info("optuna: a new study rebuilt from the records of %d finished trials", count)
+
+
+def _upload_results(spec: Spec, progress: state.SweepState) -> None:
+    """With bucket storage, the driver's files, its W&B runs and the report end in the bucket too."""
+    if not storage.is_uri(spec.location):
+        return
+    mirror.Mirror(spec.sweep_dir, spec.location, progress.sweep_id).push_all()
+    for name in (layout.WANDB_DIR, layout.REPORT_FILE):
+        if (spec.sweep_dir / name).exists():
+            storage.upload(spec.sweep_dir / name, storage.join(spec.location, name))
+
+
+def resume_sweep(sweep: str | Path, *, address: str | None = None, force: bool = False,
+                 num_samples: int | None = None, restart_search: bool = False,
+                 trial_fn: Callable | None = None) -> SweepResult:
+    """Go on with the sweep in `sweep` (its directory, or its bucket URI), under the spec saved there.
+    From a bucket, on a machine that has none of its files, they are fetched first. A sweep whose
+    trials ran a user's `trial_fn` goes on with the same function."""
+    if storage.is_uri(str(sweep)):
+        spec = _bucket_spec(str(sweep))
+    else:
+        spec = load_sweep_spec(sweep)
+        if not state.is_sweep_dir(Path(sweep)):
+            raise UserError(f"{sweep}: not a sweep directory (no {layout.STATE_FILE}); give the directory "
+                            "`launch.py sweep` printed, e.g. runs/tiny")
+    return run_sweep(spec, num_samples=num_samples, address=address, force=force, restart_search=restart_search,
+                     trial_fn=trial_fn, command="resume")
+
+
+def _bucket_spec(uri: str) -> Spec:
+    """The spec of the sweep stored at `uri`, its driver files fetched into runs/<name> if that
+    directory has none."""
+    remote = storage.join(uri.rstrip("/"), SPEC_FILE)
+    try:
+        text = storage.read_text(remote)
+    except OSError as exc:
+        raise UserError(f"{uri}: no sweep there ({first_line(exc)}); give the storage URI the sweep ran with, "
+                        "e.g. s3://bucket/sweeps/tiny") from None
+    spec = resolve_spec(_yaml(text), [f"storage={uri.rstrip('/')}"])
+    if not state.is_sweep_dir(spec.sweep_dir):
+        mirror.pull(spec.location, spec.sweep_dir)
+        log.info("sweep %s: its driver files fetched from %s into %s", spec.name, uri, spec.sweep_dir)
+    return spec
+
+
+def _yaml(text: str) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def search(spec: Spec, ctx: TrialContext, plan: Plan, address: str | None, tracker: tracking.Tracker,
+           progress: state.SweepState, restart_search: bool = False) -> None:
+    """The Tune experiments this run owes: the one a dead driver left (restored, or abandoned when it
+    cannot be), then one for the trials still missing from `search.num_samples`. The state is saved
+    around each, so a driver killed at any point resumes at the right one."""
+    from tuner import sweep  # Ray: imported only when trials are to run
+
     sweep_dir = spec.sweep_dir
     while True:
-        records = results.load_records(sweep_dir)
-        experiment = state.next_experiment(progress, spec.search.num_samples, len(records))
+        snapshot = restore.plan(progress, sweep_dir, spec.location, spec.name, restart_search)
+        found = records.load_all(sweep_dir, spec.location)
+        experiment = state.next_experiment(progress, spec.search.num_samples, len(found))
         if experiment is None:
             break
         progress.save(sweep_dir)
-        ended = {r["trial_id"]: last_report(r) for r in records if r["status"] not in C.UNFINISHED}
+        ended = {r.trial_id: last_report(r) for r in found if r.ended}
         restored = experiment.restore
-        complete = sweep.run_search(spec, replace(ctx, ended=ended), plan, address, tracker=tracker,
-                                    experiment=experiment)
+        complete = sweep.run_search(spec, replace(ctx, ended=ended), plan, progress.sweep_id, address,
+                                    tracker=tracker, experiment=experiment, snapshot=snapshot if restored else None)
         experiment.finished, experiment.restore = True, False
         progress.save(sweep_dir)
         if not (restored and complete):
             break  # one new experiment per run; Ctrl-C or the time budget end the run
 
 
-def already_exported(spec: Spec, board: list[dict[str, Any]], progress: state.SweepState) -> bool:
-    """Whether best/ already holds this sweep's winner: no trial ran since the export, or the ones
-    that did (an extension) did not beat it. Promotion is a full test-set evaluation: done once."""
-    final = spec.sweep_dir / export.BEST_DIR / "final_eval.json"
-    if not final.exists() or progress.exported_trials is None:
-        return False
-    if progress.exported_trials == len(board):
-        return True
-    best = results.best_records(spec.sweep_dir, spec.search.mode)
-    exported = json.loads(final.read_text())
-    return bool(best) and (best[0]["trial_id"], best[0]["best_checkpoint"]) == (exported["trial_id"],
-                                                                               exported["checkpoint"])
-
-
-def last_report(record: dict[str, Any]) -> dict[str, Any]:
+def last_report(record: TrialRecord) -> dict[str, Any]:
     """An ended trial's last report again, marked as a repeat of how it ended."""
-    last = record["history"][-1] if record["history"] else {C.EVAL_LOSS: math.nan, C.STEP: 0, C.TOKENS_SEEN: 0}
-    return {**last, C.TRIAL_STATUS: record["status"], C.FINAL: True, C.REPEAT: True}
-
-
-def exported_result(spec: Spec, board: list[dict[str, Any]]) -> SweepResult:
-    """The result of a sweep promoted and exported by an earlier run, read back from best/."""
-    best_dir = spec.sweep_dir / export.BEST_DIR
-    final_eval = json.loads((best_dir / "final_eval.json").read_text())
-    records = {r["trial_id"]: r for r in results.load_records(spec.sweep_dir)}
-    best = records.get(final_eval.get("trial_id")) or (board[0] if board else {})
-    _summary(spec, best, final_eval, best_dir)
-    return _result(spec, board, best, final_eval, best_dir)
-
-
-def promote_and_export(spec: Spec, ctx: TrialContext, board: list[dict[str, Any]],
-                       tracker: tracking.Tracker) -> SweepResult:
-    """The best promotable trial's final evaluation on the test split, then `best/`."""
-    sweep_dir, prepared = spec.sweep_dir, ctx.prepared
-    records = results.load_records(sweep_dir)
-    baseline_record = results.baseline_record(records, spec.search.baseline)
-    best, (metrics, samples, best_model), selection = _evaluate_best_readable(spec, ctx, baseline_record)
-    baseline = results.baseline_comparison(baseline_record, best, spec.search.mode)
-    if baseline is not None:
-        metrics["baseline"] = {**baseline, **metrics.get("baseline", {})}
-    if selection is not None:
-        metrics["selection"] = selection
-    best_dir = export.write_best(spec, best, metrics, samples, best_model, prepared.tokenizer_path)
-    final_eval = json.loads((best_dir / "final_eval.json").read_text())
-    tracker.final_evaluation(best, final_eval, samples)
-    if storage.is_uri(spec.location):  # the bucket gets the driver's files too: results in one place
-        for name in (SPEC_FILE, state.STATE_FILE, sweep.TRIALS_DIR, sweep.LOGS_DIR, sweep.STUDY_DB, "leaderboard.csv", export.BEST_DIR):
-            if (sweep_dir / name).exists():
-                storage.upload(sweep_dir / name, storage.join(spec.location, name))
-    _summary(spec, best, final_eval, best_dir)
-    return _result(spec, board, best, final_eval, best_dir)
+    last = record.history[-1] if record.history else {C.EVAL_LOSS: math.nan, C.STEP: 0, C.TOKENS_SEEN: 0}
+    return {**last, C.TRIAL_STATUS: record.status, C.FINAL: True, C.REPEAT: True}
 
 
 def write_report(spec: Spec) -> Path | None:
@@ -239,19 +280,9 @@ def write_report(spec: Spec) -> Path | None:
                     first_line(exc), spec.sweep_dir)
         return None
     if storage.is_uri(spec.location):
-        storage.upload(path, storage.join(spec.location, report.REPORT_FILE))
+        storage.upload(path, storage.join(spec.location, layout.REPORT_FILE))
     log.info("report: %s", path)
     return path
-
-
-def _result(spec: Spec, board: list[dict[str, Any]], best: dict[str, Any], final_eval: dict[str, Any],
-            best_dir: Path) -> SweepResult:
-    sweep_dir = spec.sweep_dir
-    return SweepResult(sweep_dir, board, best, final_eval, {
-        "leaderboard": sweep_dir / "leaderboard.csv", "best": best_dir,
-        "config": best_dir / "config.yaml", "model": best_dir / "model",
-        "final_eval": best_dir / "final_eval.json", "samples": best_dir / "samples.jsonl",
-        "report": sweep_dir / "report.html"})
 
 
 def publish(spec: Spec, prepared: data.Prepared) -> data.Prepared:
@@ -259,81 +290,21 @@ def publish(spec: Spec, prepared: data.Prepared) -> data.Prepared:
     local = Path(prepared.path).parent
     if not storage.is_uri(spec.location):
         return replace(prepared, shared=str(local))
-    remote = storage.join(spec.location, "data", prepared.fingerprint)
+    remote = storage.join(spec.location, layout.DATA_DIR, prepared.fingerprint)
     if not storage.exists(storage.join(remote, "prepared.json")):
         log.info("data: uploading the prepared data to %s", remote)
         storage.upload(local, remote)
     return replace(prepared, shared=remote)
 
 
-def fetch(checkpoint: str, local: Path) -> str:
-    """A local directory holding `checkpoint` (downloaded when it lives in a bucket)."""
-    if not storage.is_uri(checkpoint):
-        return checkpoint
-    try:
-        storage.download(checkpoint, local)
-    except OSError as exc:  # gone from the bucket, or unreachable: promotion takes the next best
-        raise promote.UnreadableCheckpoint(f"{checkpoint}: {first_line(exc)}") from None
-    return str(local)
-
-
-def _evaluate_best_readable(spec: Spec, ctx: TrialContext, baseline: dict[str, Any] | None,
-                            ) -> tuple[dict[str, Any], tuple, dict[str, Any] | None]:
-    """The final evaluation of the best trial whose checkpoint can be read, best first (re-ranked on
-    the whole validation split when `promote.top_k` > 1): a missing or corrupt checkpoint falls back
-    to the next best, and says so. Returns the record, the evaluation and the re-ranking, if any."""
-    sweep_dir = spec.sweep_dir
-    candidates = results.best_records(sweep_dir, spec.search.mode)
-
-    def locate(record: dict[str, Any]) -> str:
-        return fetch(record["best_checkpoint"], sweep_dir / "promoted" / record["trial_id"])
-
-    selection = None
-    if spec.promote.top_k > 1 and len(candidates) > 1:
-        candidates, selection = promote.rerank(candidates, locate, ctx.prepared, spec.promote,
-                                               spec.model.trust_remote_code, lambda: model.load_model(
-                                                   ctx.model_path, spec.model.revision, token_env=spec.model.token_env,
-                                                   trust_remote_code=spec.model.trust_remote_code))
-        log.info("promote: the best %d trials re-evaluated on the whole validation split (%d blocks): %s",
-                 len(selection["candidates"]), selection["blocks"], ", ".join(
-                     f"{c['trial_id']} {c['validation_loss']:.4f}" for c in selection["candidates"]))
-        log.info("promote: %s", f"the choice changed from {selection['search_winner']} to {selection['chosen']}"
-                 if selection["changed"] else f"the choice stands: {selection['chosen']}")
-    baseline_checkpoint = None
-    if baseline is not None and baseline.get("best_checkpoint") and not baseline.get("checkpoint_deleted"):
-        try:
-            baseline_checkpoint = locate(baseline)
-        except promote.UnreadableCheckpoint as exc:
-            log.warning("promote: the baseline trial's checkpoint is unreadable (%s)", exc)
-    skipped = []
-    for record in candidates:
-        try:
-            checkpoint = locate(record)
-            return record, promote.final_evaluation(checkpoint, ctx.model_path, ctx.prepared, spec.promote,
-                                                    spec.model.revision, spec.model.token_env,
-                                                    spec.model.trust_remote_code, baseline_checkpoint), selection
-        except promote.UnreadableCheckpoint as exc:  # not the base model's errors: those are not the checkpoint's
-            skipped.append(f"  {record['trial_id']}: {exc}")
-            log.warning("promote: the checkpoint of trial %s is missing or unreadable (%s); promoting the "
-                        "next best trial instead", record["trial_id"], exc)
-    lines = skipped or [f"  {r['trial_id']}: {r['status']}" + (f" ({r['error']})" if r.get("error") else "")
-                        for r in results.load_records(sweep_dir)]
-    reason = "no readable checkpoint" if skipped else f"no trial finished with a finite {spec.search.metric}"
-    raise SweepFailed(f"{reason}; nothing to promote or export:\n" + "\n".join(lines))
-
-
-def _summary(spec: Spec, best: dict[str, Any], final: dict[str, Any], best_dir: Path) -> None:
-    log.info("best trial %s: search %s %.4f at step %s; test perplexity %.2f", best["trial_id"],
-             spec.search.metric, best["best_metric"], best["best_step"], final["perplexity"])
-    for line in results.ab_lines(final):
-        log.info("  %s", line)
-    if "baseline" in final and "tuning_beat_baseline" in final["baseline"]:
-        baseline = final["baseline"]
-        verdict = "beat" if baseline["tuning_beat_baseline"] else "did not beat"
-        log.info("tuning %s the baseline (trial %s, %s, search %s %s)", verdict, baseline["trial_id"],
-                 baseline["status"], spec.search.metric, baseline["search_metric"])
-    log.info("results: %s (leaderboard.csv, best/config.yaml, best/model, best/final_eval.json)",
-             spec.sweep_dir)
+def _log_handler() -> None:
+    """Our progress lines on stderr (the CLI sets its own; the Python API gets this one)."""
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[tuner] %(message)s"))
+        handler.addFilter(secret.RedactingFilter())
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
 
 def _quiet_libraries() -> None:
@@ -344,12 +315,6 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    if not log.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[tuner] %(message)s"))
-        handler.addFilter(secret.RedactingFilter())
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
 
 
 def _saved_spec(sweep_dir: Path) -> Spec | None:
@@ -361,9 +326,13 @@ def _saved_spec(sweep_dir: Path) -> Spec | None:
 
 
 def load_sweep_spec(sweep_dir: str | Path) -> Spec:
-    """The resolved spec saved in a sweep directory; refuses anything that is not one."""
+    """The resolved spec saved in a sweep directory, placed where that directory is now (it may have
+    been moved or copied); refuses anything that is not one."""
     path = Path(sweep_dir) / SPEC_FILE
     if not path.is_file():
         raise UserError(f"{sweep_dir}: not a sweep directory (no {SPEC_FILE}); give the directory "
                         "`launch.py sweep` printed, e.g. runs/tiny")
-    return load_spec(path)
+    spec = load_spec(path)
+    if not storage.is_uri(spec.storage):
+        spec.storage = str(Path(sweep_dir).resolve())
+    return spec

@@ -12,6 +12,8 @@ import logging
 import math
 from typing import Any, Callable
 
+from tuner import metrics
+from tuner import model as model_lib
 from tuner.data import IGNORE, Prepared, load_prepared, read_pairs
 from tuner.errors import first_line
 from tuner.spec import PromoteSpec
@@ -27,8 +29,6 @@ def load_checkpoint(checkpoint: str, trust_remote_code: bool = False, load_base:
     """The checkpoint's model, or UnreadableCheckpoint saying why not. A LoRA checkpoint holds the
     adapters only: they go onto a fresh copy of the base model from `load_base`."""
     from pathlib import Path
-
-    from tuner import model as model_lib
 
     if not Path(checkpoint).is_dir():
         raise UnreadableCheckpoint(f"{checkpoint} does not exist")
@@ -143,8 +143,6 @@ def assess(model, tokenizer, test: list[list[int]], pairs: list[tuple[list[int],
            settings: PromoteSpec, labels: list[list[int]] | None = None) -> tuple[dict[str, float], list[str]]:
     """One model's figures on the test split (loss, perplexity, BLEU, ROUGE-1/2/L of its
     continuations against the references) and the continuations themselves."""
-    from tuner import metrics
-
     figures: dict[str, Any] = evaluate(model, test, settings.eval_batch_size, labels)
     if not pairs:
         return figures, []
@@ -165,9 +163,9 @@ def generation_settings(settings: PromoteSpec, count: int) -> dict[str, Any]:
             **asdict(settings.generate)}
 
 
-def rerank(candidates: list[dict[str, Any]], locate: Callable[[dict[str, Any]], str], prepared: Prepared,
+def rerank(candidates: list[Any], locate: Callable[[Any], str], prepared: Prepared,
            settings: PromoteSpec, trust_remote_code: bool = False, load_base: Callable[[], Any] | None = None,
-           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+           ) -> tuple[list[Any], dict[str, Any]]:
     """`promote.top_k`: the best k trials' checkpoints scored again on the whole validation split, so a
     lucky score on the search's validation sample does not win. Returns the candidates in their new
     order (the others after them, as they were) and what the re-evaluation found."""
@@ -179,7 +177,7 @@ def rerank(candidates: list[dict[str, Any]], locate: Callable[[dict[str, Any]], 
             model = load_checkpoint(locate(record), trust_remote_code, load_base)
         except UnreadableCheckpoint as exc:  # it cannot be promoted either: left out
             log.warning("promote: the checkpoint of trial %s is missing or unreadable (%s); it is left out",
-                        record["trial_id"], exc)
+                        record.trial_id, exc)
             continue
         total, count = token_loss(model, validation, settings.eval_batch_size, labels)
         scored.append((total / count, record))
@@ -187,9 +185,9 @@ def rerank(candidates: list[dict[str, Any]], locate: Callable[[dict[str, Any]], 
     scored.sort(key=lambda pair: pair[0])
     order = [record for _, record in scored] + rest
     selection = {"top_k": settings.top_k, "split": "validation", "blocks": len(validation),
-                 "search_winner": top[0]["trial_id"] if top else None,
-                 "chosen": order[0]["trial_id"] if order else None,
-                 "candidates": [{"trial_id": r["trial_id"], "search_metric": r["best_metric"], "validation_loss": loss}
+                 "search_winner": top[0].trial_id if top else None,
+                 "chosen": order[0].trial_id if order else None,
+                 "candidates": [{"trial_id": r.trial_id, "search_metric": r.best_metric, "validation_loss": loss}
                                 for loss, r in scored]}
     selection["changed"] = selection["chosen"] != selection["search_winner"]
     return order, selection
@@ -206,8 +204,6 @@ def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, setti
     `tuned`, `base`, `baseline`), the samples (prompt, reference and each model's continuation) and
     the loaded tuned model (for export).
     """
-    from tuner import model as model_lib
-
     def load_base():
         return model_lib.load_model(base_model, revision, token_env=token_env, trust_remote_code=trust_remote_code)
 

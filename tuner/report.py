@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tuner import constants as C
-from tuner import results
+from tuner import layout, records, results
+from tuner.records import TrialRecord
 from tuner.spec import Spec
 
 log = logging.getLogger("tuner")
-REPORT_FILE = "report.html"
+REPORT_FILE = layout.REPORT_FILE
 SECTIONS = ("curves", "importances", "parallel", "leaderboard", "final")
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
            "#9c755f", "#bab0ac")
@@ -33,19 +34,19 @@ WIDTH, HEIGHT, PAD = 760, 360, 56
 def write_report(spec: Spec) -> Path:
     """Build the sweep's report.html from what its directory holds now; returns its path."""
     sweep_dir = spec.sweep_dir
-    records = results.load_records(sweep_dir)
-    final = _read_json(sweep_dir / "best" / "final_eval.json")
-    samples = _read_jsonl(sweep_dir / "best" / "samples.jsonl")
-    board = results.leaderboard(sweep_dir, spec.search.mode, spec.name)
+    found = records.load_all(sweep_dir)
+    final = _read_json(sweep_dir / layout.BEST_DIR / "final_eval.json")
+    samples = _read_jsonl(sweep_dir / layout.BEST_DIR / "samples.jsonl")
+    board = results.leaderboard(sweep_dir, spec.search.mode, spec.name, found)
     body = "\n".join([
-        _section("curves", "Learning curves", learning_curves(records, spec.search.metric)),
+        _section("curves", "Learning curves", learning_curves(found, spec.search.metric)),
         _section("importances", "Hyperparameter importances", importances_html(sweep_dir, spec)),
-        _section("parallel", "Parallel coordinates", parallel_coordinates(records, spec)),
+        _section("parallel", "Parallel coordinates", parallel_coordinates(found, spec)),
         _section("leaderboard", "Leaderboard", leaderboard_table(board, spec)),
         _section("final", "Final evaluation", final_html(final, samples)),
     ])
     path = sweep_dir / REPORT_FILE
-    path.write_text(_page(spec, records, body))
+    layout.write_text(path, _page(spec, found, body))
     return path
 
 
@@ -110,10 +111,9 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def learning_curves(records: list[dict[str, Any]], metric: str) -> str:
+def learning_curves(found: list[TrialRecord], metric: str) -> str:
     """Every trial's metric against its training step; an × where ASHA stopped it."""
-    curves = [(r, [(h[C.STEP], h[metric]) for h in r.get("history", []) if _finite(h.get(metric))])
-              for r in records]
+    curves = [(r, [(h[C.STEP], h[metric]) for h in r.history if _finite(h.get(metric))]) for r in found]
     curves = [(r, points) for r, points in curves if points]
     if not curves:
         return '<p class="empty">No trial has reported yet.</p>'
@@ -125,26 +125,26 @@ def learning_curves(records: list[dict[str, Any]], metric: str) -> str:
     for i, (record, points) in enumerate(curves):
         color = PALETTE[i % len(PALETTE)]
         path = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in points)
-        parts.append(f'<polyline class="curve" data-trial="{record["trial_id"]}" points="{path}" fill="none" '
-                     f'stroke="{color}" stroke-width="1.6"><title>{record["trial_id"]} ({record["status"]})'
+        parts.append(f'<polyline class="curve" data-trial="{record.trial_id}" points="{path}" fill="none" '
+                     f'stroke="{color}" stroke-width="1.6"><title>{record.trial_id} ({record.status})'
                      f"</title></polyline>")
-        parts.extend(f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="2.5" fill="{color}"><title>{record["trial_id"]} '
+        parts.extend(f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="2.5" fill="{color}"><title>{record.trial_id} '
                      f"step {s}: {v:.4f}</title></circle>" for s, v in points)
-        if record.get("status") == C.STOPPED_ASHA:
+        if record.status == C.STOPPED_ASHA:
             sx, sy = x(points[-1][0]), y(points[-1][1])
             parts.append(f'<path class="asha-stop" d="M{sx - 5:.1f},{sy - 5:.1f}L{sx + 5:.1f},{sy + 5:.1f}'
                          f'M{sx - 5:.1f},{sy + 5:.1f}L{sx + 5:.1f},{sy - 5:.1f}" stroke="#c00" stroke-width="2">'
-                         f"<title>{record['trial_id']}: stopped by ASHA at {record.get('rung')} tokens</title></path>")
-    stopped = sum(r.get("status") == C.STOPPED_ASHA for r, _ in curves)
+                         f"<title>{record.trial_id}: stopped by ASHA at {record.rung} tokens</title></path>")
+    stopped = sum(r.status == C.STOPPED_ASHA for r, _ in curves)
     note = (f"<p>{len(curves)} trials; <span class=\"stop-key\">×</span> marks where ASHA stopped a trial "
             f"({stopped} of them). Hover a line for its trial.</p>")
     return note + _svg(parts, "curves")
 
 
-def parallel_coordinates(records: list[dict[str, Any]], spec: Spec) -> str:
+def parallel_coordinates(found: list[TrialRecord], spec: Spec) -> str:
     """One line per trial through each searched hyperparameter's axis to its best metric, coloured
     by that metric (dark = better)."""
-    rows = [r for r in records if _finite(r.get("best_metric")) and r.get("params")]
+    rows = [r for r in found if _finite(r.best_metric) and r.params]
     names = [n for n in spec.search.space if isinstance(spec.search.space[n], dict)]
     if not rows or not names:
         return '<p class="empty">No trial has a finite result yet.</p>'
@@ -154,7 +154,7 @@ def parallel_coordinates(records: list[dict[str, Any]], spec: Spec) -> str:
     axes: list[Callable[[Any], float]] = []
     labels: list[list[tuple[float, str]]] = []
     for name in columns:
-        values = [r["best_metric"] if name == spec.search.metric else r["params"].get(name) for r in rows]
+        values = [r.best_metric if name == spec.search.metric else r.params.get(name) for r in rows]
         entry = spec.search.space.get(name, {})
         if entry.get("type") == "categorical" or not all(_finite(v) for v in values if v is not None):
             choices = list(entry.get("choices") or sorted({str(v) for v in values}))
@@ -167,7 +167,7 @@ def parallel_coordinates(records: list[dict[str, Any]], spec: Spec) -> str:
             axis = Axis(min(present), max(present), HEIGHT - PAD, 24, bool(entry.get("log")))
             axes.append(lambda v, a=axis: a(v))
             labels.append([(axis(t), _fmt(t)) for t in axis.ticks(4)])
-    best = [r["best_metric"] for r in rows]
+    best = [r.best_metric for r in rows]
     sign = 1 if spec.search.mode == "min" else -1
     low, high = min(sign * b for b in best), max(sign * b for b in best)
     parts = []
@@ -176,13 +176,13 @@ def parallel_coordinates(records: list[dict[str, Any]], spec: Spec) -> str:
                      f'<text x="{x:.1f}" y="{HEIGHT - PAD + 16 + 14 * (i % 2)}" text-anchor="middle" class="axis-name">'
                      f"{html.escape(name)}</text>")
         parts.extend(f'<text x="{x + 4:.1f}" y="{py + 3:.1f}" class="tick">{html.escape(text)}</text>' for py, text in marks)
-    for r in sorted(rows, key=lambda r: -sign * r["best_metric"]):  # the best drawn last, on top
-        shade = 0.0 if high == low else (sign * r["best_metric"] - low) / (high - low)
-        values = [r["best_metric"] if name == spec.search.metric else r["params"].get(name) for name in columns]
+    for r in sorted(rows, key=lambda r: -sign * r.best_metric):  # the best drawn last, on top
+        shade = 0.0 if high == low else (sign * r.best_metric - low) / (high - low)
+        values = [r.best_metric if name == spec.search.metric else r.params.get(name) for name in columns]
         points = " ".join(f"{x:.1f},{axis(v):.1f}" for x, axis, v in zip(xs, axes, values) if v is not None)
         parts.append(f'<polyline class="pc-line" points="{points}" fill="none" stroke="{_shade(shade)}" '
-                     f'stroke-width="1.8" opacity="0.85"><title>{r["trial_id"]}: {spec.search.metric} '
-                     f"{r['best_metric']:.4f}</title></polyline>")
+                     f'stroke-width="1.8" opacity="0.85"><title>{r.trial_id}: {spec.search.metric} '
+                     f"{r.best_metric:.4f}</title></polyline>")
     return (f"<p>{len(rows)} trials with a finite {html.escape(spec.search.metric)}; darker lines are better.</p>"
             + _svg(parts, "parallel"))
 
@@ -199,7 +199,7 @@ def importances(sweep_dir: Path, spec: Spec) -> dict[str, dict[str, float]]:
     share}. An evaluator that cannot run on these trials (too few, one parameter) is left out."""
     import optuna
 
-    path = sweep_dir / "optuna.db"
+    path = sweep_dir / layout.STUDY_DB
     if not path.exists():
         return {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -344,12 +344,12 @@ document.addEventListener('DOMContentLoaded', function () {
 """
 
 
-def _page(spec: Spec, records: list[dict[str, Any]], body: str) -> str:
-    done = sum(r.get("status") not in C.UNFINISHED for r in records)
+def _page(spec: Spec, found: list[TrialRecord], body: str) -> str:
+    done = sum(r.ended for r in found)
     title = f"tuner report: {html.escape(spec.name)}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>"
-            f"<h1>{title}</h1><p>{done} of {len(records)} trials ended; model "
+            f"<h1>{title}</h1><p>{done} of {len(found)} trials ended; model "
             f"{html.escape(str(spec.model.name_or_path))}; metric {html.escape(spec.search.metric)} "
             f"({spec.search.mode}).</p>{body}</body></html>")
 

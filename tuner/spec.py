@@ -130,6 +130,8 @@ class SearchSpec:
     time_budget: float | str | None = None  # wall clock for the search: seconds, or "90s", "30m", "2h"
     baseline: dict[str, Any] | None = None  # a first trial with these values (e.g. HF's defaults)
     max_failures: int = 2  # retries of a crashed trial, each from its latest checkpoint
+    trial_timeout: float | str | None = None  # a trial that runs longer ends as timed_out: "90s", "30m", "2h"
+    stall_timeout: float | str | None = "2h"  # a trial silent this long (no report) ends as stalled; null: off
     space: dict[str, Any] = field(default_factory=dict)
 
 
@@ -764,9 +766,11 @@ def _check_search(spec: Spec, problems: list[str]) -> None:
     _at_least(search.max_failures, 0, "search.max_failures", problems)
     if search.n_startup_trials is not None:
         _at_least(search.n_startup_trials, 0, "search.n_startup_trials", problems)
-    if search.time_budget is not None and parse_duration(search.time_budget) is None:
-        problems.append(f"search.time_budget: got {search.time_budget!r}, expected seconds > 0 "
-                        "or a duration such as '90s', '30m', '2h'")
+    for key in ("time_budget", "trial_timeout", "stall_timeout"):
+        value = getattr(search, key)
+        if value is not None and parse_duration(value) is None:
+            problems.append(f"search.{key}: got {value!r}, expected seconds > 0 or a duration such as "
+                            "'90s', '30m', '2h'")
     searched = [n for n, e in search.space.items() if is_distribution(e)]
     if not searched and isinstance(search.num_samples, int) and search.num_samples > 1:
         problems.append(f"search.num_samples: got {search.num_samples}, but search.space samples "

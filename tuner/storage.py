@@ -1,14 +1,11 @@
 """Where a sweep keeps what every node must reach: a shared path, or an `s3://` / `gs://` bucket.
 
 The driver always keeps its own files (records, logs, leaderboard, `best/`) in a local sweep
-directory; with a bucket, that directory is `runs/<name>` on the driver and is uploaded when the
-sweep ends, while Ray Tune and Ray Train write checkpoints straight to the bucket. Two things never
-live on shared storage while in use:
-
-- the Optuna study: SQLite is unsafe on S3 and NFS, so it lives on the driver's disk and a
-  consistent copy goes to storage at every experiment checkpoint;
-- the prepared data a trial reads: written to storage once, then copied by each node to a local
-  cache and memory-mapped from there.
+directory; with a bucket, that directory is `runs/<name>` on the driver and is mirrored to the
+bucket as the sweep goes (see `mirror`), while Ray Tune and Ray Train write checkpoints straight to
+the bucket. The prepared data a trial reads is written to storage once, then copied by each node to
+a local cache and memory-mapped from there. The Optuna study lives on the driver's disk (see
+`study`). A lock object in the bucket is written with conditional writes (`put_if`).
 """
 
 from __future__ import annotations
@@ -16,14 +13,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sqlite3
 import tempfile
 from pathlib import Path
 
 from tuner import builtin
 
 SCHEMES = ("s3", "gs", "file")  # file:// is a URI on a local or mounted filesystem (handy in tests)
-STUDY_DB = "optuna.db"
 
 
 def is_uri(location: str | None) -> bool:
@@ -81,6 +76,16 @@ def upload(local: Path, location: str) -> None:
                               destination_filesystem=fs)
 
 
+def download_file(location: str, local: Path) -> None:
+    """Copy one file from `location` to the local path `local` (replaced whole)."""
+    fs, path = _fs(location)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f".{local.name}.{os.getpid()}.tmp")
+    with fs.open_input_stream(path) as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.replace(tmp, local)
+
+
 def download(location: str, local: Path) -> None:
     import pyarrow.fs
 
@@ -111,36 +116,19 @@ def node_copy(location: str, key: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# The Optuna study: on the driver's disk, copied to storage.
-
-
-def local_study(sweep_dir: Path) -> Path:
-    """The study's SQLite file on the driver's own disk, named after the sweep directory."""
-    digest = hashlib.sha256(str(sweep_dir.resolve()).encode()).hexdigest()[:16]
-    path = builtin.cache_root() / "studies" / f"{sweep_dir.name}-{digest}" / STUDY_DB
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def copy_study(source: Path, destination: Path) -> None:
-    """A consistent copy of a live SQLite database (the backup API, not a file copy)."""
-    if not source.exists():
-        return
-    tmp = destination.with_name(destination.name + ".tmp")
-    with sqlite3.connect(source) as src, sqlite3.connect(tmp) as dst:
-        src.backup(dst)
-    os.replace(tmp, destination)
-
-
-# ---------------------------------------------------------------------------------------------
 # Keeping disk in check: checkpoints that can no longer matter are removed.
 
 
 def remove(location: str) -> None:
-    """Delete the directory at `location`, wherever it lives; gone already is fine."""
+    """Delete the directory or file at `location`, wherever it lives; gone already is fine."""
+    import pyarrow.fs
+
     fs, path = _fs(location)
     try:
-        fs.delete_dir(path)
+        if fs.get_file_info(path).type == pyarrow.fs.FileType.File:
+            fs.delete_file(path)
+        else:
+            fs.delete_dir(path)
     except (FileNotFoundError, OSError):
         pass
 
@@ -170,3 +158,79 @@ def size_bytes(location: str) -> int:
         return 0
     return sum(i.size or 0 for i in fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
                if i.type == pyarrow.fs.FileType.File)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditional writes: a lock object only one driver can create or take over.
+
+
+def put_if(location: str, text: str, etag: str | None) -> str | None:
+    """Write `text` to `location` only if it does not exist (`etag` None) or still has `etag`.
+    Returns the new etag, or None when the condition failed. S3 decides atomically (conditional
+    writes); elsewhere the check and the write are two steps."""
+    if scheme(location) == "s3":
+        return _s3_put_if(location, text, etag)
+    found = read_with_etag(location)
+    if (found is None) != (etag is None) or (found is not None and found[1] != etag):
+        return None
+    write_text(location, text)
+    return _digest(text)
+
+
+def read_with_etag(location: str) -> tuple[str, str] | None:
+    """The text at `location` and its etag, or None when there is nothing."""
+    if scheme(location) == "s3":
+        client, bucket, key = _s3(location)
+        try:
+            found = client.get_object(Bucket=bucket, Key=key)
+        except client.exceptions.NoSuchKey:
+            return None
+        return found["Body"].read().decode(), found["ETag"]
+    if not exists(location):
+        return None
+    text = read_text(location)
+    return text, _digest(text)
+
+
+def delete_if(location: str, etag: str) -> None:
+    found = read_with_etag(location)
+    if found is not None and found[1] == etag:
+        fs, path = _fs(location)
+        fs.delete_file(path)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _s3(location: str):
+    import boto3
+
+    bucket, _, key = location.split("://", 1)[1].partition("/")
+    return boto3.client("s3"), bucket, key
+
+
+def _s3_put_if(location: str, text: str, etag: str | None) -> str | None:
+    from botocore.exceptions import ClientError
+
+    client, bucket, key = _s3(location)
+    condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+    try:
+        return client.put_object(Bucket=bucket, Key=key, Body=text.encode(), **condition)["ETag"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict",
+                                                          "NoSuchKey"):
+            return None
+        raise
+
+
+def list_files(location: str, prefix: str = "") -> list[str]:
+    """Names of the files directly under `location` that start with `prefix`."""
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return []
+    return [i.base_name for i in infos if i.type == pyarrow.fs.FileType.File and i.base_name.startswith(prefix)]

@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tuner import constants as C
-from tuner import secret, space
+from tuner import layout, records, secret, space
 from tuner.errors import UserError, first_line
+from tuner.records import TrialRecord
 from tuner.spec import Spec, WandbSpec
 
 log = logging.getLogger("tuner")
 
-WANDB_DIR = "wandb"  # under the sweep directory: wandb/offline-run-*/ for `launch.py sync`
+WANDB_DIR = layout.WANDB_DIR  # under the sweep directory: wandb/offline-run-*/ for `launch.py sync`
 DEFAULT_HOST = "api.wandb.ai"
 # Our report keys → W&B's names, in the `train/` and `eval/` panels HF's W&B integration uses.
 METRICS = {
@@ -117,17 +118,17 @@ def run_id(group: str, trial_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", f"{group}-{trial_id}")[-64:]
 
 
-def trial_summary(record: dict[str, Any]) -> dict[str, Any]:
+def trial_summary(record: TrialRecord) -> dict[str, Any]:
     """How the trial ended, in the words the leaderboard uses."""
-    status = record["status"]
-    summary = {"status": status, "best_eval_loss": record.get("best_eval_loss"),
-               "best_step": record.get("best_step"), "reports": record.get("reports"),
-               "tokens_seen": record.get("tokens_seen"), "retries": record.get("retries", 0),
-               "micro_batch": record.get(C.MICRO_BATCH), "accumulation": record.get(C.ACCUMULATION)}
+    status = record.status
+    summary = {"status": status, "best_eval_loss": record.best_eval_loss,
+               "best_step": record.best_step, "reports": record.reports,
+               "tokens_seen": record.tokens_seen, "retries": record.retries,
+               "micro_batch": record.micro_batch, "accumulation": record.accumulation}
     if status == C.STOPPED_ASHA:
-        summary.update(stopped_at_report=record.get("reports"), stopped_at_tokens=record.get("rung"))
-    if record.get("error"):
-        summary["failure_reason"] = record["error"]
+        summary.update(stopped_at_report=record.reports, stopped_at_tokens=record.rung)
+    if record.error:
+        summary["failure_reason"] = record.error
     return {k: v for k, v in summary.items() if v is not None}
 
 
@@ -213,15 +214,15 @@ class Tracker:
             run.log(report_metrics(report), step=step)
             self.last_step[trial_id] = step
 
-    def trial_ended(self, record: dict[str, Any]) -> None:
+    def trial_ended(self, record: TrialRecord) -> None:
         """Write the trial's summary and close its run; add it to the sweep's progress."""
         with self._guard("closing a trial run") as on:
             if not on:
                 return
-            run = self.trials.pop(record["trial_id"], None)
+            run = self.trials.pop(record.trial_id, None)
             if run is not None:
                 run.summary.update(trial_summary(record))
-                run.finish(exit_code=1 if record["status"] == C.FAILED else 0)
+                run.finish(exit_code=1 if record.status == C.FAILED else 0)
             self._progress(record)
 
     def trial_retried(self, trial_id: str) -> None:
@@ -240,13 +241,12 @@ class Tracker:
             self.sweep_run.define_metric("search/*", step_metric="search/trials_finished")
         return self.sweep_run
 
-    def _progress(self, record: dict[str, Any]) -> None:
+    def _progress(self, record: TrialRecord) -> None:
         """Best loss so far against trials finished: how fast the search converges."""
-        value = record.get("best_metric")
-        sign = 1 if self.spec.search.mode == "min" else -1
-        usable = value is not None and math.isfinite(value) and record["status"] in C.PROMOTABLE
+        value = record.best_metric
+        usable = record.promotable
         best = self.progress[-1] if self.progress else None
-        if usable and (best is None or sign * value < sign * best):
+        if usable and records.better(value, best, self.spec.search.mode):
             best = value
         self.progress.append(best)
         row = {"search/trials_finished": len(self.progress), "search/trial_" + self.spec.search.metric:
@@ -276,7 +276,7 @@ class Tracker:
             run.finish()
             self.sweep_run = None
 
-    def final_evaluation(self, best: dict[str, Any], final_eval: dict[str, Any],
+    def final_evaluation(self, best: TrialRecord, final_eval: dict[str, Any],
                          samples: list[dict[str, Any]]) -> None:
         """The promoted model's test metrics and its generated samples as a Table."""
         import wandb
@@ -285,8 +285,8 @@ class Tracker:
             if not on:
                 return
             run = self._init(name=f"{self.spec.name}-final-eval", job_type="final-eval",
-                             config={**space.resolve(self.spec, best["params"]), "trial_id": best["trial_id"],
-                                     "checkpoint_step": best.get("best_step")})
+                             config={**space.resolve(self.spec, best.params), "trial_id": best.trial_id,
+                                     "checkpoint_step": best.best_step})
             run.summary.update({f"test/{k}": v for k, v in final_eval.items()
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
             for name in ("tuned", "base", "baseline"):  # the A/B figures, one W&B section per model

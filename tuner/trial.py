@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 
 from tuner import constants as C
 from tuner import gpu, space
+from tuner import model as model_lib
 from tuner.context import TrialContext
 from tuner.data import trial_splits
 from tuner.errors import first_line
@@ -255,40 +256,6 @@ def gpu_memory() -> dict[str, float]:
     return {C.GPU_MEMORY_MB: torch.cuda.max_memory_allocated() / 2**20}
 
 
-def run_user_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter) -> None:
-    """Run the user's `trial_fn(hyperparameters, report)` with the same reporting contract as ours.
-
-    Each report is completed with the keys the sweep reads; when the function returns, its last
-    report is repeated once marked final, so the trial counts as completed, not stopped.
-    """
-    last: dict[str, Any] = {}
-    count = [0]  # reports so far: the step of a report that names none
-
-    def user_report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
-        missing = [k for k in (C.EVAL_LOSS, C.TOKENS_SEEN) if k not in metrics]
-        if missing:
-            raise ValueError(f"trial_fn reported {sorted(metrics)}; every report needs {missing}")
-        count[0] += 1
-        last.clear()
-        last.update({C.TRAIN_LOSS: math.nan, C.LEARNING_RATE: 0.0, C.EPOCH: 0.0, C.STEP: count[0],
-                     C.TOKENS_PER_S: 0.0, **metrics, C.TRIAL_STATUS: C.RUNNING, C.FINAL: False})
-        if not all(math.isfinite(float(last[k])) for k in (C.EVAL_LOSS, C.TRAIN_LOSS) if k in metrics):
-            report({**last, C.EVAL_LOSS: math.nan, C.TRIAL_STATUS: C.DIVERGED, C.FINAL: True}, None)
-            raise _Diverged  # stop the user's loop at once, as ReportCallback stops the Trainer
-        report(dict(last), checkpoint_dir)
-
-    try:
-        ctx.trial_fn(space.resolve(ctx.spec, params), user_report)
-    except _Diverged:
-        return
-    if last:
-        report({**last, C.TRIAL_STATUS: C.COMPLETED, C.FINAL: True, C.REPEAT: True}, None)
-
-
-class _Diverged(Exception):
-    """A user's training loop reported a NaN or inf loss."""
-
-
 def run_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter,
               resume_from: str | None = None, workdir: str | Path | None = None) -> dict[str, Any]:
     """Train one trial to its end, reporting as it goes. Returns a summary of the run.
@@ -363,8 +330,6 @@ class ReportOnce:
 def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_from: str | None,
            workdir: str | Path | None) -> dict[str, Any]:
     from transformers import Trainer
-
-    from tuner import model as model_lib
 
     spec = ctx.spec
     used = {C.MICRO_BATCH: int(hyper["per_device_train_batch_size"]),

@@ -1,0 +1,335 @@
+"""The ledger: a Tune callback that keeps one record per trial on disk as the sweep goes.
+
+It also holds the driver's watch over running trials: a trial past `search.trial_timeout` or
+silent past `search.stall_timeout` is ended here (its actor killed, so its GPU is freed), and on a
+restored experiment it reconciles Tune's snapshot, which lags, with the records, which do not.
+Imported by the driver only (it imports Ray).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ray import tune
+
+from tuner import constants as C
+from tuner import layout, records, results, retention, storage, study, tune_hooks
+from tuner.deadline import Deadlines
+from tuner.errors import UserError
+from tuner.mirror import Mirror
+from tuner.plan import Plan
+from tuner.records import TrialRecord
+from tuner.restore import Snapshot
+from tuner.searcher import classify
+from tuner.spec import Spec, parse_duration
+from tuner.trainable import CHECKPOINT_PATH
+
+log = logging.getLogger("tuner")
+RESTORE_KEYS = ("training_iteration", "time_total_s")  # what Tune restores a trial's counters from
+
+
+class TrialLedger(tune.Callback):
+    """Keeps `trials/<trial_id>.json` current and prints the sweep's progress.
+
+    Tune marks a result `done` when the scheduler stops the trial; a trial's own last report carries
+    `final_report`. A `done` result without it was stopped by ASHA: the ledger writes that into the
+    result itself, so the searcher reads the same status.
+    """
+
+    def __init__(self, spec: Spec, plan: Plan, say: Callable[[str], None], sweep_id: str, tracker=None,
+                 experiment: str = layout.FIRST_EXPERIMENT, scheduler=None, restored: bool = False,
+                 mirror: Mirror | None = None, snapshot: Snapshot | None = None):
+        self.sweep_dir, self.location = spec.sweep_dir, spec.location
+        self.scheme = storage.scheme(spec.location)
+        self.plan, self.metric, self.mode = plan, spec.search.metric, spec.search.mode
+        self.study_name = spec.name
+        self.max_failures = spec.search.max_failures
+        # promote.top_k re-evaluates that many checkpoints, and the baseline trial's is evaluated too
+        self.keep_best = max(spec.promote.keep_best, spec.promote.top_k)
+        self.baseline = spec.search.baseline
+        self.say, self.tracker = say, tracker  # tracking.Tracker: the trial's W&B run follows its record
+        self.experiment, self.scheduler = experiment, scheduler
+        self.restored = restored  # this run restores an experiment whose driver died
+        self.snapshot = snapshot  # restore.Snapshot: what Tune's snapshot held, read before Tune read it
+        self.mirror = mirror or Mirror(self.sweep_dir, self.location, sweep_id)
+        records.folder(self.sweep_dir).mkdir(parents=True, exist_ok=True)
+        # Every trial of the sweep (earlier experiments and drivers too): progress and keep_best are
+        # sweep-wide.
+        self.records = {r.trial_id: r for r in records.load_all(self.sweep_dir, self.location)}
+        self.lost: list[TrialRecord] = []  # set aside at this restore: their successors go on from them
+        self.started: set[str] = set()  # trials started by this driver
+        timeouts = [parse_duration(v) if v is not None else None
+                    for v in (spec.search.trial_timeout, spec.search.stall_timeout)]
+        self.deadlines = Deadlines(*timeouts)
+        self.verdicts: dict[str, tuple[str, str]] = {}  # trials the driver ended: status, why
+
+    # -- Tune's snapshot carries ASHA's state (Tune keeps no scheduler state of its own) --------
+
+    def get_state(self) -> dict[str, Any]:
+        """Saved by Tune with every experiment snapshot: ASHA's rungs, so a restored sweep stops
+        trials against the same cutoffs. The study's copy goes to storage at the same time."""
+        if self.mirror.enabled:
+            self.mirror.push()  # the study copy, the state, the changed records: all to the bucket
+        else:
+            study.save_copy(self.sweep_dir, self.location, self.mirror.sweep_id)
+        return {"scheduler": tune_hooks.scheduler_state(self.scheduler)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        tune_hooks.restore_scheduler(self.scheduler, state.get("scheduler"))
+
+    # -- each step: a restore's reconciliation, the clock on running trials, the bucket --------
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.restored:
+            self.restored = False
+            self._reconcile(trials)
+        now = time.monotonic()
+        for trial_id, status, why in self.deadlines.overdue(now):
+            trial = next((t for t in trials if t.trial_id == trial_id), None)
+            if trial is not None:
+                self._cut_off(trial, status, why, now)
+        self.mirror.tick()
+
+    def _reconcile(self, trials) -> None:
+        """On the first step of a restored experiment, before any trial starts: bring each restored
+        trial up to the latest checkpoint its record holds, and set aside the records of unfinished
+        trials that Tune's snapshot does not hold (the dead driver started them after it: their
+        configurations run again, going on from their checkpoints). A finished record is never
+        moved. Tune starts a new experiment without a word when it cannot restore its snapshot:
+        that is refused here, before any trial starts."""
+        if self.snapshot is not None and self.snapshot.trial_ids and not {t.trial_id for t in trials}:
+            raise UserError(f"{self.snapshot.path}: Ray Tune could not restore this snapshot (its error is logged "
+                            "above) and would start the experiment anew; run `launch.py resume SWEEP_DIR "
+                            "--restart-search` to go on without it, keeping every finished trial")
+        for trial in trials:
+            record = self.records.get(trial.trial_id)
+            if record is not None and record.ended:  # it only repeats how it ended: nothing to restore
+                tune_hooks.forget_checkpoints(trial)
+            elif record is not None and record.latest_checkpoint:
+                if tune_hooks.catch_up(trial, record.latest_checkpoint, self.location):
+                    log.info("trial %s: Tune's last snapshot predates its checkpoint at step %s; it goes on from "
+                             "that one", trial.trial_id, record.checkpoint_step)
+        known = {t.trial_id for t in trials}
+        for record in list(self.records.values()):
+            if record.experiment != self.experiment or record.trial_id in known or record.ended:
+                continue
+            records.set_aside(record, self.sweep_dir)
+            self.mirror.record_changed(record.trial_id)
+            del self.records[record.trial_id]
+            self.lost.append(record)
+            self.say(f"trial {record.trial_id}: started after the dead driver's last snapshot; its configuration "
+                     "runs again as a new trial" + (f", from its checkpoint at step {record.checkpoint_step}"
+                                                    if record.latest_checkpoint else ""))
+
+    def _cut_off(self, trial, status: str, why: str, now: float) -> None:
+        """End a trial the clock says is over: kill its actor (a hung trial frees its GPU only with
+        its process), with no retry; Tune reports it failed, and the ledger records `status`."""
+        self.deadlines.stop(trial.trial_id, now)
+        self.verdicts[trial.trial_id] = (status, why)
+        self.say(f"trial {trial.trial_id}: {why}; ended as {status}")
+        tune_hooks.end_now(trial)
+
+    # -- records ---------------------------------------------------------------------------------
+
+    def _record(self, trial) -> TrialRecord:
+        if trial.trial_id not in self.records:
+            path = records.path_of(self.sweep_dir, trial.trial_id)
+            self.records[trial.trial_id] = (records.load(path, self.location, self.sweep_dir) if path.exists() else
+                                            TrialRecord(
+                trial_id=trial.trial_id, experiment=self.experiment, params=dict(trial.config),
+                log_file=layout.relative(self.sweep_dir / layout.LOGS_DIR / f"{trial.trial_id}.log", self.sweep_dir),
+                trial_dir=layout.relative(self._uri(str(trial.path)), self.location)))
+        return self.records[trial.trial_id]
+
+    def _write(self, record: TrialRecord) -> None:
+        records.save(record, self.sweep_dir)
+        self.mirror.record_changed(record.trial_id)
+
+    def _uri(self, path: str) -> str:
+        """Ray gives checkpoint paths without the bucket's scheme."""
+        return f"{self.scheme}://{path}" if self.scheme and "://" not in path else path
+
+    def _stored(self, path: str) -> str:
+        return layout.relative(self._uri(path), self.location)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        record = self._record(trial)
+        if record.ended:
+            return  # ended after the dead driver's last snapshot: the trainable returns at once
+        new = trial.trial_id not in self.started
+        if record.status == C.RUNNING and new:
+            record.awaiting_start = True  # running when the driver died: resumed now
+            record.resumes += 1
+        elif record.status == C.PENDING and new and not record.history:
+            self._continue_lost(trial, record)
+        self.started.add(trial.trial_id)
+        record.status = C.RUNNING
+        record.started_at = record.started_at or time.time()
+        self.deadlines.start(trial.trial_id, record.run_seconds, time.monotonic())
+        self._write(record)
+        if self.tracker is not None:
+            self.tracker.trial_started(trial.trial_id, dict(trial.config))
+
+    def _continue_lost(self, trial, record: TrialRecord) -> None:
+        """A new trial running the configuration of a trial lost at this restore goes on from the
+        lost one's latest checkpoint: its reports up to there become this trial's."""
+        lost = next((r for r in self.lost if r.latest_checkpoint and records.same_params(record.params, r.params)
+                     and records.same_params(r.params, record.params)), None)
+        if lost is None or not tune_hooks.register(trial, lost.latest_checkpoint, self.location):
+            return
+        self.lost.remove(lost)
+        step = lost.checkpoint_step or 0
+        record.continues = lost.trial_id
+        record.history = [h for h in lost.history if (h.get(C.STEP) or 0) <= step]
+        record.reports = len(record.history)
+        record.run_seconds = lost.run_seconds
+        if lost.best_step is not None and lost.best_step <= step and not lost.checkpoint_deleted:
+            record.best_metric, record.best_eval_loss = lost.best_metric, lost.best_eval_loss
+            record.best_step, record.best_checkpoint = lost.best_step, lost.best_checkpoint
+        record.awaiting_start = True
+        self.say(f"trial {trial.trial_id}: goes on from lost trial {lost.trial_id}'s checkpoint at step {step}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        record = self._record(trial)
+        if record.ended:
+            return  # a trial that had ended before the driver died, repeating its last report
+        self.deadlines.reported(trial.trial_id, time.monotonic())
+        if C.START_STEP in result and record.awaiting_start:
+            record.awaiting_start = False
+            self._restarted(record, int(result[C.START_STEP]))
+        if result.get("done") and not result.get(C.FINAL):
+            tokens = result[C.TOKENS_SEEN]
+            if self.plan.max_t is not None and tokens >= self.plan.max_t:
+                result[C.TRIAL_STATUS] = C.COMPLETED
+            else:
+                result[C.TRIAL_STATUS] = C.STOPPED_ASHA
+                record.rung = max([r for r in self.plan.rungs if r <= tokens], default=None)
+        value = result.get(self.metric)
+        # A retried trial redoes the steps after its last persisted checkpoint: a report it had
+        # already made before the crash is not counted twice.
+        redone = bool(record.history) and result.get(C.STEP, 0) <= record.history[-1][C.STEP]
+        if result.get(C.TRIAL_STATUS) not in C.ABORTED and not result.get(C.REPEAT) and not redone:
+            record.reports += 1
+            record.history.append({**{k: result.get(k) for k in C.REPORT_KEYS}, "reported_at": time.time()})
+            if self.tracker is not None:
+                self.tracker.trial_reported(trial.trial_id, result)
+        record.node_id, record.gpu_ids = result.get(C.NODE_ID), result.get(C.GPU_IDS)
+        for key in (C.MICRO_BATCH, C.ACCUMULATION):  # what it trained with (an OOM halves the batch)
+            if result.get(key) is not None:
+                setattr(record, key, result[key])
+        record.tokens_seen = int(result.get(C.TOKENS_SEEN, 0))
+        if any(key in result for key in C.TIME_KEYS):  # this run's time so far, by part
+            record.timing = {key: round(float(result.get(key, 0.0)), 3) for key in C.TIME_KEYS}
+        record.train_seconds = float(result.get("time_total_s", 0.0))
+        record.run_seconds = self.deadlines.ran(trial.trial_id, time.monotonic()) or record.run_seconds
+        record.pending_value = value
+        if result.get(CHECKPOINT_PATH):  # a data-parallel trial: Train stored the checkpoint
+            self._checkpointed(record, result, self._stored(result[CHECKPOINT_PATH]))
+        self._write(record)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        record = self._record(trial)
+        result, path = trial.last_result, self._stored(checkpoint.path)
+        self._checkpointed(record, result, path)
+        # What a restore needs to register this checkpoint again (see tune_hooks.catch_up).
+        record.latest_checkpoint = {"path": path, "metrics": {
+            key: result[key] for key in (*C.REPORT_KEYS, self.metric, *RESTORE_KEYS) if key in result}}
+        self._write(record)
+
+    def _checkpointed(self, record: TrialRecord, result: dict[str, Any], path: str) -> None:
+        """A checkpoint was kept for the last report: is it the trial's best?"""
+        record.checkpoint_step = result.get(C.STEP)  # where a resume of this trial goes on from
+        value, record.pending_value = record.pending_value, None
+        if records.better(value, record.best_metric, self.mode):
+            record.best_metric, record.best_eval_loss = value, result.get(C.EVAL_LOSS)
+            record.best_step, record.best_checkpoint = result.get(C.STEP), path
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, classify(trial.last_result, error=False), trials)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """The trial crashed and Tune restarts it from its latest checkpoint."""
+        record = self._record(trial)
+        if record.ended:
+            return  # ended before the driver died: its record is never rewritten
+        record.run_seconds = self.deadlines.stop(trial.trial_id, time.monotonic()) or record.run_seconds
+        record.retries += 1
+        record.awaiting_start = True
+        record.crashes.append(_error_text(trial))
+        self._write(record)
+        self.say(f"trial {trial.trial_id}: crashed ({record.crashes[-1]}); retry {record.retries} of "
+                 f"{self.max_failures}, from its latest checkpoint")
+        if self.tracker is not None:
+            self.tracker.trial_retried(trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        record = self._record(trial)
+        if record.ended:
+            return  # ended before the driver died: its record is never rewritten
+        status, why = self.verdicts.get(trial.trial_id, (C.FAILED, None))
+        record.error = why or _error_text(trial)
+        self._finish(trial, status, trials)
+
+    def _restarted(self, record: TrialRecord, start_step: int) -> None:
+        """The first report after a crash or a driver resume says where the trial went on from;
+        step 0 (it had no checkpoint yet) is said in the leaderboard."""
+        record.resumed_from_steps.append(start_step)
+        if start_step == 0:
+            record.restarted_from_step_0 += 1
+
+    def _finish(self, trial, status: str, trials) -> None:
+        record = self._record(trial)
+        if record.ended:
+            return  # ended before the driver died; Tune's snapshot was older
+        record.run_seconds = self.deadlines.stop(trial.trial_id, time.monotonic()) or record.run_seconds
+        record.status, record.awaiting_start, record.pending_value = status, False, None
+        record.ended_at = time.time()
+        retention.prune_ended(record, self.location, skip=self._continued_dirs(record))
+        self._write(record)
+        self._keep_best()
+        results.write_csv(results.leaderboard(self.sweep_dir, self.mode, self.study_name, self.records.values()),
+                          self.sweep_dir / layout.LEADERBOARD)
+        self.say(self._progress(trial.trial_id, record, trials))
+        if self.tracker is not None:
+            self.tracker.trial_ended(record)
+        self.mirror.push()
+
+    def _continued_dirs(self, record: TrialRecord) -> list[str]:
+        """A lost trial's directory keeps what it holds (its data), even once continued."""
+        if not record.continues or not record.best_checkpoint:
+            return []
+        folder = record.best_checkpoint.rstrip("/").rsplit("/", 1)[0]
+        return [] if folder == (record.trial_dir or "").rstrip("/") else [folder]
+
+    def _keep_best(self) -> None:
+        """Sweep-wide, `keep_best` checkpoints (and the baseline trial's, which the final evaluation
+        scores beside the winner): one that `keep_best` ended trials already beat can never be among
+        them again, so it goes."""
+        found = list(self.records.values())
+        baseline = results.baseline_record(found, self.baseline)
+        for record in retention.beyond_keep(found, self.keep_best, self.mode, baseline):
+            retention.drop_checkpoint(record, self.location)
+            self._write(record)
+
+    def _progress(self, trial_id: str, record: TrialRecord, trials) -> str:
+        done = [r for r in self.records.values() if r.ended]
+        stopped = sum(r.status == C.STOPPED_ASHA for r in done)
+        running = sum(t.status == "RUNNING" for t in trials) - 1
+        top = records.best_of(self.records.values(), self.mode)
+        rung = f" at {record.rung} tokens" if record.status == C.STOPPED_ASHA else ""
+        best_text = f"best {self.metric} {top.best_metric:.4f} ({top.trial_id})" if top else "no best yet"
+        return (f"trial {trial_id}: {record.status}{rung}, {record.reports} reports | "
+                f"{len(done)}/{self.plan.num_samples} finished ({stopped} stopped by ASHA), "
+                f"{max(running, 0)} running, {best_text}")
+
+
+def _error_text(trial) -> str:
+    error_file = getattr(trial, "error_file", None)
+    if error_file and os.path.exists(error_file):
+        lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()]
+        return lines[-1] if lines else "unknown error"
+    return str(getattr(trial, "error_msg", None) or "unknown error")

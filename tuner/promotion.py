@@ -1,0 +1,173 @@
+"""Promotion: the best trial's final evaluation on the test split, then `best/`, once per sweep.
+
+The best promotable trial whose checkpoint can be read is evaluated (re-ranked first on the whole
+validation split when `promote.top_k` > 1), beside the base model and the baseline trial; `best/`
+is written whole, in one step (see `layout.staged_dir`). A sweep already promoted is not promoted
+again unless a new trial beat its winner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuner import (
+    export,
+    layout,
+    model,
+    promote,
+    records,
+    results,
+    state,
+    storage,
+    tracking,
+)
+from tuner.context import TrialContext
+from tuner.errors import first_line
+from tuner.records import TrialRecord
+from tuner.spec import Spec
+
+log = logging.getLogger("tuner")
+
+
+class SweepFailed(Exception):
+    """No trial finished with a usable result: nothing to promote or export."""
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: Path
+    leaderboard: list[dict[str, Any]]
+    best: TrialRecord | None  # the promoted trial's record
+    final_eval: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def already_exported(spec: Spec, board: list[dict[str, Any]], progress: state.SweepState) -> bool:
+    """Whether best/ already holds this sweep's winner: no trial ran since the export, or the ones
+    that did (an extension) did not beat it. Promotion is a full test-set evaluation: done once."""
+    final = spec.sweep_dir / layout.BEST_DIR / "final_eval.json"
+    if not final.exists() or progress.exported_trials is None:
+        return False
+    if progress.exported_trials == len(board):
+        return True
+    best = results.best_records(spec.sweep_dir, spec.search.mode)
+    exported = json.loads(final.read_text())
+    return bool(best) and (best[0].trial_id, best[0].best_checkpoint) == (exported["trial_id"], exported["checkpoint"])
+
+
+def exported_result(spec: Spec, board: list[dict[str, Any]]) -> SweepResult:
+    """The result of a sweep promoted and exported by an earlier run, read back from best/."""
+    best_dir = spec.sweep_dir / layout.BEST_DIR
+    final_eval = json.loads((best_dir / "final_eval.json").read_text())
+    best = next((r for r in records.load_all(spec.sweep_dir) if r.trial_id == final_eval.get("trial_id")), None)
+    if best is not None:
+        _summary(spec, best, final_eval, best_dir)
+    return _result(spec, board, best, final_eval, best_dir)
+
+
+def promote_and_export(spec: Spec, ctx: TrialContext, board: list[dict[str, Any]],
+                       tracker: tracking.Tracker) -> SweepResult:
+    """The best promotable trial's final evaluation on the test split, then `best/`."""
+    sweep_dir, prepared = spec.sweep_dir, ctx.prepared
+    baseline_record = results.baseline_record(records.load_all(sweep_dir), spec.search.baseline)
+    best, (metrics, samples, best_model), selection = _evaluate_best_readable(spec, ctx, baseline_record)
+    baseline = results.baseline_comparison(baseline_record, best, spec.search.mode)
+    if baseline is not None:
+        metrics["baseline"] = {**baseline, **metrics.get("baseline", {})}
+    if selection is not None:
+        metrics["selection"] = selection
+    best_dir = export.write_best(spec, best, metrics, samples, best_model, prepared.tokenizer_path)
+    final_eval = json.loads((best_dir / "final_eval.json").read_text())
+    tracker.final_evaluation(best, final_eval, samples)
+    if storage.is_uri(spec.location):  # the bucket gets the results and the logs too: all in one place
+        for name in (layout.LOGS_DIR, layout.BEST_DIR):
+            if (sweep_dir / name).exists():
+                storage.upload(sweep_dir / name, storage.join(spec.location, name))
+    _summary(spec, best, final_eval, best_dir)
+    return _result(spec, board, best, final_eval, best_dir)
+
+def _result(spec: Spec, board: list[dict[str, Any]], best: TrialRecord | None, final_eval: dict[str, Any],
+            best_dir: Path) -> SweepResult:
+    sweep_dir = spec.sweep_dir
+    return SweepResult(sweep_dir, board, best, final_eval, {
+        "leaderboard": sweep_dir / layout.LEADERBOARD, "best": best_dir,
+        "config": best_dir / "config.yaml", "model": best_dir / "model",
+        "final_eval": best_dir / "final_eval.json", "samples": best_dir / "samples.jsonl",
+        "report": sweep_dir / layout.REPORT_FILE})
+
+
+def fetch(checkpoint: str, local: Path) -> str:
+    """A local directory holding `checkpoint` (downloaded when it lives in a bucket)."""
+    if not storage.is_uri(checkpoint):
+        if not Path(checkpoint).is_dir():
+            raise promote.UnreadableCheckpoint(f"{checkpoint}: no such directory")
+        return checkpoint
+    try:
+        storage.download(checkpoint, local)
+    except OSError as exc:  # gone from the bucket, or unreachable: promotion takes the next best
+        raise promote.UnreadableCheckpoint(f"{checkpoint}: {first_line(exc)}") from None
+    return str(local)
+
+
+def _evaluate_best_readable(spec: Spec, ctx: TrialContext, baseline: TrialRecord | None,
+                            ) -> tuple[TrialRecord, tuple, dict[str, Any] | None]:
+    """The final evaluation of the best trial whose checkpoint can be read, best first (re-ranked on
+    the whole validation split when `promote.top_k` > 1): a missing or corrupt checkpoint falls back
+    to the next best, and says so. Returns the record, the evaluation and the re-ranking, if any."""
+    sweep_dir = spec.sweep_dir
+    candidates = results.best_records(sweep_dir, spec.search.mode)
+
+    def locate(record: TrialRecord) -> str:
+        checkpoint = layout.resolve(record.best_checkpoint, spec.location)
+        return fetch(checkpoint, sweep_dir / layout.PROMOTED_DIR / record.trial_id)
+
+    selection = None
+    if spec.promote.top_k > 1 and len(candidates) > 1:
+        candidates, selection = promote.rerank(candidates, locate, ctx.prepared, spec.promote,
+                                               spec.model.trust_remote_code, lambda: model.load_model(
+                                                   ctx.model_path, spec.model.revision, token_env=spec.model.token_env,
+                                                   trust_remote_code=spec.model.trust_remote_code))
+        log.info("promote: the best %d trials re-evaluated on the whole validation split (%d blocks): %s",
+                 len(selection["candidates"]), selection["blocks"], ", ".join(
+                     f"{c['trial_id']} {c['validation_loss']:.4f}" for c in selection["candidates"]))
+        log.info("promote: %s", f"the choice changed from {selection['search_winner']} to {selection['chosen']}"
+                 if selection["changed"] else f"the choice stands: {selection['chosen']}")
+    baseline_checkpoint = None
+    if baseline is not None and baseline.best_checkpoint and not baseline.checkpoint_deleted:
+        try:
+            baseline_checkpoint = locate(baseline)
+        except promote.UnreadableCheckpoint as exc:
+            log.warning("promote: the baseline trial's checkpoint is unreadable (%s)", exc)
+    skipped = []
+    for record in candidates:
+        try:
+            checkpoint = locate(record)
+            return record, promote.final_evaluation(checkpoint, ctx.model_path, ctx.prepared, spec.promote,
+                                                    spec.model.revision, spec.model.token_env,
+                                                    spec.model.trust_remote_code, baseline_checkpoint), selection
+        except promote.UnreadableCheckpoint as exc:  # not the base model's errors: those are not the checkpoint's
+            skipped.append(f"  {record.trial_id}: {exc}")
+            log.warning("promote: the checkpoint of trial %s is missing or unreadable (%s); promoting the "
+                        "next best trial instead", record.trial_id, exc)
+    lines = skipped or [f"  {r.trial_id}: {r.status}" + (f" ({r.error})" if r.error else "")
+                        for r in records.load_all(sweep_dir)]
+    reason = "no readable checkpoint" if skipped else f"no trial finished with a finite {spec.search.metric}"
+    raise SweepFailed(f"{reason}; nothing to promote or export:\n" + "\n".join(lines))
+
+
+def _summary(spec: Spec, best: TrialRecord, final: dict[str, Any], best_dir: Path) -> None:
+    log.info("best trial %s: search %s %.4f at step %s; test perplexity %.2f", best.trial_id,
+             spec.search.metric, best.best_metric, best.best_step, final["perplexity"])
+    for line in results.ab_lines(final):
+        log.info("  %s", line)
+    if "baseline" in final and "tuning_beat_baseline" in final["baseline"]:
+        baseline = final["baseline"]
+        verdict = "beat" if baseline["tuning_beat_baseline"] else "did not beat"
+        log.info("tuning %s the baseline (trial %s, %s, search %s %s)", verdict, baseline["trial_id"],
+                 baseline["status"], spec.search.metric, baseline["search_metric"])
+    log.info("results: %s (leaderboard.csv, best/config.yaml, best/model, best/final_eval.json)",
+             spec.sweep_dir)

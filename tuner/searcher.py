@@ -1,0 +1,180 @@
+"""The searcher: Ray Tune's `OptunaSearch`, telling Optuna the truth about how each trial ended.
+
+Imported by the driver only (it imports Ray); the study's files are `study`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.train._internal.storage import get_fs_and_path
+from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner import constants as C
+from tuner import records, space, study
+from tuner.spec import Spec
+
+log = logging.getLogger("tuner")
+
+
+def sampler(spec: Spec) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler, seeded here: OptunaSearch ignores `seed` once given a sampler."""
+    search = spec.search
+    startup = {} if search.n_startup_trials is None else {"n_startup_trials": search.n_startup_trials}
+    if search.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=search.seed, **startup)
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=search.seed)
+    if search.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=search.seed, **startup)
+    return optuna.samplers.QMCSampler(seed=search.seed, scramble=True)
+
+
+def classify(result: dict[str, Any] | None, error: bool) -> str:
+    """A finished trial's status from its last result (annotated by the ledger)."""
+    if error:
+        return C.FAILED
+    status = (result or {}).get(C.TRIAL_STATUS, C.RUNNING)
+    return C.STOPPED_BUDGET if status == C.RUNNING else status
+
+
+class TruthfulOptunaSearch(OptunaSearch):
+    """OptunaSearch that records how a trial really ended.
+
+    Ray's tells Optuna every ended trial is COMPLETE with its last value: that teaches TPE from
+    early-rung losses and counts failures as results. Here scheduler stops are PRUNED (with their
+    intermediate values, by tokens seen), failed, diverged and cut-off trials FAIL, and a completed
+    trial's value is its best report, the checkpoint promotion would take.
+
+    `limit` caps the trials this experiment suggests in all: a restored experiment whose dead driver
+    finished trials after Tune's last snapshot keeps their records, so it suggests that many fewer.
+    """
+
+    def __init__(self, *args: Any, limit: int | None = None, sweep_id: str | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.limit, self.sweep_id = limit, sweep_id
+
+    def suggest(self, trial_id: str):
+        if self.limit is not None and trial_id not in self._ot_trials and len(self._ot_trials) >= self.limit:
+            return Searcher.FINISHED
+        params = super().suggest(trial_id)
+        if params is not None:
+            self._ot_trials[trial_id].set_user_attr(study.RAY_TRIAL_ID, trial_id)
+        return params
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        value = result.get(self.metric)
+        if result.get(C.REPEAT) or trial_id in self._completed_trials:
+            return  # a closing copy of a report already told, or a trial told already
+        if trial_id in self._ot_trials and records.finite(value):
+            self._ot_trials[trial_id].report(value, int(result[C.TOKENS_SEEN]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        status = classify(result, error)
+        frozen = self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
+        if result and result.get(C.TOKENS_SEEN) not in frozen.intermediate_values:
+            self.on_trial_result(trial_id, result)  # a stopping report skips on_trial_result
+            frozen = self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
+        finite = [v for v in frozen.intermediate_values.values() if math.isfinite(v)]
+        ot_trial.set_user_attr("status", status)
+        if status == C.COMPLETED and finite:
+            self._ot_study.tell(ot_trial, min(finite) if self.mode == "min" else max(finite))
+        elif status in C.PROMOTABLE and status not in C.CUT_OFF and finite:
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+        self._completed_trials.add(trial_id)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's last snapshot, reconciled once with the study, which the dead driver kept writing
+        after it.
+
+        The snapshot pickles the study's storage as the dead driver had it: the searcher is bound
+        again to this driver's study (a moved or copied sweep never writes into the original's).
+        Trials the study already finished are not told again; trials it holds RUNNING that the
+        snapshot never suggested (no Tune trial will finish them) are marked FAIL and their
+        configurations queued again, so the search still runs each once; a queued baseline the
+        study has already run is dropped."""
+        storage, limit, sweep_id = self._storage, self.limit, self.sweep_id
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(_SnapshotUnpickler(f).load())  # what OptunaSearch.restore does, detached
+        self._storage, self.limit, self.sweep_id = storage, limit, sweep_id
+        self._rebind()
+        known = set(self._ot_trials)
+        trials = self._ot_study.get_trials(deepcopy=False)
+        self._completed_trials.update(t.user_attrs[study.RAY_TRIAL_ID] for t in trials
+                                      if t.state.is_finished() and t.user_attrs.get(study.RAY_TRIAL_ID) in known)
+        if study.fail_and_requeue(self._ot_study, known):
+            # The sampler's random state is the snapshot's, from before it drew the lost trials:
+            # left as it is, it would draw them again, next to their re-queued copies.
+            self._ot_study.sampler.reseed_rng()
+
+    def _rebind(self) -> None:
+        """The restored study object and its trials, on this driver's storage."""
+        restored = self._ot_study
+        self._ot_study = optuna.load_study(study_name=restored.study_name, storage=self._storage,
+                                           sampler=restored.sampler, pruner=restored.pruner)
+        by_number = {t.number: t._trial_id for t in self._ot_study.get_trials(deepcopy=False)}
+        self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, by_number[t.number])
+                           for tid, t in self._ot_trials.items() if t.number in by_number}
+
+
+class _DetachedStorage:
+    """An Optuna RDBStorage as a snapshot pickled it, never connected: its database may be on a
+    machine that is gone, or be another sweep's (a copied directory)."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+class _SnapshotUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "RDBStorage" and module.startswith("optuna.storages"):
+            return _DetachedStorage
+        return super().find_class(module, name)
+
+
+class SweepSearch(SearchGenerator):
+    """Tune's SearchGenerator, whose restored experiment creates new trials where the sweep is now.
+
+    A restored Tune run takes the experiment pickled in its snapshot, storage path included: in a
+    sweep directory that was moved or copied, new trials would be written to the old place (Tune
+    moves the restored trials themselves, not the experiment new ones come from)."""
+
+    def __init__(self, searcher: Searcher, location: str):
+        super().__init__(searcher)
+        self.location = location
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        storage = self._experiment.spec["storage"]  # the same object as the experiment's own
+        storage.storage_filesystem, storage.storage_fs_path = get_fs_and_path(self.location)
+
+
+def make(spec: Spec, live: Path, sweep_id: str, queue_baseline: bool, limit: int | None = None,
+         concurrency: int | None = None) -> SweepSearch | None:
+    """OptunaSearch on the sweep's one study, at most `concurrency` trials at once (None for a fixed
+    config: nothing to sample). Only the sweep's first experiment, on its first run, queues the
+    baseline."""
+    distributions = space.distributions(spec)
+    if not distributions:
+        return None
+    baseline = [dict(spec.search.baseline)] if spec.search.baseline and queue_baseline else None
+    searcher: Searcher = TruthfulOptunaSearch(
+        space=space.ConditionalSpace(spec) if space.is_conditional(spec) else distributions,
+        metric=spec.search.metric, mode=spec.search.mode, points_to_evaluate=baseline,
+        sampler=sampler(spec), study_name=spec.name, storage=optuna.storages.RDBStorage(study.url(live)),
+        limit=limit, sweep_id=sweep_id)
+    study.claim(live, spec.name, sweep_id)
+    if concurrency:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+    return SweepSearch(searcher, spec.location)

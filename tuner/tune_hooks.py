@@ -1,0 +1,104 @@
+"""The few places tuner reaches past Ray Tune's public API into its trial objects, kept together so
+a Ray upgrade has one module to check (the resume, chaos and ledger tests exercise each of them).
+
+- Registering a checkpoint with a restored trial, or dropping its checkpoints: Tune's snapshot can
+  lag the trial's record (it is uploaded in the background), and Tune restores a trial from the
+  checkpoint its snapshot names.
+- Ending a trial now, without a retry: a trial hung in native code frees its GPU only when its
+  process dies, and Tune's failure handling would start it again.
+- ASHA's state, through the scheduler's own save and restore (Tune keeps none of its own).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from tuner import layout, storage
+
+log = logging.getLogger("tuner")
+
+
+def checkpoint_index(path: str) -> int:
+    """Tune numbers a trial's checkpoints checkpoint_000000, checkpoint_000001, … in order."""
+    digits = path.rstrip("/").rsplit("/", 1)[-1].rsplit("_", 1)[-1]
+    return int(digits) if digits.isdigit() else -1
+
+
+def catch_up(trial, latest: dict[str, Any], location: str) -> bool:
+    """Give a restored trial the record's latest checkpoint where Tune's snapshot names an older one
+    (or none): registered as Tune registers a checkpoint a trial saves, and Tune's checkpoint index
+    moved past it so its next checkpoint takes a new directory. Returns whether it did."""
+    ours = layout.resolve(latest["path"], location)
+    theirs = trial.checkpoint.path if trial.checkpoint is not None else None
+    if theirs is not None and checkpoint_index(theirs) >= checkpoint_index(ours):
+        return False
+    if not register(trial, latest, location):
+        return False
+    trial.storage.current_checkpoint_index = max(trial.storage.current_checkpoint_index, checkpoint_index(ours) + 1)
+    return True
+
+
+def register(trial, latest: dict[str, Any], location: str) -> bool:
+    """Register a recorded checkpoint ({"path": relative, "metrics": …}) with a Tune trial, as Tune
+    does when a trial saves one: the trial restores from it when it starts."""
+    from ray.train._internal.session import _TrainingResult
+
+    path = layout.resolve(latest["path"], location)
+    if not storage.exists(path):
+        log.warning("trial %s: its checkpoint %s is gone; it goes on from the one before", trial.trial_id, path)
+        return False
+    fs_path = path.split("://", 1)[1] if "://" in path else path
+    result = _TrainingResult(checkpoint=tune.Checkpoint(fs_path, trial.storage.storage_filesystem),
+                             metrics=dict(latest["metrics"]))
+    try:
+        trial.on_checkpoint(result)
+    except FileNotFoundError:  # an older one it then deletes was deleted by the dead driver already
+        trial.invalidate_json_state()
+        trial.run_metadata.invalidate_cache()
+    return True
+
+
+def forget_checkpoints(trial) -> None:
+    """A restored trial that had ended after Tune's snapshot (its record says how) starts without
+    restoring a checkpoint: its trainable only repeats how it ended, and the checkpoints Tune's
+    snapshot names may have been pruned since."""
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+
+    metadata = trial.run_metadata
+    metadata.checkpoint_manager = _CheckpointManager(metadata.checkpoint_manager.checkpoint_config)
+    trial.invalidate_json_state()
+    metadata.invalidate_cache()
+
+
+def end_now(trial) -> None:
+    """Kill a running trial's actor, with no retry: Tune reports the trial failed."""
+    actor = trial.temporary_state.ray_actor
+    trial.max_failures = 0  # Tune's failure handling would otherwise start it again
+    if actor is not None:
+        ray.kill(actor, no_restart=True)
+
+
+def scheduler_state(scheduler) -> bytes | None:
+    """The scheduler's state through its own save (ASHA has one; FIFO keeps none)."""
+    from ray.tune.schedulers import TrialScheduler
+
+    if scheduler is None or type(scheduler).save is TrialScheduler.save:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        scheduler.save(os.path.join(tmp, "scheduler.pkl"))
+        return Path(tmp, "scheduler.pkl").read_bytes()
+
+
+def restore_scheduler(scheduler, saved: bytes | None) -> None:
+    if scheduler is None or saved is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "scheduler.pkl").write_bytes(saved)
+        scheduler.restore(os.path.join(tmp, "scheduler.pkl"))
