@@ -98,17 +98,21 @@ def chaos_run(tmp_path_factory):
 def kill_one_trial(sweep_dir: Path, chaos: Path, since: float, driver: subprocess.Popen) -> tuple | None:
     """SIGKILL the process of one running trial that has steps left, with the driver stopped so the
     process cannot be handed another trial meanwhile. Returns (trial id, the checkpoint step Tune
-    retried it from) once Tune has retried it, or None."""
-    driver.send_signal(signal.SIGSTOP)
-    try:
-        # Its last report one without a checkpoint (an odd step, not at an ASHA rung): the driver has
-        # decided to go on with it, and it has steps left.
-        victims = sorted(tid for tid, r in running_with_checkpoint(sweep_dir, since).items()
-                         if tid not in roles(chaos) and r["history"][-1]["step"] in (3, 5))
-        if victims:
-            os.kill(int((chaos / "pids" / victims[0]).read_text()), signal.SIGKILL)
-    finally:
-        driver.send_signal(signal.SIGCONT)
+    retried it from) once Tune has retried it, or None when no trial was in the middle of its steps."""
+    victims: list[str] = []
+    end = time.time() + 30
+    while not victims and time.time() < end and driver.poll() is None:
+        driver.send_signal(signal.SIGSTOP)
+        try:
+            # Its last report one without a checkpoint (an odd step, not at an ASHA rung): the driver
+            # has decided to go on with it, and it has steps left.
+            victims = sorted(tid for tid, r in running_with_checkpoint(sweep_dir, since).items()
+                             if tid not in roles(chaos) and r["history"][-1]["step"] in (3, 5))
+            if victims:
+                os.kill(int((chaos / "pids" / victims[0]).read_text()), signal.SIGKILL)
+        finally:
+            driver.send_signal(signal.SIGCONT)
+        time.sleep(0.1)
     if not victims:
         return None
     tid = victims[0]
