@@ -80,7 +80,7 @@ def _fill_best(out: Path, spec: Spec, record: TrialRecord, metrics: dict[str, An
                samples: list[dict[str, Any]], model, tokenizer_path: str) -> None:
     from transformers import AutoTokenizer
 
-    from tuner.trial import training_arguments
+    from tuner.trial import training_arguments  # the Trainer's module: imported where a model is written
 
     config = best_config(spec, record)
     header = (f"# python launch.py sweep {spec.sweep_dir.name}/{BEST_DIR}/config.yaml  (from the folder holding "

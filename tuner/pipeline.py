@@ -12,32 +12,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tuner import constants as C
-from tuner import (
-    data,
-    layout,
-    lock,
-    mirror,
-    model,
-    records,
-    restore,
-    results,
-    secret,
-    space,
-    state,
-    storage,
-    study,
-    tracking,
-)
+from tuner import data, layout, lock, mirror, model, records, restore, results, secret, space, state, storage
+from tuner import report, study, tracking
 from tuner.context import TrialContext
 from tuner.errors import UserError, first_line
 from tuner.plan import Plan, make_plan
-from tuner.promotion import (
-    SweepFailed,
-    SweepResult,
-    already_exported,
-    exported_result,
-    promote_and_export,
-)
+from tuner.promotion import SweepFailed, SweepResult, already_exported, exported_result, promote_and_export
 from tuner.records import TrialRecord
 from tuner.spec import Spec, load_spec, to_yaml
 
@@ -271,8 +251,6 @@ def last_report(record: TrialRecord) -> dict[str, Any]:
 def write_report(spec: Spec) -> Path | None:
     """(Re)build report.html and say where it is. A report that fails to build is a warning: the
     sweep's results are all on disk, and `launch.py report` can build it again."""
-    from tuner import report
-
     try:
         path = report.write_report(spec)
     except Exception as exc:  # noqa: BLE001 (a plot's bug must not fail a finished sweep)

@@ -14,17 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner import (
-    export,
-    layout,
-    model,
-    promote,
-    records,
-    results,
-    state,
-    storage,
-    tracking,
-)
+from tuner import export, layout, model, promote, records, results, state, storage, tracking
 from tuner.context import TrialContext
 from tuner.errors import first_line
 from tuner.records import TrialRecord

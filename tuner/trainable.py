@@ -155,7 +155,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
-    from tuner.trial import run_trial
+    from tuner.trial import run_trial  # the Trainer, in the Train worker only
 
     ctx: TrialContext = on_this_node(config["ctx"])
     if not torch.cuda.is_available():  # GPUs only declared (a test cluster): train on the CPU
