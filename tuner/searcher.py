@@ -86,12 +86,11 @@ class TruthfulOptunaSearch(OptunaSearch):
             frozen = self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
         finite = [v for v in frozen.intermediate_values.values() if math.isfinite(v)]
         ot_trial.set_user_attr("status", status)
-        if status == C.COMPLETED and finite:
+        state = study.final_state(status, bool(finite))
+        if state == optuna.trial.TrialState.COMPLETE:
             self._ot_study.tell(ot_trial, min(finite) if self.mode == "min" else max(finite))
-        elif status in C.PROMOTABLE and status not in C.CUT_OFF and finite:
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
         else:
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+            self._ot_study.tell(ot_trial, state=state)
         self._completed_trials.add(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import shutil
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from tuner import builtin, layout, storage
+from tuner import builtin, layout, records, storage
 from tuner import constants as C
 from tuner.errors import UserError
 
@@ -140,8 +139,9 @@ def rebuild(path: Path, name: str, sweep_id: str, metric: str, mode: str, distri
         dists = {k: distributions[k] for k in record.params if k in distributions}
         params = {k: v for k, v in record.params.items() if k in dists}
         values = {int(h[C.TOKENS_SEEN]): float(h[metric])
-                  for h in record.history if h.get(C.TOKENS_SEEN) is not None and _finite(h.get(metric))}
-        state, value = _state_of(record)
+                  for h in record.history if h.get(C.TOKENS_SEEN) is not None and records.finite(h.get(metric))}
+        state = final_state(record.status, records.finite(record.best_metric))
+        value = float(record.best_metric) if state == optuna.trial.TrialState.COMPLETE else None
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=dists, value=value, state=state, intermediate_values=values,
             user_attrs={RAY_TRIAL_ID: record.trial_id, "status": record.status}))
@@ -149,18 +149,17 @@ def rebuild(path: Path, name: str, sweep_id: str, metric: str, mode: str, distri
     return count
 
 
-def _state_of(record: Any) -> tuple[Any, float | None]:
+def final_state(status: str, finite: bool) -> Any:
+    """What Optuna is told of a trial that ended with `status`, `finite` if it reported a finite
+    metric: COMPLETE for a completed trial, PRUNED for one a scheduler, patience or the budget
+    stopped, FAIL for the rest (failed, diverged, out of memory, cut off by the driver's clock)."""
     import optuna
 
-    if record.status == C.COMPLETED and _finite(record.best_metric):
-        return optuna.trial.TrialState.COMPLETE, float(record.best_metric)
-    if record.status in C.PROMOTABLE and record.status not in C.CUT_OFF and _finite(record.best_metric):
-        return optuna.trial.TrialState.PRUNED, None
-    return optuna.trial.TrialState.FAIL, None
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    if status == C.COMPLETED and finite:
+        return optuna.trial.TrialState.COMPLETE
+    if status in C.PROMOTABLE and status not in C.CUT_OFF and finite:
+        return optuna.trial.TrialState.PRUNED
+    return optuna.trial.TrialState.FAIL
 
 
 def fail_and_requeue(ot_study: Any, known: set[str]) -> list[Any]:
