@@ -9,6 +9,10 @@ from typing import Any, Callable
 from tuner.data import Prepared
 from tuner.spec import Spec
 
+# What a trial reports through: metrics, and a checkpoint directory (None for a report without one).
+# The directory may be deleted once the call returns: a reporter that keeps checkpoints copies it.
+Reporter = Callable[[dict[str, Any], "str | None"], None]
+
 
 @dataclass
 class TrialContext:

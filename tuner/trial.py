@@ -16,21 +16,18 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from transformers import TrainerCallback
 
 from tuner import constants as C
 from tuner import gpu, space
 from tuner import model as model_lib
-from tuner.context import TrialContext
+from tuner.context import Reporter, TrialContext
 from tuner.data import trial_splits
 from tuner.errors import first_line
 from tuner.spec import Spec
 
-# metrics, checkpoint directory (None for a report without one). The directory may be deleted once
-# the call returns: a reporter that keeps checkpoints copies it.
-Reporter = Callable[[dict[str, Any], "str | None"], None]
 log = logging.getLogger("tuner")
 
 

@@ -10,10 +10,7 @@ from typing import Any, Callable
 
 from tuner import constants as C
 from tuner import space
-from tuner.context import TrialContext
-
-# metrics, checkpoint directory (None for a report without one)
-Reporter = Callable[[dict[str, Any], "str | None"], None]
+from tuner.context import Reporter, TrialContext
 
 
 def run_user_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter, resume_from: str | None = None,
