@@ -17,7 +17,7 @@ from typing import Any, Callable
 from ray import tune
 
 from tuner import constants as C
-from tuner import layout, records, results, retention, storage, study, tune_hooks
+from tuner import layout, records, results, retention, storage, tune_hooks
 from tuner.deadline import Deadlines
 from tuner.errors import UserError
 from tuner.mirror import Mirror
@@ -72,10 +72,7 @@ class TrialLedger(tune.Callback):
     def get_state(self) -> dict[str, Any]:
         """Saved by Tune with every experiment snapshot: ASHA's rungs, so a restored sweep stops
         trials against the same cutoffs. The study's copy goes to storage at the same time."""
-        if self.mirror.enabled:
-            self.mirror.push()  # the study copy, the state, the changed records: all to the bucket
-        else:
-            study.save_copy(self.sweep_dir, self.location, self.mirror.sweep_id)
+        self.mirror.snapshot()
         return {"scheduler": tune_hooks.scheduler_state(self.scheduler)}
 
     def set_state(self, state: dict[str, Any]) -> None:

@@ -40,6 +40,13 @@ class Mirror:
         self.push()
         return True
 
+    def snapshot(self) -> None:
+        """At a Tune snapshot: push when mirrored, else refresh the sweep directory's study copy."""
+        if self.enabled:
+            self.push()
+        else:
+            study.save_copy(self.sweep_dir, self.location, self.sweep_id)
+
     def push(self) -> None:
         """Upload the state, the changed records, the leaderboard and a fresh study copy. A failed
         upload is a warning: the next one carries the same files."""
@@ -72,12 +79,16 @@ class Mirror:
             storage.upload(lost, storage.join(self.location, layout.TRIALS_DIR, layout.LOST_DIR, name))
             storage.remove(remote)
 
-    def push_all(self) -> None:
-        """Every record (the lost ones too), then the rest: at the start and the end of a run."""
+    def mark_all(self) -> None:
+        """Every record (the lost ones too) goes with the next push."""
         folder = self.sweep_dir / layout.TRIALS_DIR
         if self.enabled and folder.is_dir():
             self.changed |= {p.stem for p in folder.glob("*.json")}
             self.changed |= {p.stem for p in (folder / layout.LOST_DIR).glob("*.json")}
+
+    def push_all(self) -> None:
+        """Every record, then the rest: at the start and the end of a run."""
+        self.mark_all()
         self.push()
 
 

@@ -169,13 +169,13 @@ def _check_study(spec: Spec, progress: state.SweepState, restart_search: bool) -
 
 
 def _upload_results(spec: Spec, progress: state.SweepState) -> None:
-    """With bucket storage, the driver's files, its W&B runs and the report end in the bucket too."""
+    """With bucket storage, the driver's files and its W&B runs end in the bucket too (the report
+    went there when it was written)."""
     if not storage.is_uri(spec.location):
         return
     mirror.Mirror(spec.sweep_dir, spec.location, progress.sweep_id).push_all()
-    for name in (layout.WANDB_DIR, layout.REPORT_FILE):
-        if (spec.sweep_dir / name).exists():
-            storage.upload(spec.sweep_dir / name, storage.join(spec.location, name))
+    if (spec.sweep_dir / layout.WANDB_DIR).exists():
+        storage.upload(spec.sweep_dir / layout.WANDB_DIR, storage.join(spec.location, layout.WANDB_DIR))
 
 
 def resume_sweep(sweep: str | Path, *, address: str | None = None, force: bool = False,
@@ -233,9 +233,9 @@ def search(spec: Spec, ctx: TrialContext, plan: Plan, address: str | None, track
             break
         progress.save(sweep_dir)
         ended = {r.trial_id: last_report(r) for r in found if r.ended}
-        restored = experiment.restore
+        restored = experiment.restore  # restore.plan gave a snapshot exactly then
         complete = sweep.run_search(spec, replace(ctx, ended=ended), plan, progress.sweep_id, address,
-                                    tracker=tracker, experiment=experiment, snapshot=snapshot if restored else None)
+                                    tracker=tracker, experiment=experiment, snapshot=snapshot)
         experiment.finished, experiment.restore = True, False
         progress.save(sweep_dir)
         if not (restored and complete):

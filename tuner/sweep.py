@@ -19,7 +19,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from tuner import cluster, records, searcher, space, study, trainable
+from tuner import cluster, records, searcher, study, trainable
 from tuner import constants as C
 from tuner.context import TrialContext
 from tuner.errors import UserError, first_line
@@ -115,13 +115,14 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, sweep_id: str, address
                              restored=experiment.restore, mirror=mirror, snapshot=snapshot)
         ledger.lost += unclaimed_lost(sweep_dir, ledger.records.values())
         mirror.push_all()
+        search = searcher.make(spec, live, sweep_id, queue_baseline=first,
+                               limit=snapshot.limit if snapshot else None, concurrency=concurrency)
         tuner = tune.Tuner(
             trainable.make(spec, ctx),
             tune_config=tune.TuneConfig(
-                search_alg=searcher.make(spec, live, sweep_id, queue_baseline=first,
-                                         limit=snapshot.limit if snapshot else None, concurrency=concurrency),
-                scheduler=scheduler, num_samples=experiment.num_samples,
-                max_concurrent_trials=None if space.distributions(spec) else concurrency, reuse_actors=True,
+                search_alg=search, scheduler=scheduler, num_samples=experiment.num_samples,
+                # a search limits its own concurrency; a fixed config's trials are limited by Tune
+                max_concurrent_trials=None if search else concurrency, reuse_actors=True,
                 time_budget_s=parse_duration(spec.search.time_budget) if spec.search.time_budget else None,
                 trial_dirname_creator=lambda trial: trial.trial_id),
             run_config=tune.RunConfig(
@@ -164,8 +165,6 @@ def close_unfinished(spec: Spec, sweep_id: str, mirror: Mirror) -> int:
             mirror.record_changed(record.trial_id)
             closed += 1
     study.close_running(study.live_path(spec.sweep_dir, sweep_id), spec.name)
-    if mirror.enabled:
-        mirror.push_all()
-    else:
-        study.save_copy(spec.sweep_dir, spec.location, sweep_id)
+    mirror.mark_all()
+    mirror.snapshot()
     return closed
