@@ -51,15 +51,16 @@ def _run(sweep) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Static checks only: builds no data, model or Ray runtime."""
+    """Static checks only: builds no data, model or Ray runtime (local data files are read through)."""
     import json
     from pathlib import Path
 
-    from tuner import data, layout
+    from tuner import data, datacheck, layout
     from tuner.plan import make_plan
     from tuner.spec import load_spec, to_yaml
 
     spec = load_spec(args.spec, args.set)
+    datacheck.check(spec.data)  # every local data file read through: the problems `sweep` would meet
     meta = spec.sweep_dir / layout.DATA_DIR / data.fingerprint(spec) / "prepared.json"
     train_tokens = None
     if meta.exists():  # data prepared by an earlier run: the plan can give token budgets

@@ -5,7 +5,7 @@
 Both sides train the same tiny model from the same initial weights on the same cleaned paragraphs
 of the spec's train split, tokenized with the same tokenizer, on CPU:
 - packed: what every trial trains on, the paragraphs concatenated (EOS between) and cut into
-  `block_size` blocks (`tuner.data.pack`), in a seeded random order;
+  `block_size` blocks (`tuner.packing.pack`), in a seeded random order;
 - padded: the seed guide's batching, paragraphs in a seeded random order, each truncated at
   `block_size`, each batch padded to its longest member (padding masked out of attention and loss).
 Throughput counts only real tokens. Prints a Markdown table and, last, a JSON line.
@@ -17,6 +17,7 @@ import argparse
 import json
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,20 +29,26 @@ def paragraphs(spec):
     """The spec's cleaned train paragraphs, tokenized (no EOS), and the tokenizer."""
     from transformers import AutoTokenizer
 
-    from tuner import data, model
+    from tuner import data, model, sources
 
-    splits, _ = data.clean_and_split(spec.data, data.load_source(spec.data))
+    with tempfile.TemporaryDirectory() as cache:
+        splits, _ = data.clean_and_split(spec.data, sources.load(spec.data, None, Path(cache)))
+        texts = list(splits["train"][spec.data.text_column])
     tokenizer = AutoTokenizer.from_pretrained(model.resolve(spec.model.name_or_path))
-    return [ids for ids in tokenizer(splits["train"])["input_ids"] if ids], tokenizer
+    return [ids for ids in tokenizer(texts)["input_ids"] if ids], tokenizer
 
 
 def packed_batches(token_lists, eos: int, block: int, batch: int, seed: int):
     import numpy as np
     import torch
+    from datasets import Dataset
 
-    from tuner.data import pack
+    from tuner.packing import pack
 
-    blocks = pack(token_lists, eos, block, keep_remainder=False)
+    with tempfile.TemporaryDirectory() as folder:
+        pack(Dataset.from_dict({"input_ids": token_lists}), eos, block, False, Path(folder) / "p.arrow")
+        packed = Dataset.from_file(str(Path(folder) / "p.arrow"))
+        blocks = [np.asarray(row, dtype=np.int32) for row in packed["input_ids"]]
     random.Random(seed).shuffle(blocks)
     for start in range(0, len(blocks) - batch + 1, batch):
         ids = torch.from_numpy(np.stack(blocks[start:start + batch]).astype("int64"))

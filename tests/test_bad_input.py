@@ -52,7 +52,7 @@ def inputs(tmp_path_factory) -> Path:
 
     jsonl("good.jsonl", [{"text": r} for r in RECORDS])  # 40 records: about 20 train blocks of 64 tokens
     jsonl("body.jsonl", [{"body": r, "id": i} for i, r in enumerate(RECORDS)])
-    jsonl("empty.jsonl", [{"text": t} for t in ["<p></p>", "   ", "<br/>", "hello", "hello"]])
+    jsonl("empty.jsonl", [{"text": t} for t in ["", "   ", "\n\t", "hello", "hello"]])
     (root / "notes.xml").write_text("<notes/>\n")
     return root
 
@@ -95,13 +95,14 @@ ROWS = [
                  id="not-a-duration"),
     # The data: `sweep` finds these while preparing it, before any trial (the split ratios: `validate`).
     pytest.param("sweep", [MODEL, "data.path={inputs}/missing.jsonl"],
-                 ["data.path: no file matches '{inputs}/missing.jsonl'", "give an existing file"],
+                 ["data.path: no data file matches '{inputs}/missing.jsonl'", "give an existing file"],
                  id="missing-file"),
     pytest.param("sweep", [MODEL, "data.path={inputs}/notes.xml"],
                  ["data.path: '{inputs}/notes.xml' matches files of type .xml", "use files of one type among"],
                  id="unknown-format"),
     pytest.param("sweep", [MODEL, "data.path={inputs}/body.jsonl"],
-                 ["data.text_column: got 'text'", "columns ['body', 'id']", "set data.text_column to one"],
+                 ["{inputs}/body.jsonl: no column 'text' (data.text_column)", "the columns found are ['body', 'id']",
+                  "set data.text_column to one"],
                  id="missing-text-column"),
     pytest.param("sweep", [MODEL, "data.path={inputs}/empty.jsonl"],
                  ["data.path: only 1 record(s) of '{inputs}/empty.jsonl' left after cleaning",

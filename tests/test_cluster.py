@@ -169,7 +169,7 @@ def test_bucket_storage_checkpoints_to_the_bucket_and_nodes_read_local_data(clus
     for record in records:  # stored relative to the bucket, where Tune wrote them
         assert record.best_checkpoint.startswith("tune/")
         assert (bucket / record.best_checkpoint).is_dir() != record.checkpoint_deleted
-    fingerprint = next((local / "data").iterdir()).name
+    fingerprint = next(p for p in (local / "data").iterdir() if p.is_dir()).name
     assert (bucket / "data" / fingerprint / "prepared.json").exists()  # written to storage once
     copies = list((cluster["cache"] / "data").glob(f"{fingerprint}*"))
     assert [c.name for c in copies] == [fingerprint]  # one node-local copy on this machine

@@ -1,4 +1,4 @@
-"""Data preparation: cleaning, splitting, packing, and one small real `prepare` on a tiny GPT-2."""
+"""Data preparation: dedup, splitting, and real `prepare` runs (Arrow end to end) on a tiny GPT-2."""
 
 from __future__ import annotations
 
@@ -8,101 +8,36 @@ import re
 import numpy as np
 import pytest
 
-from tuner.data import (SPLITS, Prepared, _to_dataset, check_prepared, clean_and_split, clean_records,
-                        clean_text, fingerprint, pack, prepare, read_prepared, split_records)
+from tuner.data import (
+    SPLITS,
+    Prepared,
+    check_prepared,
+    clean_and_split,
+    fingerprint,
+    prepare,
+    read_prepared,
+    split_indices,
+)
 from tuner.errors import UserError
-from tuner.spec import CleanSpec, DataSpec, validate
+from tuner.spec import DataSpec, validate
 
-ALL_ON = CleanSpec()
-ALL_OFF = CleanSpec(strip_html=False, normalize_whitespace=False, drop_empty=False, drop_duplicates=False)
 RATIOS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 
 
 # ---------------------------------------------------------------------------------------------
-# clean_text.
-
-
-def test_clean_text_strips_tags_and_unescapes_entities():
-    assert clean_text("<p>Fish &amp; chips</p>", ALL_ON) == "Fish & chips"
-    assert clean_text('a<br/>b <a href="x">link</a>', ALL_ON) == "a b link"
-
-
-def test_clean_text_entities_are_unescaped_after_tags_are_removed():
-    """An escaped tag is text the author meant: it survives as literal '<b>'."""
-    assert clean_text("use &lt;b&gt; for bold", ALL_ON) == "use <b> for bold"
-
-
-def test_clean_text_normalises_whitespace():
-    text = "  one\t\ttwo \u00a0three  \r\nfour   \n"
-    assert clean_text(text, ALL_ON) == "one two three\nfour"
-
-
-def test_clean_text_collapses_blank_lines():
-    assert clean_text("para one\n\n\n  \n\t\npara two\n\n\npara three", ALL_ON) == \
-        "para one\n\npara two\n\npara three"
-
-
-def test_clean_text_switches_off():
-    text = "  <b>bold</b> &amp;\t\tmore \n\n\n\nend  "
-    assert clean_text(text, ALL_OFF) == text
-    only_html = CleanSpec(strip_html=True, normalize_whitespace=False)
-    assert clean_text("<b>x</b>  y", only_html) == " x   y"
-    only_space = CleanSpec(strip_html=False, normalize_whitespace=True)
-    assert clean_text("  <b>x</b>   &amp; ", only_space) == "<b>x</b> &amp;"
-
-
-# ---------------------------------------------------------------------------------------------
-# clean_records.
-
-
-def test_clean_records_counts():
-    texts = ["alpha", "  ", "<p></p>", "beta", "alpha", "  alpha  ", None, "gamma", "beta"]
-    kept, counts = clean_records(texts, ALL_ON)
-    assert kept == ["alpha", "beta", "gamma"]
-    assert counts == {"records_in": 9, "dropped_empty": 3, "dropped_duplicate": 3, "records_out": 3}
-
-
-def test_clean_records_duplicates_judged_after_cleaning():
-    kept, counts = clean_records(["a  b", "a b", "<i>a</i> b"], ALL_ON)
-    assert kept == ["a b"] and counts["dropped_duplicate"] == 2
-
-
-def test_clean_records_switches_off_keep_everything():
-    texts = ["x", "", "x"]
-    kept, counts = clean_records(texts, ALL_OFF)
-    assert kept == texts
-    assert counts == {"records_in": 3, "dropped_empty": 0, "dropped_duplicate": 0, "records_out": 3}
-
-
-def test_clean_records_shares_seen_across_calls():
-    seen: set[str] = set()
-    first, _ = clean_records(["a", "b"], ALL_ON, seen)
-    second, counts = clean_records(["b", "c", "a", "d"], ALL_ON, seen)
-    assert first == ["a", "b"]
-    assert second == ["c", "d"]
-    assert counts["dropped_duplicate"] == 2 and counts["records_out"] == 2
-    assert seen == {"a", "b", "c", "d"}
-
-
-def test_clean_records_without_seen_calls_are_independent():
-    clean_records(["a"], ALL_ON)
-    kept, _ = clean_records(["a"], ALL_ON)
-    assert kept == ["a"]
-
-
-# ---------------------------------------------------------------------------------------------
-# split_records.
-
-TEXTS = [f"record {i}" for i in range(100)]
+# split_indices.
 
 
 def test_split_is_seeded():
-    assert split_records(TEXTS, RATIOS, seed=3) == split_records(TEXTS, RATIOS, seed=3)
-    assert split_records(TEXTS, RATIOS, seed=3) != split_records(TEXTS, RATIOS, seed=4)
+    first = split_indices(100, RATIOS, seed=3)
+    assert all(np.array_equal(first[s], split_indices(100, RATIOS, seed=3)[s]) for s in SPLITS)
+    assert not np.array_equal(first["train"], split_indices(100, RATIOS, seed=4)["train"])
 
 
-def test_split_shuffles():
-    assert split_records(TEXTS, RATIOS, seed=0)["train"] != TEXTS[:80]
+def test_split_shuffles_then_reads_in_order():
+    train = split_indices(100, RATIOS, seed=0)["train"]
+    assert not np.array_equal(train, np.arange(80))  # not the first 80
+    assert np.all(np.diff(train) > 0)  # each split's records in file order
 
 
 @pytest.mark.parametrize("n, ratios, sizes", [
@@ -111,173 +46,115 @@ def test_split_shuffles():
     (10, RATIOS, (8, 1, 1)),
     (3, RATIOS, (1, 1, 1)),  # every split gets at least one record
     (5, {"train": 0.98, "validation": 0.01, "test": 0.01}, (3, 1, 1)),
+    (4, {"train": 0.2, "validation": 0.4, "test": 0.4}, (1, 1, 2)),  # once a bug: train left empty
 ])
 def test_split_sizes_follow_ratios(n, ratios, sizes):
-    texts = [f"t{i}" for i in range(n)]
-    splits = split_records(texts, ratios, seed=0)
+    splits = split_indices(n, ratios, seed=0)
     assert tuple(len(splits[s]) for s in SPLITS) == sizes
-    assert sorted(t for s in SPLITS for t in splits[s]) == sorted(texts)  # nothing lost or repeated
-
-
-def test_split_no_record_in_two_splits():
-    splits = split_records(TEXTS, RATIOS, seed=1)
-    train, val, test = (set(splits[s]) for s in SPLITS)
-    assert not (train & val or train & test or val & test)
-    assert len(train) + len(val) + len(test) == len(TEXTS)
+    assert sorted(np.concatenate([splits[s] for s in SPLITS]).tolist()) == list(range(n))  # each once
 
 
 @pytest.mark.parametrize("n", [0, 1, 2])
 def test_split_needs_three_records(n):
     with pytest.raises(UserError, match=f"only {n} records left after cleaning"):
-        split_records([f"t{i}" for i in range(n)], RATIOS, seed=0)
+        split_indices(n, RATIOS, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------
-# pack.
-
-EOS = 0
+# clean_and_split: Arrow datasets in, `select`s of the cleaned records out.
 
 
-def docs(*lengths: int) -> list[list[int]]:
-    """Documents of the given lengths with distinct, non-EOS token ids."""
-    out, next_id = [], 1
-    for n in lengths:
-        out.append(list(range(next_id, next_id + n)))
-        next_id += n
-    return out
+def source(**splits: list) -> dict:
+    from datasets import Dataset
+
+    return {name: Dataset.from_dict({"text": texts}) for name, texts in splits.items()}
 
 
-def stream(token_lists: list[list[int]]) -> list[int]:
-    return [t for ids in token_lists for t in (*ids, EOS)]
-
-
-@pytest.mark.parametrize("lengths, block_size", [
-    ((5, 3, 7), 4), ((10,), 11), ((10,), 5), ((1, 1, 1, 1), 3), ((30, 2, 9, 14), 8), ((3,), 16),
-])
-def test_pack_cuts_full_blocks_without_padding(lengths, block_size):
-    token_lists = docs(*lengths)
-    flat = stream(token_lists)
-    blocks = pack(token_lists, EOS, block_size, keep_remainder=False)
-    assert len(blocks) == len(flat) // block_size
-    assert all(len(b) == block_size for b in blocks)
-    joined = np.concatenate(blocks).tolist() if blocks else []
-    assert joined == flat[: len(blocks) * block_size]
-
-
-def test_pack_inserts_eos_after_each_document():
-    blocks = pack([[5, 6], [7], [8, 9, 10]], eos_id=99, block_size=3, keep_remainder=True)
-    assert [b.tolist() for b in blocks] == [[5, 6, 99], [7, 99, 8], [9, 10, 99]]
-
-
-@pytest.mark.parametrize("lengths, block_size, remainder", [
-    ((5, 3, 7), 4, 2),  # 18 tokens: 4 blocks + 2
-    ((5, 3, 6), 4, 1),  # 17 tokens: 4 blocks + 1 (predicts nothing: dropped)
-    ((5, 3, 4), 4, 3),  # 15 tokens: 3 blocks + 3
-    ((3, 3), 4, 0),  # 8 tokens: 2 blocks, no remainder
-    ((3,), 16, 4),  # only a partial block
-])
-def test_pack_keep_remainder(lengths, block_size, remainder):
-    token_lists = docs(*lengths)
-    flat = stream(token_lists)
-    rest = len(flat) % block_size
-    assert rest == remainder  # the premise of the case
-    kept = pack(token_lists, EOS, block_size, keep_remainder=True)
-    dropped = pack(token_lists, EOS, block_size, keep_remainder=False)
-    assert len(dropped) == len(flat) // block_size
-    if rest >= 2:
-        assert len(kept) == len(dropped) + 1
-        assert kept[-1].tolist() == flat[-rest:]
-    else:
-        assert len(kept) == len(dropped)
-    assert np.concatenate(kept).tolist() == flat[: len(flat) - (rest if rest < 2 else 0)]
-
-
-def test_pack_empty_input():
-    assert pack([], EOS, 4, keep_remainder=True) == []
-    assert pack([[]], EOS, 4, keep_remainder=True) == []  # a lone EOS predicts nothing
-
-
-def test_pack_dtype():
-    blocks = pack(docs(7, 7), EOS, 4, keep_remainder=False)
-    assert all(b.dtype == np.int32 for b in blocks)
-
-
-def test_to_dataset_rows_match_blocks():
-    blocks = [np.arange(4, dtype=np.int32), np.arange(4, 8, dtype=np.int32), np.array([8, 9], np.int32)]
-    ds = _to_dataset(blocks)
-    assert ds.column_names == ["input_ids"]
-    assert ds["input_ids"] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert len(_to_dataset([])) == 0
-
-
-# ---------------------------------------------------------------------------------------------
-# clean_and_split.
+def texts_of(splits: dict) -> dict[str, list[str]]:
+    return {name: list(split["text"]) for name, split in splits.items()}
 
 
 @pytest.mark.parametrize("validation_name", ["validation", "valid", "dev"])
 def test_clean_and_split_uses_source_splits(validation_name):
-    source = {"train": [f"train {i}" for i in range(20)],
-              validation_name: ["val 0", "val 1"], "test": ["test 0", "test 1", "test 2"]}
-    splits, counts = clean_and_split(DataSpec(path="x"), source)
-    assert splits == {"train": source["train"], "validation": ["val 0", "val 1"],
-                      "test": ["test 0", "test 1", "test 2"]}
-    assert counts["source"] == "own splits"
+    given = {"train": [f"train {i}" for i in range(20)], validation_name: ["val 0", "val 1"],
+             "test": ["test 0", "test 1", "test 2"]}
+    splits, counts = clean_and_split(DataSpec(path="x"), source(**given))
+    assert texts_of(splits) == {"train": given["train"], "validation": ["val 0", "val 1"],
+                                "test": ["test 0", "test 1", "test 2"]}
+    assert counts["source"].startswith("own splits")
 
 
 def test_clean_and_split_no_leakage_from_source_splits():
-    source = {"train": ["shared", "t1", "t2"], "validation": ["shared", "v1", "v2", "v1"],
-              "test": ["<b>shared</b>", "v2", "x1"]}
-    splits, counts = clean_and_split(DataSpec(path="x"), source)
-    assert splits == {"train": ["shared", "t1", "t2"], "validation": ["v1", "v2"], "test": ["x1"]}
-    assert counts["validation"]["dropped_duplicate"] == 2
-    assert counts["test"]["dropped_duplicate"] == 2
+    given = source(train=["shared", "t1", "t2"], validation=["shared", "v1", "v2", "v1"],
+                   test=["shared", "v2", "x1", "  "])
+    splits, counts = clean_and_split(DataSpec(path="x"), given)
+    assert texts_of(splits) == {"train": ["shared", "t1", "t2"], "validation": ["v1", "v2"], "test": ["x1"]}
+    assert counts["cleaning"]["dropped_duplicate"] == 4 and counts["cleaning"]["dropped_empty"] == 1
 
 
 def test_clean_and_split_max_records_with_source_splits():
-    source = {"train": [f"t{i}" for i in range(10)], "validation": [f"v{i}" for i in range(10)],
-              "test": [f"x{i}" for i in range(10)]}
-    splits, _ = clean_and_split(DataSpec(path="x", max_records=4), source)
+    given = source(**{name: [f"{name}{i}" for i in range(10)] for name in SPLITS})
+    splits, _ = clean_and_split(DataSpec(path="x", max_records=4), given)
     assert {k: len(v) for k, v in splits.items()} == {"train": 4, "validation": 4, "test": 4}
 
 
 def test_clean_and_split_without_splits_uses_seeded_ratio_split():
-    texts = [f"line {i}" for i in range(50)] + ["line 3", "", "  line 4 "]
-    data = DataSpec(path="x", seed=7)
-    splits, counts = clean_and_split(data, {"train": texts})
-    expected = split_records([f"line {i}" for i in range(50)], RATIOS, 7)
-    assert splits == expected
-    assert counts["all"]["dropped_duplicate"] == 2 and counts["all"]["dropped_empty"] == 1
+    kept = [f"line {i}" for i in range(50)] + ["tail\nend"]
+    texts = kept[:50] + ["line 3", "", "  ", "tail\r\nend"]
+    splits, counts = clean_and_split(DataSpec(path="x", seed=7), source(train=texts))
+    picked = split_indices(51, RATIOS, 7)
+    assert texts_of(splits) == {name: [kept[i] for i in picked[name]] for name in SPLITS}
+    assert counts["cleaning"] == {"records_in": 54, "changed_line_endings": 1, "changed_strip_html": 0,
+                                  "changed_normalize_whitespace": 0, "dropped_empty": 2,
+                                  "dropped_duplicate": 1, "records_out": 51}
     assert counts["source"] == "seeded split 0.8/0.1/0.1"
-    other, _ = clean_and_split(DataSpec(path="x", seed=8), {"train": texts})
-    assert other != splits
+    other, _ = clean_and_split(DataSpec(path="x", seed=8), source(train=texts))
+    assert texts_of(other) != texts_of(splits)
+
+
+def test_clean_and_split_keeps_other_rules_off_by_default():
+    text = "<p>  indented   text  </p>"
+    splits, counts = clean_and_split(DataSpec(path="x"), source(train=[text, "b", "c"]))
+    assert text in [t for texts in texts_of(splits).values() for t in texts]
+    assert counts["cleaning"]["records_out"] == 3
 
 
 def test_clean_and_split_partial_source_splits_are_pooled():
     """A source with train and test but no validation is pooled and split by the ratios."""
-    source = {"train": [f"a{i}" for i in range(30)], "test": [f"b{i}" for i in range(10)]}
-    splits, counts = clean_and_split(DataSpec(path="x"), source)
+    given = {"train": [f"a{i}" for i in range(30)], "test": [f"b{i}" for i in range(10)]}
+    splits, counts = clean_and_split(DataSpec(path="x"), source(**given))
     assert counts["source"].startswith("seeded split")
-    assert sorted(t for s in SPLITS for t in splits[s]) == sorted(source["train"] + source["test"])
-    assert (len(splits["train"]), len(splits["validation"]), len(splits["test"])) == (32, 4, 4)
+    assert sorted(t for texts in texts_of(splits).values() for t in texts) == sorted(given["train"] + given["test"])
+    assert tuple(len(splits[s]) for s in SPLITS) == (32, 4, 4)
 
 
 def test_clean_and_split_max_records_before_seeded_split():
-    splits, _ = clean_and_split(DataSpec(path="x", max_records=10), {"train": [f"r{i}" for i in range(100)]})
-    assert sorted(t for s in SPLITS for t in splits[s]) == sorted(f"r{i}" for i in range(10))
+    splits, _ = clean_and_split(DataSpec(path="x", max_records=10), source(train=[f"r{i}" for i in range(100)]))
+    assert sorted(t for texts in texts_of(splits).values() for t in texts) == sorted(f"r{i}" for i in range(10))
 
 
 def test_clean_and_split_nothing_left_names_the_source_and_the_counts():
-    texts = ["<p></p>", "   ", "<br/>", "hello", "hello"]
+    texts = ["", "   ", "\n", "hello", "hello"]
     with pytest.raises(UserError, match=re.escape("data.path: only 1 record(s) of 'notes.jsonl' left after "
                                                   "cleaning (5 in, 3 empty, 1 duplicate)")):
-        clean_and_split(DataSpec(path="notes.jsonl"), {"train": texts})
+        clean_and_split(DataSpec(path="notes.jsonl"), source(train=texts))
 
 
 def test_clean_and_split_an_own_split_left_empty_is_named():
-    source = {"train": ["a", "b"], "validation": ["v"], "test": ["a", " ", "<b></b>"]}
+    given = source(train=["a", "b"], validation=["v"], test=["a", " ", ""])
     with pytest.raises(UserError, match=re.escape("data.dataset: no records left after cleaning in the "
-                                                  "split(s) test (3 in, 2 empty, 1 duplicate) of 'org/set'")):
-        clean_and_split(DataSpec(dataset="org/set"), source)
+                                                  "split(s) test of 'org/set' (6 in, 2 empty, 1 duplicate)")):
+        clean_and_split(DataSpec(dataset="org/set"), given)
+
+
+def test_clean_and_split_maps_hub_split_names():
+    given = source(tr=["a", "b"], dev=["c"], eval=["d"], extra=["e"])
+    splits, _ = clean_and_split(DataSpec(dataset="org/set", splits={"train": "tr", "validation": "dev",
+                                                                        "test": "eval"}), given)
+    assert texts_of(splits) == {"train": ["a", "b"], "validation": ["c"], "test": ["d"]}
+    with pytest.raises(UserError, match="data.splits: 'org/set' has no split 'nope'"):
+        clean_and_split(DataSpec(dataset="org/set", splits={"train": "tr", "validation": "nope", "test": "eval"}),
+                        given)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,8 +251,9 @@ def corpus_lines(count: int = 300) -> list[str]:
 def prepared_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("prepare")
     lines = corpus_lines()
-    # duplicates (exact, and equal after cleaning) and an empty record: cleaning must drop them
-    records = lines + lines[:20] + [f"<p>{line}</p>" for line in lines[20:30]] + [""]
+    # duplicates (exact, and equal once CRLF becomes LF) and an empty record: cleaning must drop them
+    records = lines + lines[:20] + [line.replace(" ", "\r\n", 1) for line in lines[20:30]] + [""]
+    records[20:30] = [line.replace(" ", "\n", 1) for line in records[20:30]]
     path = root / "corpus.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in records))
     spec = validate({"name": "prep", "model": {"name_or_path": "builtin:tiny-gpt2"},
@@ -390,11 +268,13 @@ def prepared_run(tmp_path_factory):
 def independent(prepared_run):
     """Token counts per split computed here, from the same cleaning/splitting and tokenizer."""
     from tuner import model as model_lib
-    from tuner.data import load_source
+    from tuner import sources
 
-    spec, _, _, _ = prepared_run
+    spec, sweep_dir, _, _ = prepared_run
     tokenizer = model_lib.load_tokenizer(spec.model.name_or_path)
-    splits, counts = clean_and_split(spec.data, load_source(spec.data))
+    loaded = sources.load(spec.data, None, sweep_dir.parent / "independent-cache")
+    splits, counts = clean_and_split(spec.data, loaded)
+    splits = {name: list(split["text"]) for name, split in splits.items()}
     totals = {name: sum(len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
               for name, texts in splits.items()}
     return splits, counts, totals, tokenizer.eos_token_id
@@ -403,7 +283,8 @@ def independent(prepared_run):
 def test_prepare_cleans_the_source(prepared_run, independent):
     _, _, result, lines = prepared_run
     splits, counts, _, _ = independent
-    assert counts["all"]["dropped_duplicate"] == 30 and counts["all"]["dropped_empty"] == 1
+    assert counts["cleaning"]["dropped_duplicate"] == 30 and counts["cleaning"]["dropped_empty"] == 1
+    assert counts["cleaning"]["changed_line_endings"] == 10
     assert result.records == {name: len(splits[name]) for name in SPLITS}
     assert sum(result.records.values()) == len(lines)
     assert result.records == {"train": 240, "validation": 30, "test": 30}
@@ -481,16 +362,7 @@ def test_prepare_reuses_prepared_data(prepared_run):
     assert again.fingerprint == result.fingerprint == fingerprint(spec)
     assert again == result
     assert meta_path.stat().st_mtime_ns == before
-    assert [p.name for p in (sweep_dir / "data").iterdir()] == [result.fingerprint]
-
-
-# ---------------------------------------------------------------------------------------------
-# Regression: this was a bug once.
-
-
-def test_regression_split_can_leave_train_empty():
-    splits = split_records(["a", "b", "c", "d"], {"train": 0.2, "validation": 0.4, "test": 0.4}, seed=0)
-    assert all(splits[name] for name in SPLITS), {k: len(v) for k, v in splits.items()}
+    assert sorted(p.name for p in (sweep_dir / "data").iterdir()) == [result.fingerprint, "summary.json"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,23 +388,11 @@ def instruction_run(tmp_path_factory):
     return spec, prepare(spec, root / "sweep"), rows
 
 
-def test_instruction_records_mask_their_prompts(instruction_run):
-    from tuner import model as model_lib
-    from tuner.data import IGNORE, tokenize
-
-    spec, _, rows = instruction_run
-    tokenizer = model_lib.load_tokenizer(spec.model.name_or_path)
-    ids, labels = tokenize([(rows[0]["question"], rows[0]["answer"])], tokenizer, spec.data)
-    prompt = tokenizer(rows[0]["question"], add_special_tokens=False)["input_ids"]
-    completion = tokenizer(rows[0]["answer"], add_special_tokens=False)["input_ids"]
-    assert ids[0] == prompt + completion
-    assert labels[0] == [IGNORE] * len(prompt) + completion
-
-
 def test_prepared_instruction_data_has_labels_and_test_pairs(instruction_run):
-    from tuner.data import IGNORE, load_prepared, read_pairs
+    from tuner.data import load_prepared, read_pairs
+    from tuner.packing import IGNORE
 
-    spec, prepared, rows = instruction_run
+    _, prepared, rows = instruction_run
     assert prepared.records["train"] + prepared.records["validation"] + prepared.records["test"] == len(rows) - 1
     for split in SPLITS:
         data = load_prepared(prepared)[split]
@@ -553,12 +413,169 @@ def test_instruction_data_needs_both_columns():
                   "data": {"path": "x.jsonl", "prompt_column": "q"}})
 
 
-def test_a_chat_template_the_tokenizer_lacks_is_refused(instruction_run):
+def test_a_chat_template_formats_each_prompt_as_a_user_turn(instruction_run):
     from tuner import model as model_lib
-    from tuner.data import format_prompt
+    from tuner.packing import format_prompt
 
     tokenizer = model_lib.load_tokenizer(instruction_run[0].model.name_or_path)
-    with pytest.raises(UserError, match="data.chat_template: got true, but the model's tokenizer has no chat template"):
-        format_prompt("hello", tokenizer, chat_template=True)
+    assert format_prompt("hello", tokenizer, chat_template=False) == "hello"
     tokenizer.chat_template = "{% for m in messages %}<user>{{ m.content }}</user>{% endfor %}<bot>"
     assert format_prompt("hello", tokenizer, chat_template=True) == "<user>hello</user><bot>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrow end to end: the same blocks whatever num_proc, own split files, streaming, chat records.
+
+
+def arrow_rows(prepared) -> dict[str, list]:
+    from tuner.data import load_prepared
+
+    loaded = load_prepared(prepared)
+    return {name: [list(row) for row in loaded[name]["input_ids"]] for name in SPLITS}
+
+
+def spec_for(path, **data):
+    return validate({"name": "e2e", "model": {"name_or_path": "builtin:tiny-gpt2"},
+                     "data": {"path": str(path), "block_size": BLOCK, **data}, "search": {"num_samples": 1}})
+
+
+@pytest.fixture(scope="module")
+def big_corpus(tmp_path_factory):
+    """2,500 distinct records, with duplicates and blanks spread through: enough batches of 1,000 for
+    two processes to share the cleaning and tokenizing."""
+    lines = corpus_lines(300)
+    records = [f"{i}: {lines[i % 300]}" for i in range(2500)] + [lines[0]] * 30 + ["  "] * 10
+    path = tmp_path_factory.mktemp("big") / "big.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in records))
+    return path
+
+
+def test_the_same_spec_gives_the_same_blocks_whatever_num_proc(big_corpus, tmp_path):
+    one = prepare(spec_for(big_corpus, num_proc=1), tmp_path / "one")
+    two = prepare(spec_for(big_corpus, num_proc=2), tmp_path / "two")
+    assert one.fingerprint == two.fingerprint  # num_proc decides how fast, not what
+    assert one.blocks == two.blocks and one.records == two.records
+    assert arrow_rows(one) == arrow_rows(two)
+    summary = json.loads((tmp_path / "two" / "data" / "summary.json").read_text())
+    assert summary["num_proc"] == 2
+    assert summary["cleaning"]["dropped_duplicate"] == 29 and summary["cleaning"]["dropped_empty"] == 10
+
+
+def test_the_summary_says_what_each_step_did(prepared_run, independent):
+    _, sweep_dir, result, _ = prepared_run
+    _, _, totals, _ = independent
+    summary = json.loads((sweep_dir / "data" / "summary.json").read_text())
+    assert summary["cleaning"]["records_in"] == 331 and summary["cleaning"]["records_out"] == 300
+    assert summary["records"] == result.records and summary["blocks"] == result.blocks
+    assert summary["tokens"] == totals  # every token, and an EOS per record
+    for name in SPLITS:
+        assert sum(summary["length_histogram"]["counts"][name]) == result.records[name]
+        assert summary["packing_efficiency"][name] == pytest.approx(result.tokens[name] / totals[name], abs=1e-4)
+
+
+def test_a_directory_with_its_own_split_files_is_used_as_is(tmp_path):
+    lines = corpus_lines(120)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name, rows in {"train": lines[:80], "valid": lines[80:100], "test": lines[100:]}.items():
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    (folder / "README.md").write_text("not data")
+    result = prepare(spec_for(folder), tmp_path / "sweep")
+    assert result.records == {"train": 80, "validation": 20, "test": 20}  # no re-split
+    summary = json.loads((tmp_path / "sweep" / "data" / "summary.json").read_text())
+    assert summary["split"] == "own splits: train = train, validation = validation, test = test"
+
+
+def test_streaming_local_files_honours_max_records_and_gives_the_same_blocks(big_corpus, tmp_path):
+    streamed = prepare(spec_for(big_corpus, streaming=True, max_records=400), tmp_path / "streamed")
+    assert sum(streamed.records.values()) == 400
+    loaded = prepare(spec_for(big_corpus, max_records=400), tmp_path / "loaded")
+    assert arrow_rows(streamed) == arrow_rows(loaded)  # the first 400 records have nothing to drop
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory) -> str:
+    """The tiny GPT-2 with a chat template in its tokenizer."""
+    import shutil
+
+    from tuner import builtin
+    from tuner import model as model_lib
+
+    root = tmp_path_factory.mktemp("chat-model") / "model"
+    shutil.copytree(builtin.tiny_gpt2_path(), root)
+    tokenizer = model_lib.load_tokenizer(str(root))
+    tokenizer.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    tokenizer.save_pretrained(root)
+    return str(root)
+
+
+def test_chat_records_learn_the_assistant_turns(chat_model, tmp_path):
+    from tuner.data import load_prepared, read_pairs
+    from tuner.packing import IGNORE
+
+    lines = corpus_lines(200)
+    rows = [{"messages": [{"role": "user", "content": lines[i][:40]}, {"role": "assistant", "content": lines[i]}]}
+            for i in range(200)]
+    rows.append({"messages": [{"role": "user", "content": "no answer"}]})  # nothing to learn: dropped
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = validate({"name": "chat", "model": {"name_or_path": chat_model},
+                     "data": {"path": str(path), "messages_column": "messages", "block_size": BLOCK},
+                     "search": {"num_samples": 1}})
+    prepared = prepare(spec, tmp_path / "sweep")
+    assert sum(prepared.records.values()) == 200
+    train = load_prepared(prepared)["train"]
+    masked = sum(label == IGNORE for labels in train["labels"] for label in labels)
+    assert 0 < masked < sum(len(labels) for labels in train["labels"])
+    pairs = read_pairs(prepared)
+    assert len(pairs) == prepared.records["test"] and all(p and c for p, c in pairs)
+
+
+def test_prepared_blocks_hold_the_built_in_paragraphs_with_brackets_and_code_verbatim(tmp_path):
+    """By default no character of a kept record changes: the blocks decode back to every paragraph
+    with `<` or `>` in it, and to an indented code block, exactly."""
+    from tests.test_cleaning import CODE, builtin_paragraphs_with_brackets
+    from tuner import model as model_lib
+    from tuner.data import load_prepared
+
+    records = list(dict.fromkeys(builtin_paragraphs_with_brackets())) + [CODE]
+    path = tmp_path / "brackets.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in records))
+    prepared = prepare(spec_for(path, block_size=2), tmp_path / "sweep")  # drops at most a final EOS
+    assert sum(prepared.records.values()) == len(records)
+    tokenizer = model_lib.load_tokenizer("builtin:tiny-gpt2")
+    loaded = load_prepared(prepared)
+    decoded = "".join(tokenizer.decode([t for row in loaded[name]["input_ids"] for t in row]) for name in SPLITS)
+    assert [r for r in records if r not in decoded] == []
+
+
+def test_a_hub_dataset_is_read_at_its_pinned_revision(monkeypatch, tmp_path):
+    """No hub here: `load_dataset` is replaced by one that records what it was asked for."""
+    import datasets
+
+    from tuner import sources
+
+    asked = {}
+
+    def fake_load(name, config=None, **kwargs):
+        asked.update(name=name, config=config, **kwargs)
+        return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a", "b", "c"]})})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    loaded = sources.load(DataSpec(dataset="org/set", config="en", revision="0123abcd"), None, tmp_path)
+    assert list(loaded) == ["train"]
+    assert (asked["name"], asked["config"], asked["revision"]) == ("org/set", "en", "0123abcd")
+    assert asked["cache_dir"] == str(tmp_path) and asked["streaming"] is False
+
+
+def test_mapping_in_pieces_gives_the_same_blocks(big_corpus, tmp_path, monkeypatch):
+    """Cleaning and tokenizing a piece at a time (each piece's workers end with it: their memory-mapped
+    reads leave with them) changes nothing in the blocks."""
+    from tuner import packing
+
+    whole = prepare(spec_for(big_corpus, num_proc=2), tmp_path / "whole")
+    monkeypatch.setattr(packing, "PIECE_BYTES", 1)  # the smallest pieces: a batch per process
+    pieces = prepare(spec_for(big_corpus, num_proc=2, seed=0), tmp_path / "pieces")
+    assert arrow_rows(pieces) == arrow_rows(whole)
+    assert len(list((tmp_path / "pieces" / "data").glob("*/arrow/train/*.arrow"))) == 1

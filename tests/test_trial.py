@@ -381,7 +381,8 @@ def test_instruction_data_trains_and_evaluates_on_completions_only(tmp_path):
 
     from tests.test_data import corpus_lines
     from tuner import promote
-    from tuner.data import IGNORE, load_prepared
+    from tuner.data import load_prepared
+    from tuner.packing import IGNORE
 
     rows = []
     for line in corpus_lines(200):

@@ -1,24 +1,25 @@
-"""Data, prepared once per sweep on the driver: load → clean → split → tokenize → pack → save.
+"""Data, prepared once per sweep on the driver: load → clean → dedup → split → tokenize → pack.
+
+Every step is a `datasets` operation on Arrow files in the prepared directory's cache, run by
+`data.num_proc` processes where it parallelizes (cleaning, tokenizing): no step holds the corpus or
+its tokens as Python lists, so memory stays flat whatever the corpus's size. Exact duplicates are
+found from a 63-bit hash per record. The seeded split picks record indices, so the same spec gives
+the same blocks, bit for bit, whatever `num_proc`.
 
 The result is Arrow in the sweep directory (`data/<fingerprint>/`), memory-mapped by every trial,
-and reused by any later run whose data and tokenizer settings hash to the same fingerprint.
-Packing concatenates documents (EOS between them) and cuts `block_size` blocks, so no compute goes
-to padding. Instruction data (`prompt_column`, `completion_column`) packs the same way with a
-`labels` column that masks each prompt, so the loss is the completions' alone. Train and validation drop the last partial block; test keeps it, so the final
-evaluation predicts every test token.
+and reused by any later run whose data and tokenizer settings hash to the same fingerprint; what
+each step did is in `data/summary.json` (and report.html).
 """
 
 from __future__ import annotations
 
 import functools
-import glob
 import hashlib
-import html
+import itertools
 import json
 import logging
 import os
 import random
-import re
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,21 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from tuner import builtin, space, storage
+from tuner import builtin, cleaning, datacheck, datafiles, layout, packing, sources, space, storage
 from tuner import model as model_lib
-from tuner.errors import UserError, first_line
+from tuner.errors import UserError
 from tuner.spec import CleanSpec, DataSpec, Spec
 
 log = logging.getLogger("tuner")
 
-SPLITS = ("train", "validation", "test")
-SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"),
-                 "test": ("test",)}
-FORMATS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv",
-           ".parquet": "parquet"}
-TAG = re.compile(r"<[^>]+>")
-SPACES = re.compile(r"[ \t\f\v\u00a0]+")
-BLANK_LINES = re.compile(r"\n\s*\n+")
+SPLITS = datafiles.SPLITS
 
 
 @dataclass
@@ -70,174 +64,84 @@ class Prepared:
 
 
 # ---------------------------------------------------------------------------------------------
-# Cleaning and splitting: plain functions on lists of strings, tested on their own.
+# Cleaning, dedup and splitting: record indices chosen from Arrow columns.
 
 
-def clean_text(text: str, rules: CleanSpec) -> str:
-    if rules.strip_html:
-        text = html.unescape(TAG.sub(" ", text))
-    if rules.normalize_whitespace:
-        lines = [SPACES.sub(" ", line).strip() for line in text.replace("\r\n", "\n").split("\n")]
-        text = BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
-    return text
+def clean(source: dict[str, Any], data: DataSpec, num_proc: int, key: str) -> dict[str, Any]:
+    """Each source split cleaned (`cleaning.clean_batch`, in parallel), with the hash, empty and
+    changed columns beside the record's own."""
+    text_fields = [] if data.messages_column else list(datafiles.fields(data).values())
+    label = data.completion_column or data.text_column
+    out = {}
+    for name, split in source.items():
+        keep = {*text_fields, data.messages_column}
+        out[name] = packing.map_in_pieces(
+            split, cleaning.clean_batch, num_proc, f"{key}-clean-{name}", "cleaning",
+            fn_kwargs={"rules": data.clean, "text_fields": text_fields, "label_field": label,
+                       "messages_field": data.messages_column},
+            remove_columns=[c for c in split.column_names if c not in keep])
+    return out
 
 
-Record = Any  # a text, or an instruction record: a (prompt, completion) tuple
+def kept_indices(splits: list[Any], rules: CleanSpec) -> tuple[list[np.ndarray], dict[str, int]]:
+    """The records each split keeps, in order: empty ones dropped, and each exact duplicate after
+    its first occurrence over all the splits in turn; and how many each rule changed or dropped."""
+    hashes = np.concatenate([_column(s, cleaning.HASH, np.int64) for s in splits])
+    empty = np.concatenate([_column(s, cleaning.EMPTY, bool) for s in splits])
+    counts = {"records_in": len(hashes)}
+    for rule in cleaning.RULES:
+        counts[f"changed_{rule}"] = int(sum(_column(s, cleaning.CHANGED[rule], bool).sum() for s in splits))
+    keep = ~empty if rules.drop_empty else np.ones(len(hashes), bool)
+    counts["dropped_empty"] = int(len(hashes) - keep.sum())
+    if rules.drop_duplicates:
+        candidates = np.flatnonzero(keep)
+        _, first = np.unique(hashes[candidates], return_index=True)
+        unique = np.zeros(len(hashes), bool)
+        unique[candidates[first]] = True
+        counts["dropped_duplicate"] = int(keep.sum() - unique.sum())
+        keep = unique
+    else:
+        counts["dropped_duplicate"] = 0
+    counts["records_out"] = int(keep.sum())
+    bounds = np.cumsum([0] + [len(s) for s in splits])
+    return [np.flatnonzero(keep[a:b]) for a, b in itertools.pairwise(bounds)], counts
 
 
-def clean_record(raw: Record, rules: CleanSpec) -> Record:
-    if isinstance(raw, tuple):
-        return tuple(clean_text(part if isinstance(part, str) else "", rules) for part in raw)
-    return clean_text(raw if isinstance(raw, str) else "", rules)
+def _column(split, name: str, dtype) -> np.ndarray:
+    return split.data.column(name).to_numpy().astype(dtype, copy=False)
 
 
-def clean_records(texts: list[Record], rules: CleanSpec, seen: set | None = None) -> tuple[list[Record], dict[str, int]]:
-    """Clean each record; drop empty ones (an instruction record: an empty completion) and exact
-    duplicates (also of those in `seen`)."""
-    seen = set() if seen is None else seen
-    kept: list[Record] = []
-    counts = {"records_in": len(texts), "dropped_empty": 0, "dropped_duplicate": 0}
-    for raw in texts:
-        text = clean_record(raw, rules)
-        if rules.drop_empty and not (text[-1] if isinstance(text, tuple) else text).strip():
-            counts["dropped_empty"] += 1
-            continue
-        if rules.drop_duplicates:
-            if text in seen:
-                counts["dropped_duplicate"] += 1
-                continue
-            seen.add(text)
-        kept.append(text)
-    counts["records_out"] = len(kept)
-    return kept, counts
-
-
-def split_records(texts: list[str], ratios: dict[str, float], seed: int) -> dict[str, list[str]]:
-    """A seeded shuffle cut by the ratios; every split gets at least one record."""
-    if len(texts) < 3:
-        raise UserError(f"data: only {len(texts)} records left after cleaning; a train/validation/test "
+def split_indices(n: int, ratios: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+    """A seeded permutation of `n` records cut by the ratios; every split gets at least one record.
+    Each split's indices come back sorted: records are read in file order (the Trainer shuffles
+    blocks), and the split is decided by the permutation alone."""
+    if n < 3:
+        raise UserError(f"data: only {n} records left after cleaning; a train/validation/test "
                         "split needs at least 3: point data.path or data.dataset at more text")
-    order = list(range(len(texts)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(len(texts) * ratios["validation"]))
-    n_test = max(1, round(len(texts) * ratios["test"]))
-    while len(texts) - n_val - n_test < 1:  # rounding took everything: give train one back
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(n * ratios["validation"]))
+    n_test = max(1, round(n * ratios["test"]))
+    while n - n_val - n_test < 1:  # rounding took everything: give train one back
         if n_val >= n_test:
             n_val -= 1
         else:
             n_test -= 1
-    n_train = len(texts) - n_val - n_test
+    n_train = n - n_val - n_test
     cuts = {"train": order[:n_train], "validation": order[n_train:n_train + n_val],
             "test": order[n_train + n_val:]}
-    return {name: [texts[i] for i in idx] for name, idx in cuts.items()}
+    return {name: np.sort(idx) for name, idx in cuts.items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# Tokenizing and packing.
-
-
-IGNORE = -100  # a label the loss skips: the prompt of an instruction record
-
-
-def pack(token_lists: list[list[int]], eos_id: int, block_size: int, keep_remainder: bool) -> list[np.ndarray]:
-    """Concatenate documents, each followed by EOS, and cut into `block_size` blocks.
-
-    A trailing partial block is kept only when asked (test) and when it predicts at least one token.
-    Labels (an instruction record's, its prompt masked) pack the same way, block for block.
-    """
-    lengths = [len(ids) + 1 for ids in token_lists]
-    flat = np.empty(sum(lengths), dtype=np.int32)
-    pos = 0
-    for ids, n in zip(token_lists, lengths):
-        flat[pos:pos + n - 1] = ids
-        flat[pos + n - 1] = eos_id
-        pos += n
-    full = len(flat) // block_size
-    blocks = list(flat[: full * block_size].reshape(full, block_size)) if full else []
-    rest = flat[full * block_size:]
-    if keep_remainder and len(rest) >= 2:
-        blocks.append(rest)
-    return blocks
-
-
-def supervised(label_blocks: list[np.ndarray]) -> list[int]:
-    """The blocks with at least one token to predict (a block of prompt alone has none: its loss
-    would be 0 / 0)."""
-    return [i for i, labels in enumerate(label_blocks) if np.any(labels[1:] != IGNORE)]
-
-
-def _to_dataset(blocks: list[np.ndarray], labels: list[np.ndarray] | None = None):
-    """Blocks → a datasets.Dataset with an `input_ids` list column (and `labels` for instruction
-    data), built straight in Arrow."""
-    import pyarrow as pa
-    from datasets import Dataset
-
-    def column(rows: list[np.ndarray]):
-        values = np.concatenate(rows) if rows else np.empty(0, dtype=np.int32)
-        offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-        np.cumsum([len(b) for b in rows], out=offsets[1:])
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
-
-    table = {"input_ids": column(blocks)}
-    if labels is not None:
-        table["labels"] = column(labels)
-    return Dataset(pa.table(table))
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading.
-
-
-def _data_files(pattern: str) -> list[str]:
-    path = str(builtin.corpus_path()) if pattern == builtin.CORPUS else os.path.expanduser(pattern)
-    files = sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else [path]
-    files = [f for f in files if os.path.isfile(f)]
-    if not files:
-        raise UserError(f"data.path: no file matches {pattern!r}; give an existing file or glob "
-                        f"(formats: {', '.join(sorted(FORMATS))}) or {builtin.CORPUS}")
-    kinds = {FORMATS.get(Path(f).suffix.lower()) for f in files}
-    if None in kinds or len(kinds) != 1:
-        suffixes = sorted({Path(f).suffix or '(none)' for f in files})
-        raise UserError(f"data.path: {pattern!r} matches files of type {', '.join(suffixes)}; "
-                        f"use files of one type among {', '.join(sorted(FORMATS))}")
-    return files
-
-
-def load_source(data: DataSpec, token_env: str | None = None) -> dict[str, list[str]]:
-    """The source's records as texts, by the source's own split names (one `train` for files).
-    A hub dataset is read with the token in `token_env`, if any."""
-    import datasets
-
-    if data.path is not None:
-        files = _data_files(data.path)
-        kind = FORMATS[Path(files[0]).suffix.lower()]
-        kwargs = {"sample_by": "paragraph"} if kind == "text" else {}
-        loaded = datasets.load_dataset(kind, data_files={"train": files}, **kwargs)
-    else:
-        try:
-            loaded = datasets.load_dataset(data.dataset, data.config, **model_lib.hub_kwargs(None, token_env))
-        except Exception as exc:  # the hub raises many kinds; all mean "cannot load this"
-            raise UserError(f"data.dataset: cannot load {data.dataset!r} (config {data.config!r}): "
-                            f"{first_line(exc)}") from None
-    columns = {"data.prompt_column": data.prompt_column, "data.completion_column": data.completion_column} \
-        if data.prompt_column else {"data.text_column": data.text_column}
-    out: dict[str, list[Record]] = {}
-    for name, split in loaded.items():
-        for key, column in columns.items():
-            if column not in split.column_names:
-                raise UserError(f"{key}: got {column!r}, but the {name} split has columns "
-                                f"{split.column_names}; set {key} to one of them")
-        if data.prompt_column:
-            out[name] = list(zip(split[data.prompt_column], split[data.completion_column]))
-        else:
-            out[name] = split[data.text_column]
-    return out
-
-
-def _source_splits(source: dict[str, list[str]]) -> dict[str, str] | None:
-    """Map our split names to the source's, when it has train, validation and test."""
+def own_splits(source: dict[str, Any], data: DataSpec) -> dict[str, str] | None:
+    """Our split names → the source's, when it has train, validation and test (or `data.splits`)."""
+    if data.splits and data.path is None:
+        missing = [name for name in data.splits.values() if name not in source]
+        if missing:
+            raise UserError(f"data.splits: {data.dataset!r} has no split {missing[0]!r}; its splits are "
+                            f"{sorted(source)}: name one of them")
+        return dict(data.splits)
     found = {}
-    for ours, aliases in SPLIT_ALIASES.items():
+    for ours, aliases in datafiles.SPLIT_ALIASES.items():
         match = next((name for name in aliases if name in source), None)
         if match is None:
             return None
@@ -245,36 +149,72 @@ def _source_splits(source: dict[str, list[str]]) -> dict[str, str] | None:
     return found
 
 
-def clean_and_split(data: DataSpec, source: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict]:
-    """Use the source's own splits where it has all three, else a seeded split of everything."""
-    mapping = _source_splits(source)
+@dataclass
+class Chosen:
+    """The records kept, as one dataset in file order (a `select` of the cleaned records), and the
+    split of each: an index into SPLITS."""
+
+    records: Any
+    split_of: np.ndarray
+    counts: dict[str, Any]
+
+    def split(self, name: str):
+        """One split's records alone (for tests and benchmarks; preparing reads them all at once)."""
+        return self.records.select(np.flatnonzero(self.split_of == SPLITS.index(name)))
+
+
+def choose(data: DataSpec, source: dict[str, Any], num_proc: int = 1, key: str = "data") -> Chosen:
+    """Clean, drop empty records and duplicates, and split: the source's own splits where it has
+    all three, else a seeded split of everything."""
+    from datasets import concatenate_datasets
+
+    mapping = own_splits(source, data)
+    try:
+        cleaned = clean(source, data, num_proc, key)
+    except UnicodeDecodeError:  # Arrow's JSON reader takes bytes on trust: a bad one is met here
+        if data.path is not None:
+            datacheck.check(data)  # names the file and the byte
+        raise UserError(f"{_source_key(data)}: {_source_name(data)!r} holds text that is not "
+                        f"{data.encoding}; set data.encoding to its encoding") from None
     counts: dict[str, Any] = {}
     if mapping:
-        seen: set[str] = set()
-        splits = {}
-        for ours in SPLITS:  # train first: a duplicate of a train record is dropped from eval splits
-            splits[ours], counts[ours] = clean_records(source[mapping[ours]], data.clean, seen)
-        empty = [f"{mapping[s]} ({_dropped(counts[s])})" for s in SPLITS if not splits[s]]
+        # train first: a duplicate of a train record is dropped from the evaluation splits
+        parts = [cleaned[mapping[s]] for s in SPLITS]
+        keep, counts["cleaning"] = kept_indices(parts, data.clean)
+        keep = [idx[: data.max_records] for idx in keep]
+        empty = [mapping[s] for s, idx in zip(SPLITS, keep) if not len(idx)]
         if empty:
             raise UserError(f"{_source_key(data)}: no records left after cleaning in the split(s) "
-                            f"{', '.join(empty)} of {_source_name(data)!r}; every split needs text: check "
-                            "data.text_column, or turn off data.clean rules that remove what you need")
-        counts["source"] = "own splits"
+                            f"{', '.join(empty)} of {_source_name(data)!r} ({_dropped(counts['cleaning'])}); "
+                            "every split needs text: check the data's columns, or turn off data.clean rules "
+                            "that remove what you need")
+        offsets = np.cumsum([0] + [len(part) for part in parts])
+        everything = concatenate_datasets(parts)
+        rows = np.concatenate([idx + offset for idx, offset in zip(keep, offsets)])
+        split_of = np.concatenate([np.full(len(idx), i, np.int8) for i, idx in enumerate(keep)])
+        counts["source"] = "own splits: " + ", ".join(f"{s} = {mapping[s]}" for s in SPLITS)
     else:
-        everything = [t for name in sorted(source) for t in source[name]]
-        texts, counts["all"] = clean_records(everything, data.clean)
-        if data.max_records:
-            texts = texts[: data.max_records]
-        if len(texts) < len(SPLITS):  # said here, where the source and the cleaning counts are known
-            raise UserError(f"{_source_key(data)}: only {len(texts)} record(s) of {_source_name(data)!r} left "
-                            f"after cleaning ({_dropped(counts['all'])}); a train/validation/test split "
+        everything = concatenate_datasets([cleaned[name] for name in sorted(cleaned)])
+        (rows,), counts["cleaning"] = kept_indices([everything], data.clean)
+        rows = rows[: data.max_records]
+        if len(rows) < len(SPLITS):  # said here, where the source and the cleaning counts are known
+            raise UserError(f"{_source_key(data)}: only {len(rows)} record(s) of {_source_name(data)!r} left "
+                            f"after cleaning ({_dropped(counts['cleaning'])}); a train/validation/test split "
                             f"needs at least 3: point {_source_key(data)} at more text, or turn off "
                             "data.clean rules that remove what you need")
-        splits = split_records(texts, asdict(data.split), data.seed)
+        split_of = np.empty(len(rows), np.int8)
+        for i, idx in enumerate(split_indices(len(rows), asdict(data.split), data.seed).values()):
+            split_of[idx] = i
         counts["source"] = "seeded split {train:g}/{validation:g}/{test:g}".format(**asdict(data.split))
-    if mapping and data.max_records:
-        splits = {name: texts[: data.max_records] for name, texts in splits.items()}
-    return splits, counts
+    records = everything.select(rows).remove_columns(list(cleaning.HELPER_COLUMNS))
+    return Chosen(records, split_of, counts)
+
+
+def clean_and_split(data: DataSpec, source: dict[str, Any], num_proc: int = 1,
+                    key: str = "data") -> tuple[dict[str, Any], dict]:
+    """`choose`, each split apart: its records in file order, and the counts."""
+    chosen = choose(data, source, num_proc, key)
+    return {name: chosen.split(name) for name in SPLITS}, chosen.counts
 
 
 def _source_key(data: DataSpec) -> str:
@@ -294,101 +234,121 @@ def _dropped(counts: dict[str, int]) -> str:
 # The stage.
 
 
+def num_proc(data: DataSpec) -> int:
+    return data.num_proc or max(1, min(os.cpu_count() or 1, 8))
+
+
 def fingerprint(spec: Spec) -> str:
-    """A hash of everything that decides the prepared data: data settings, tokenizer, source files."""
+    """A hash of everything that decides the prepared data: data settings, tokenizer, source files.
+    `num_proc` decides only how fast: the same data is reused whatever it is."""
     data = asdict(spec.data)
+    data.pop("num_proc")
     files = []
     if spec.data.path is not None and spec.data.path != builtin.CORPUS:
-        for f in _data_files(spec.data.path):
+        for f in datafiles.locate(spec.data).all():
             stat = os.stat(f)
             files.append((f, stat.st_size, stat.st_mtime_ns))
     key = {"data": data, "tokenizer": spec.model.name_or_path, "revision": spec.model.revision,
-           "files": files, "format": 1}
+           "files": files, "format": 2}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def prepare(spec: Spec, sweep_dir: Path) -> Prepared:
-    """Prepare the sweep's data once; a later run with the same fingerprint reuses it."""
+    """Prepare the sweep's data once; a later run with the same fingerprint reuses it. Built in a
+    temporary folder renamed into place: a crash leaves no half-prepared data to reuse."""
     key = fingerprint(spec)
-    out = sweep_dir / "data" / key
-    meta_path = out / "prepared.json"
-    if meta_path.exists():
+    out = sweep_dir / layout.DATA_DIR / key
+    if (out / "prepared.json").exists():
         prepared = read_prepared(out)
         log.info("data: reusing prepared data %s (%s train blocks)", out, prepared.blocks["train"])
-        return prepared
-    log.info("data: preparing %s", spec.data.path or f"{spec.data.dataset} ({spec.data.config})")
+    else:
+        log.info("data: preparing %s", spec.data.path or f"{spec.data.dataset} ({spec.data.config})")
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        prepared = _build(spec, key, tmp, out)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+        log.info("data: %s records, %s tokens, %s blocks of %d tokens (train/validation/test)",
+                 *("/".join(str(getattr(prepared, kind)[s]) for s in SPLITS) for kind in ("records", "tokens", "blocks")),
+                 spec.data.block_size)
+    _publish_summary(out, sweep_dir)
+    return prepared
+
+
+def _build(spec: Spec, key: str, tmp: Path, out: Path) -> Prepared:
+    """Every step, into `tmp` (the intermediate Arrow files in `tmp/cache`, deleted at the end); the
+    Prepared that will describe it once it is moved to `out`."""
     tokenizer = model_lib.load_tokenizer(spec.model.name_or_path, spec.model.revision, spec.model.token_env,
                                          spec.model.trust_remote_code)
-    splits, counts = clean_and_split(spec.data, load_source(spec.data, spec.model.token_env))
+    packing.check_chat_template(tokenizer, spec.data)
+    cache = tmp / "cache"
+    cache.mkdir(parents=True)
+    procs = num_proc(spec.data)
+    chosen = choose(spec.data, sources.load(spec.data, spec.model.token_env, cache), procs, key)
+    counts = chosen.counts
     log.info("data: cleaned %s", json.dumps(counts))
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    blocks, tokens = {}, {}
-    datasets_by_split = {}
-    tmp.mkdir(parents=True)
+    labelled = bool(spec.data.prompt_column or spec.data.messages_column)
+    tokens = packing.tokenize(chosen.records, tokenizer, spec.data, procs, f"{key}-tokens")
     for name in SPLITS:
-        ids, labels = tokenize(splits[name], tokenizer, spec.data)
-        packed = pack(ids, tokenizer.eos_token_id, spec.data.block_size, keep_remainder=name == "test")
-        packed_labels = None
-        if labels is not None:
-            packed_labels = pack(labels, tokenizer.eos_token_id, spec.data.block_size, keep_remainder=name == "test")
-            keep = supervised(packed_labels)
-            packed, packed_labels = [packed[i] for i in keep], [packed_labels[i] for i in keep]
-            if name == "test":  # the final evaluation prompts with whole test prompts
-                write_pairs(tmp / PAIRS_FILE, ids, labels)
-        blocks[name], tokens[name] = len(packed), int(sum(len(b) for b in packed))
-        datasets_by_split[name] = _to_dataset(packed, packed_labels)
-    from datasets import DatasetDict
-
-    DatasetDict(datasets_by_split).save_to_disk(str(tmp / "arrow"))
+        (tmp / "arrow" / name).mkdir(parents=True)
+    # test keeps its last partial block, and for instruction data its prompts (the final evaluation's)
+    stats = packing.pack_splits(tokens, chosen.split_of, SPLITS, tokenizer.eos_token_id, spec.data.block_size,
+                                tmp / "arrow", ARROW_FILE, tmp / PAIRS_FILE if labelled else None)
+    describe_in_place(tmp / "arrow", labelled, key)
     tokenizer.save_pretrained(tmp / "tokenizer")
     prepared = Prepared(path=str(out / "arrow"), tokenizer_path=str(out / "tokenizer"), fingerprint=key,
-                        block_size=spec.data.block_size, blocks=blocks, tokens=tokens,
-                        records={name: len(texts) for name, texts in splits.items()},
-                        pairs=str(out / PAIRS_FILE) if spec.data.prompt_column else None)
+                        block_size=spec.data.block_size, blocks={s: stats[s].blocks for s in SPLITS},
+                        tokens={s: stats[s].block_tokens for s in SPLITS},
+                        records={s: stats[s].records for s in SPLITS},
+                        pairs=str(out / PAIRS_FILE) if labelled else None)
     write_prepared(tmp, prepared)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    log.info("data: %s records, %s tokens, %s blocks of %d tokens (train/validation/test)",
-             "/".join(str(prepared.records[s]) for s in SPLITS),
-             "/".join(str(tokens[s]) for s in SPLITS), "/".join(str(blocks[s]) for s in SPLITS),
-             spec.data.block_size)
+    layout.write_text(tmp / layout.DATA_SUMMARY, json.dumps(summary(spec, counts, stats, procs), indent=2))
+    shutil.rmtree(cache, ignore_errors=True)
     return prepared
 
 
 PAIRS_FILE = "test_pairs.jsonl"
+ARROW_FILE = "data-00000-of-00001.arrow"  # a split's blocks, named as `save_to_disk` names one shard
 
 
-def tokenize(records: list[Record], tokenizer, data: DataSpec) -> tuple[list[list[int]], list[list[int]] | None]:
-    """Token ids of each record, and for instruction records their labels: the prompt's masked
-    (IGNORE), so the loss is the completion's alone. The prompt goes through the tokenizer's chat
-    template as a user turn when `data.chat_template` is on."""
-    if not data.prompt_column:
-        return tokenizer(records, add_special_tokens=False)["input_ids"], None
-    prompts = [format_prompt(prompt, tokenizer, data.chat_template) for prompt, _ in records]
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer([completion for _, completion in records], add_special_tokens=False)["input_ids"]
-    ids = [p + c for p, c in zip(prompt_ids, completion_ids)]
-    labels = [[IGNORE] * len(p) + c for p, c in zip(prompt_ids, completion_ids)]
-    return ids, labels
+def describe_in_place(folder: Path, labelled: bool, key: str) -> None:
+    """What `load_from_disk` reads beside the Arrow file packed straight into each `folder/<split>/`:
+    the files `DatasetDict.save_to_disk` writes, taken from an empty Dataset of the same columns.
+    Saving would copy the blocks through a memory map, and even opening them reads the file's batch
+    headers through one: pages (a sixth of the blocks' size) the driver's RSS would keep."""
+    from datasets import Dataset, Features, List, Value, config
+
+    columns = ["input_ids", "labels"] if labelled else ["input_ids"]
+    empty = Dataset.from_dict({c: [] for c in columns}, features=Features({c: List(Value("int32")) for c in columns}))
+    info = asdict(empty.info)
+    for name in SPLITS:
+        state = {k: empty.__dict__[k] for k in ("_format_columns", "_format_kwargs", "_format_type",
+                                                 "_output_all_columns")}
+        state.update(_fingerprint=f"{key}-{name}", _split=None, _data_files=[{"filename": ARROW_FILE}])
+        (folder / name / config.DATASET_STATE_JSON_FILENAME).write_text(json.dumps(state, indent=2, sort_keys=True))
+        (folder / name / config.DATASET_INFO_FILENAME).write_text(json.dumps({k: info[k] for k in sorted(info)},
+                                                                              indent=2))
+    (folder / config.DATASETDICT_JSON_FILENAME).write_text(json.dumps({"splits": list(SPLITS)}))
 
 
-def format_prompt(prompt: str, tokenizer, chat_template: bool) -> str:
-    if not chat_template:
-        return prompt
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError("data.chat_template: got true, but the model's tokenizer has no chat template; set "
-                        "data.chat_template: false to use each prompt as it is, or use a chat model")
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+def summary(spec: Spec, counts: dict, stats: dict[str, packing.PackStats], procs: int) -> dict[str, Any]:
+    """What preparing did, for people: records in and out per cleaning rule, tokens per split, the
+    record lengths in tokens, and how much of the tokens packing kept."""
+    return {"source": _source_name(spec.data), "split": counts["source"], "num_proc": procs,
+            "cleaning": counts["cleaning"], "block_size": spec.data.block_size,
+            "records": {s: stats[s].records for s in SPLITS},
+            "tokens": {s: stats[s].tokens for s in SPLITS},
+            "blocks": {s: stats[s].blocks for s in SPLITS},
+            "packing_efficiency": {s: round(stats[s].efficiency(), 4) for s in SPLITS},
+            "length_histogram": {"bins": packing.LENGTH_BINS,
+                                 "counts": {s: [int(c) for c in stats[s].length_counts] for s in SPLITS}}}
 
 
-def write_pairs(path: Path, ids: list[list[int]], labels: list[list[int]]) -> None:
-    """Each test record's prompt and completion token ids, split where the mask ends."""
-    with open(path, "w") as f:
-        for row, mask in zip(ids, labels):
-            cut = next((i for i, label in enumerate(mask) if label != IGNORE), len(mask))
-            f.write(json.dumps({"prompt": row[:cut], "completion": row[cut:]}) + "\n")
+def _publish_summary(prepared_dir: Path, sweep_dir: Path) -> None:
+    """`data/summary.json`: the summary of the data this sweep uses now."""
+    source = prepared_dir / layout.DATA_SUMMARY
+    if source.exists():
+        layout.write_text(sweep_dir / layout.DATA_DIR / layout.DATA_SUMMARY, source.read_text())
 
 
 def read_pairs(prepared: Prepared) -> list[tuple[list[int], list[int]]] | None:

@@ -31,6 +31,7 @@ BEST_DIR = "best"  # the promoted trial: config.yaml, model/, final_eval.json, s
 REPORT_FILE = "report.html"
 WANDB_DIR = "wandb"  # offline W&B runs, for `launch.py sync`
 DATA_DIR = "data"  # prepared data, one folder per fingerprint
+DATA_SUMMARY = "summary.json"  # what preparing did: in each prepared folder, and the sweep's in data/
 TRAIN_DIR = "train"  # Ray Train's runs of data-parallel trials, one per trial
 PROMOTED_DIR = "promoted"  # checkpoints downloaded from a bucket for the final evaluation
 FIRST_EXPERIMENT = "tune"  # Ray Tune's experiment directory of the first run; then tune-2, tune-3, …

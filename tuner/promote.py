@@ -14,8 +14,9 @@ from typing import Any, Callable
 
 from tuner import metrics
 from tuner import model as model_lib
-from tuner.data import IGNORE, Prepared, load_prepared, read_pairs
+from tuner.data import Prepared, load_prepared, read_pairs
 from tuner.errors import first_line
+from tuner.packing import IGNORE
 from tuner.spec import PromoteSpec
 
 log = logging.getLogger("tuner")

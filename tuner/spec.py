@@ -8,6 +8,7 @@ need the data or the model (columns, block counts, maximum positions) run later,
 
 from __future__ import annotations
 
+import codecs
 import copy
 import dataclasses
 import difflib
@@ -49,8 +50,10 @@ class ModelSpec:
 
 @dataclass
 class CleanSpec:
-    strip_html: bool = True  # remove <tags>
-    normalize_whitespace: bool = True  # collapse runs of spaces/tabs, trim lines
+    """By default a kept record's text is not changed (CRLF line endings become LF)."""
+
+    strip_html: bool = False  # drop HTML elements (an HTML parser: `List<String>` or `x < y` stay)
+    normalize_whitespace: bool = False  # collapse runs of spaces inside lines; indentation is kept
     drop_empty: bool = True
     drop_duplicates: bool = True  # exact duplicates, before splitting: no leakage across splits
 
@@ -64,20 +67,30 @@ class SplitSpec:
 
 @dataclass
 class DataSpec:
-    dataset: str | None = None  # hub dataset name (with `config`), or ...
+    dataset: str | None = None  # hub dataset name (with `config`, `revision`), or ...
     config: str | None = None
-    path: str | None = None  # ... a local file or glob: txt, jsonl, csv, parquet; or builtin:pydoc-topics
+    revision: str | None = None  # a hub dataset's branch, tag or commit: pin it for reproducible data
+    path: str | None = None  # ... a local file, glob or directory: txt, jsonl, csv, parquet; or builtin:pydoc-topics
+    # Our split names → the source's: a hub dataset's split names, or files/globs inside data.path (a
+    # directory). Default: splits named train, validation (valid, val, dev) and test are used as they are.
+    splits: dict[str, str] | None = None
+    streaming: bool = False  # read records one by one (a large hub dataset): never downloaded whole
+    encoding: str = "utf-8"  # of text, JSON and CSV files
     text_column: str = "text"
     # Instruction data: a prompt and a completion column instead of text; the loss is masked on the
     # prompt. With chat_template, each prompt is formatted as a user turn by the tokenizer's template.
     prompt_column: str | None = None
     completion_column: str | None = None
     chat_template: bool = False
+    # Chat data: a list of {role, content} per record, formatted by the tokenizer's chat template;
+    # the loss is the assistant turns' alone.
+    messages_column: str | None = None
     clean: CleanSpec = field(default_factory=CleanSpec)
     split: SplitSpec = field(default_factory=SplitSpec)
     seed: int = 0  # seeds the split
     block_size: int = 128  # tokens per packed block; at most the model's maximum positions
     max_records: int | None = None  # keep the first N records (after cleaning): for smoke runs
+    num_proc: int | None = None  # processes preparing the data; default: this machine's cores (at most 8)
 
 
 @dataclass
@@ -549,6 +562,22 @@ def _check_data(data: DataSpec, problems: list[str]) -> None:
     _at_least(data.block_size, 2, "data.block_size", problems)
     if data.max_records is not None:
         _at_least(data.max_records, 3, "data.max_records", problems)
+    if data.num_proc is not None:
+        _at_least(data.num_proc, 1, "data.num_proc", problems)
+    if data.messages_column is not None and data.prompt_column is not None:
+        problems.append(f"data.messages_column: got {data.messages_column!r} with data.prompt_column "
+                        f"{data.prompt_column!r}; a record is chat messages or a prompt and a completion: "
+                        "set one of them")
+    if data.splits is not None and sorted(data.splits) != ["test", "train", "validation"]:
+        problems.append(f"data.splits: got keys {sorted(data.splits)}, expected train, validation and test, "
+                        "each naming the source's split (or a file in data.path)")
+    if data.revision is not None and data.dataset is None:
+        problems.append(f"data.revision: got {data.revision!r} without data.dataset; it pins a hub dataset")
+    try:
+        codecs.lookup(data.encoding)
+    except (LookupError, TypeError):
+        problems.append(f"data.encoding: got {data.encoding!r}, not an encoding Python knows; use e.g. "
+                        "utf-8, latin-1 or cp1252")
 
 
 def _check_train(train: TrainSpec, problems: list[str]) -> None:
