@@ -55,17 +55,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from tuner import data, datacheck, layout
-    from tuner.plan import make_plan
+    from tuner import data, datacheck, datafiles, layout
+    from tuner.plan import data_warnings, make_plan
     from tuner.spec import load_spec, to_yaml
 
     spec = load_spec(args.spec, args.set)
     datacheck.check(spec.data)  # every local data file read through: the problems `sweep` would meet
     meta = spec.sweep_dir / layout.DATA_DIR / data.fingerprint(spec) / "prepared.json"
-    train_tokens = None
+    train_tokens, estimated = None, False
     if meta.exists():  # data prepared by an earlier run: the plan can give token budgets
         prepared = json.loads(Path(meta).read_text())
         train_tokens = prepared["blocks"]["train"] * prepared["block_size"]
+    elif spec.data.path is not None:  # a guess from the files' size, for the warnings below
+        train_tokens, estimated = datafiles.estimate_train_tokens(spec.data), True
     print(to_yaml(spec, f"# resolved spec: {args.spec}\n"))
     concurrency = None
     if args.address:  # the plan against the live cluster: its nodes, GPUs and what fits
@@ -76,7 +78,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(nodes.describe())
         cluster.check(spec, nodes)
         concurrency = cluster.concurrency(spec, nodes)
-    print("plan:\n  " + make_plan(spec, train_tokens, concurrency).describe().replace("\n", "\n  "))
+    plan = make_plan(spec, train_tokens if not estimated else None, concurrency)
+    print("plan:\n  " + plan.describe().replace("\n", "\n  "))
+    if train_tokens is not None:
+        for warning in data_warnings(spec, make_plan(spec, train_tokens), train_tokens, estimated):
+            print(f"warning: {warning}", file=sys.stderr)
     print(f"sweep directory: {spec.sweep_dir}")
     return 0
 

@@ -16,7 +16,7 @@ from tuner import data, layout, lock, mirror, model, records, restore, results, 
 from tuner import report, study, tracking
 from tuner.context import TrialContext
 from tuner.errors import UserError, first_line
-from tuner.plan import Plan, make_plan
+from tuner.plan import Plan, data_warnings, make_plan
 from tuner.promotion import SweepFailed, SweepResult, already_exported, exported_result, promote_and_export
 from tuner.records import TrialRecord
 from tuner.spec import Spec, load_spec, to_yaml
@@ -121,6 +121,8 @@ def _drive(spec: Spec, saved: str, address: str | None, trial_fn: Callable | Non
     data.check_prepared(spec, prepared)
     plan = make_plan(spec, prepared.train_tokens())
     check_plan(spec, plan)
+    for warning in data_warnings(spec, plan, prepared.train_tokens()):
+        log.warning("%s", warning)
     log.info("plan:\n  %s", plan.describe().replace("\n", "\n  "))
 
     ctx = TrialContext(spec, prepared, model.resolve(spec.model.name_or_path), plan.max_t, trial_fn)

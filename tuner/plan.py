@@ -65,3 +65,22 @@ def make_plan(spec: Spec, train_tokens: int | None, concurrency: int | None = No
         budget_reports = spec.search.num_samples * math.ceil(max_t / spec.train.report_every_tokens)
     return Plan(spec.search.num_samples, slots, spec.train.report_every_tokens, max_t, grace,
                 sched.reduction_factor, rungs, budget_tokens, budget_reports)
+
+
+def data_warnings(spec: Spec, plan: Plan, train_tokens: int, estimated: bool = False) -> list[str]:
+    """Where the train split is too small for the plan: ASHA would judge trials after more than an
+    epoch, or a trial would report fewer than twice an epoch (ASHA and the curves need reports)."""
+    about = "about " if estimated else ""
+    warnings = []
+    every = spec.train.report_every_tokens
+    grace = spec.scheduler.grace_period or plan.grace_period
+    if spec.scheduler.type == "asha" and grace and train_tokens < grace:
+        warnings.append(f"scheduler.grace_period: the train split holds {about}{train_tokens} tokens, fewer than "
+                        f"the grace period ({grace}): ASHA first compares trials after more than an epoch; "
+                        f"set scheduler.grace_period to about {max(1, train_tokens // 4)} (a quarter epoch)")
+    if train_tokens < 2 * every:
+        warnings.append(f"train.report_every_tokens: the train split holds {about}{train_tokens} tokens, fewer "
+                        f"than two report intervals ({every} each): a trial reports about "
+                        f"{train_tokens / every:.2g} time(s) an epoch; set train.report_every_tokens to "
+                        f"about {max(1, train_tokens // 8)} for 8 reports an epoch")
+    return warnings
