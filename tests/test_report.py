@@ -3,6 +3,7 @@ scripts/setup-browser): every section rendered with its plots, no JavaScript err
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -69,6 +70,13 @@ def test_report_renders_every_section_with_its_plots(tiny_sweep):
     ab = re.search(r'<table id="ab-table">(.*?)</table>', final, re.S).group(1)
     assert re.findall(r"<tr><th>(\w+)</th><td>", ab) == ["base", "baseline", "tuned"]
     assert re.search(r'<table id="samples-table">.*?</table>', final, re.S).group(0).count("<tr>") == 4 + 1
+    data = section(dom, "data")
+    summary = json.loads((tiny_sweep.sweep_dir / "data" / "summary.json").read_text())
+    assert f"<th>records in</th><td>{summary['cleaning']['records_in']}</td>" in data
+    for name in ("train", "validation", "test"):
+        assert f"<tr><th>{name}</th><td>{summary['records'][name]}</td>" in data
+    assert data.count("<rect ") >= 3  # length bins with records
+    assert 'data-plot="lengths"' in data
 
 
 def test_report_is_self_contained(tiny_sweep):

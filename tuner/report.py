@@ -1,7 +1,7 @@
 """`report.html`: what a sweep learned, on one self-contained page.
 
 Learning curves with ASHA's stopping points, Optuna's hyperparameter importances, parallel
-coordinates, the leaderboard and the final evaluation's A/B figures and samples. The plots are SVG
+coordinates, the leaderboard, the final evaluation's A/B figures and samples, and the data summary. The plots are SVG
 drawn here, the few lines of script are inline: the page opens from disk with no network, and the
 sweep directory can be copied anywhere with it. Built from the files the sweep keeps (records, the
 Optuna study, best/), so it can be rebuilt at any time: `python launch.py report SWEEP_DIR`.
@@ -25,7 +25,7 @@ from tuner.spec import Spec
 
 log = logging.getLogger("tuner")
 REPORT_FILE = layout.REPORT_FILE
-SECTIONS = ("curves", "importances", "parallel", "leaderboard", "final")
+SECTIONS = ("curves", "importances", "parallel", "leaderboard", "final", "data")
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
            "#9c755f", "#bab0ac")
 WIDTH, HEIGHT, PAD = 760, 360, 56
@@ -44,6 +44,7 @@ def write_report(spec: Spec) -> Path:
         _section("parallel", "Parallel coordinates", parallel_coordinates(found, spec)),
         _section("leaderboard", "Leaderboard", leaderboard_table(board, spec)),
         _section("final", "Final evaluation", final_html(final, samples)),
+        _section("data", "Data", data_html(_read_json(sweep_dir / layout.DATA_DIR / layout.DATA_SUMMARY))),
     ])
     path = sweep_dir / REPORT_FILE
     layout.write_text(path, _page(spec, found, body))
@@ -291,6 +292,53 @@ def final_html(final: dict[str, Any] | None, samples: list[dict[str, Any]]) -> s
         parts.append(f"<h3>Samples</h3><p>{html.escape(settings)}</p>"
                      f'<table id="samples-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
     return "".join(parts)
+
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def data_html(summary: dict[str, Any] | None) -> str:
+    """The data summary: what each cleaning rule changed or dropped, tokens and blocks per split,
+    packing efficiency, and a histogram of record lengths in tokens."""
+    if not summary:
+        return '<p class="empty">No data summary (data prepared by an older tuner, or not yet).</p>'
+    cleaning = summary["cleaning"]
+    rules = "".join(f"<tr><th>{html.escape(key.replace('_', ' '))}</th><td>{value}</td></tr>"
+                    for key, value in cleaning.items())
+    rows = "".join(f"<tr><th>{name}</th><td>{summary['records'][name]}</td><td>{summary['tokens'][name]}</td>"
+                   f"<td>{summary['blocks'][name]}</td><td>{summary['packing_efficiency'][name]:.2%}</td></tr>"
+                   for name in SPLIT_NAMES)
+    return (f"<p>{html.escape(str(summary['source']))}: {html.escape(str(summary['split']))}; blocks of "
+            f"{summary['block_size']} tokens.</p>"
+            f'<table id="cleaning-table"><tbody>{rules}</tbody></table>'
+            '<table id="splits-table"><thead><tr><th>split</th><th>records</th><th>tokens (with EOS)</th>'
+            f"<th>blocks</th><th>packing efficiency</th></tr></thead><tbody>{rows}</tbody></table>"
+            + length_histogram(summary["length_histogram"]))
+
+
+def length_histogram(histogram: dict[str, Any]) -> str:
+    """Bars of record counts per length bin (powers of two), all splits together."""
+    bins = histogram["bins"]
+    counts = [sum(histogram["counts"][s][i] for s in histogram["counts"]) for i in range(len(bins))]
+    used = [i for i, c in enumerate(counts) if c]
+    if not used:
+        return ""
+    shown = list(range(used[0], used[-1] + 1))
+    top = max(counts)
+    width = (WIDTH - PAD - 16) / len(shown)
+    parts = [f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - 16}" y2="{HEIGHT - PAD}" class="axis"/>']
+    for n, i in enumerate(shown):
+        height = (HEIGHT - PAD - 24) * counts[i] / top
+        x = PAD + n * width
+        label = f"{bins[i]}+" if i == len(bins) - 1 else f"{bins[i]}–{bins[i + 1] - 1}" if bins[i + 1] - 1 > bins[i] \
+            else str(bins[i])
+        parts.append(f'<rect x="{x + 2:.1f}" y="{HEIGHT - PAD - height:.1f}" width="{width - 4:.1f}" '
+                     f'height="{height:.1f}" fill="{PALETTE[0]}"><title>{label} tokens: {counts[i]} records'
+                     f'</title></rect><text x="{x + width / 2:.1f}" y="{HEIGHT - PAD + 16}" '
+                     f'text-anchor="middle" class="tick">{label}</text>')
+    parts.append(f'<text x="{(PAD + WIDTH) / 2:.0f}" y="{HEIGHT - 14}" text-anchor="middle">record length '
+                 f'(tokens)</text><text x="{PAD}" y="14">records (most: {top})</text>')
+    return "<h3>Record lengths</h3>" + _svg(parts, "lengths")
 
 
 def _one_line(text: str) -> str:
