@@ -79,6 +79,16 @@ def test_best_config_validates_and_fixes_the_winning_hyperparameters(tiny_sweep)
     assert args["learning_rate"] == pytest.approx(tiny_sweep.best.params["learning_rate"])
 
 
+def test_the_exported_training_args_load_into_training_arguments(tiny_sweep):
+    """Users take training_args.json to their own Trainer: it loads with no key removed."""
+    from transformers import TrainingArguments
+
+    with open(tiny_sweep.paths["best"] / "training_args.json") as f:
+        args = TrainingArguments(**json.load(f))
+    assert args.learning_rate == pytest.approx(tiny_sweep.best.params["learning_rate"])
+    assert args.per_device_train_batch_size == tiny_sweep.best.params["per_device_train_batch_size"]
+
+
 def test_final_eval_is_the_token_weighted_test_loss(tiny_sweep):
     final = json.loads(tiny_sweep.paths["final_eval"].read_text())
     assert {"trial_id", "checkpoint", "eval_loss", "perplexity", "num_test_tokens", "tuned", "base"} <= set(final)

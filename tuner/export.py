@@ -87,8 +87,9 @@ def _fill_best(out: Path, spec: Spec, record: TrialRecord, metrics: dict[str, An
               f"the sweep)\n# The best trial of sweep {spec.name!r}, fixed.\n")
     (out / "config.yaml").write_text(to_yaml(config, header))
     hyper = space.resolve(spec, record.params)
+    # `TrainingArguments(**json.load(f))` takes it as it is: where the winner stopped (not a field of
+    # TrainingArguments: its max_steps would change the LR schedule) is config.yaml's stop_after_steps
     args = training_arguments(spec, hyper, f"{BEST_DIR}/model").to_dict()
-    args["stop_after_steps"] = int(record.best_step)  # not a TrainingArguments field: train this far
     (out / "training_args.json").write_text(json.dumps(args, indent=2, default=str))
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     if hasattr(model, "merge_and_unload"):  # LoRA (peft): the adapter alone, then merged into the weights
