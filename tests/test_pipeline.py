@@ -301,3 +301,13 @@ def test_a_conditional_lora_space_through_ray_tune_and_optuna(ray_runtime, tmp_p
     final = json.loads(result.paths["final_eval"].read_text())
     assert final["baseline"]["perplexity"] > 0  # its checkpoint holds adapters, put back on the base model
     assert (result.paths["best"] / "adapter").exists() == result.best.params["use_lora"]
+
+
+def test_the_dashboard_command_printed_at_the_end_opens_the_sweeps_study(tiny_sweep):
+    from tuner.pipeline import dashboard_command
+
+    command = dashboard_command(tiny_sweep.sweep_dir)
+    assert command == f"optuna-dashboard sqlite:///{(tiny_sweep.sweep_dir / 'optuna.db').resolve()}"
+    storage = command.split(" ", 1)[1]
+    summaries = optuna.get_all_study_summaries(storage=storage)  # the URL opens the sweep's study
+    assert [s.n_trials for s in summaries] == [len(load_records(tiny_sweep.sweep_dir))]

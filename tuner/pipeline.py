@@ -143,6 +143,7 @@ def _drive(spec: Spec, saved: str, address: str | None, trial_fn: Callable | Non
     finally:
         if board:  # a failed sweep's report still shows what its trials did
             write_report(spec)
+            log.info("study: %s", dashboard_command(sweep_dir))
         tracker.sweep_ended(board, result.paths["best"] if result else None)
         tracker.close()
         _upload_results(spec, progress)
@@ -248,6 +249,12 @@ def last_report(record: TrialRecord) -> dict[str, Any]:
     """An ended trial's last report again, marked as a repeat of how it ended."""
     last = record.history[-1] if record.history else {C.EVAL_LOSS: math.nan, C.STEP: 0, C.TOKENS_SEEN: 0}
     return {**last, C.TRIAL_STATUS: record.status, C.FINAL: True, C.REPEAT: True}
+
+
+def dashboard_command(sweep_dir: Path) -> str:
+    """The command that opens the sweep's study in optuna-dashboard: its copy in the sweep directory,
+    replaced whole at every save, so a dashboard left open keeps reading a consistent file."""
+    return f"optuna-dashboard sqlite:///{(Path(sweep_dir) / layout.STUDY_DB).resolve()}"
 
 
 def write_report(spec: Spec) -> Path | None:
