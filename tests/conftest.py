@@ -109,3 +109,18 @@ def s3_server(tmp_path_factory):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def write_tiny_model(path: Path, texts: list[str], positions: int = 128) -> None:
+    """A 2-layer, 64-wide GPT-2 config and a byte-level BPE tokenizer trained on `texts`, saved to
+    `path`: a local model for tests that need one before any training (bad input, bad data)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+    eos = tokenizer.eos_token_id
+    GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=positions, vocab_size=len(tokenizer),
+               bos_token_id=eos, eos_token_id=eos).save_pretrained(path)
+    tokenizer.save_pretrained(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import launch
-from tests.conftest import TINY
+from tests.conftest import TINY, write_tiny_model
 from tuner import sweep, tracking
 
 TEXTS = [f"record number {i} is a short line of text for the tiny model" for i in range(12)]
@@ -27,17 +27,8 @@ LATIN = b'{"text": "fine"}\n{"text": "caf'  # then 0xe9, é in latin-1: byte len
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     """A 2-layer GPT-2 (config and tokenizer), and one folder of bad data files."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, PreTrainedTokenizerFast
-
     root = tmp_path_factory.mktemp("bad-data")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(TEXTS, vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
-    eos = tokenizer.eos_token_id
-    GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=128, vocab_size=len(tokenizer),
-               bos_token_id=eos, eos_token_id=eos).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    write_tiny_model(root / "model", TEXTS)
 
     def write(name: str, content: str | bytes) -> None:
         path = root / name

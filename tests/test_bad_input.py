@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 
 import launch
+from tests.conftest import TINY, write_remote_code_model, write_tiny_model
 from tuner import cluster, sweep, tracking
 from tuner.cluster import Cluster, Node
-
-from tests.conftest import TINY, write_remote_code_model
 
 WORDS = "the quick brown fox jumps over the lazy dog while a small model learns to predict text".split()
 RECORDS = [" ".join(WORDS[i % len(WORDS):] + WORDS[:i % len(WORDS)]) + f" {i}" for i in range(40)]
@@ -32,17 +31,8 @@ POSITIONS = 128  # the tiny model's maximum positions
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     """A 2-layer GPT-2 (config and tokenizer), a model needing remote code, and small data files."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, PreTrainedTokenizerFast
-
     root = tmp_path_factory.mktemp("bad-input")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(RECORDS, vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
-    eos = tokenizer.eos_token_id
-    GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=POSITIONS, vocab_size=len(tokenizer),
-               bos_token_id=eos, eos_token_id=eos).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    write_tiny_model(root / "model", RECORDS, POSITIONS)
 
     write_remote_code_model(root / "remote-model")
     (root / "not-a-model").mkdir()
