@@ -223,6 +223,9 @@ def test_final_eval_says_whether_tuning_beat_the_baseline(tiny_sweep):
     record = next(r for r in load_records(tiny_sweep.sweep_dir) if r.trial_id == baseline["trial_id"])
     assert record.params["learning_rate"] == pytest.approx(5e-5)  # the enqueued HF defaults
     assert baseline["tuning_beat_baseline"] == (tiny_sweep.best.best_metric < record.best_metric)
+    # ASHA never stops the baseline early: it trains to its end, and the comparison is like for like.
+    assert record.status == baseline["status"] == C.COMPLETED and record.rung is None
+    assert baseline["step"] == record.history[-1]["step"] and baseline["tokens_seen"] == record.tokens_seen
 
 
 def test_promotion_falls_back_to_the_next_best_readable_checkpoint(tiny_sweep, tmp_path, caplog):

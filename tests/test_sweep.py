@@ -54,13 +54,40 @@ def test_ashas_rungs_survive_a_driver_restart_through_the_ledgers_state(tmp_path
 
     before, ledger = asha_with_ledger()
     for trial_id, loss in [("a", 5.0), ("b", 4.0), ("c", 6.0)]:
-        trial = SimpleNamespace(trial_id=trial_id)
+        trial = SimpleNamespace(trial_id=trial_id, config={})
         before.on_trial_add(None, trial)
         before.on_trial_result(None, trial, {C.TOKENS_SEEN: plan.grace_period, C.EVAL_LOSS: loss})
     after, restored = asha_with_ledger()
     restored.set_state(ledger.get_state())
     recorded = lambda asha: [dict(rung) for bracket in asha._brackets for _, rung in bracket._rungs]  # noqa: E731
     assert recorded(after) == recorded(before) and any(recorded(after))
-    late = SimpleNamespace(trial_id="d")  # worse than the cutoff the three set: stopped at once
+    late = SimpleNamespace(trial_id="d", config={})  # worse than the cutoff the three set: stopped at once
     after.on_trial_add(None, late)
     assert after.on_trial_result(None, late, {C.TOKENS_SEEN: plan.grace_period, C.EVAL_LOSS: 7.0}) == "STOP"
+
+
+def test_asha_never_stops_the_baseline_trial_early_and_counts_its_results():
+    """The baseline runs to its end, so "tuning beat the baseline" compares like with like; what it
+    reports still enters ASHA's rungs. Fake trials, as Ray's own scheduler tests feed them."""
+    spec = load_spec(TINY)
+    plan = make_plan(spec, train_tokens=100_000)
+    asha = sweep.make_scheduler(spec, plan)
+    tuned = {**spec.search.baseline, "learning_rate": 1e-3}
+
+    def trial(trial_id: str, config: dict) -> SimpleNamespace:
+        added = SimpleNamespace(trial_id=trial_id, config=config)
+        asha.on_trial_add(None, added)
+        return added
+
+    def report(added: SimpleNamespace, loss: float, tokens: int | None = None) -> str:
+        return asha.on_trial_result(None, added, {C.TOKENS_SEEN: tokens or plan.grace_period, C.EVAL_LOSS: loss})
+
+    for n, loss in enumerate((3.2, 3.1, 3.0)):  # each better than the last: they set the first cutoff
+        assert report(trial(f"good{n}", tuned), loss) == "CONTINUE"
+    assert report(trial("bad", tuned), 9.0) == "STOP"
+    baseline = trial("baseline", dict(spec.search.baseline))
+    assert report(baseline, 9.0) == "CONTINUE"  # as bad as `bad`, at the same rung
+    first_rung = dict(asha._brackets[0]._rungs[-1][1])
+    assert first_rung["baseline"] == -9.0  # counted toward the cutoff (ASHA maximizes -loss)
+    assert report(baseline, 9.0, tokens=2 * plan.grace_period) == "CONTINUE"  # the next rung too
+    assert report(baseline, 9.0, tokens=plan.max_t) == "STOP"  # max_t ends every trial: it has completed

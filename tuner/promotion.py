@@ -155,9 +155,6 @@ def _summary(spec: Spec, best: TrialRecord, final: dict[str, Any], best_dir: Pat
     for line in results.ab_lines(final):
         log.info("  %s", line)
     if "baseline" in final and "tuning_beat_baseline" in final["baseline"]:
-        baseline = final["baseline"]
-        verdict = "beat" if baseline["tuning_beat_baseline"] else "did not beat"
-        log.info("tuning %s the baseline (trial %s, %s, search %s %s)", verdict, baseline["trial_id"],
-                 baseline["status"], spec.search.metric, baseline["search_metric"])
+        log.info("%s", results.baseline_verdict(final["baseline"], spec.search.metric))
     log.info("results: %s (leaderboard.csv, best/config.yaml, best/model, best/final_eval.json)",
              spec.sweep_dir)

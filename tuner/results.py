@@ -9,6 +9,7 @@ import csv
 from pathlib import Path
 from typing import Any, Iterable
 
+from tuner import constants as C
 from tuner import layout, records, storage, study
 from tuner.records import TrialRecord
 
@@ -79,12 +80,58 @@ def baseline_record(found: Iterable[TrialRecord], baseline: dict[str, Any] | Non
 
 
 def baseline_comparison(match: TrialRecord | None, best: TrialRecord, mode: str) -> dict[str, Any] | None:
-    """Did tuning beat the baseline trial on the search's metric?"""
+    """Did tuning beat the baseline trial on the search's metric? With how far each of the two
+    trained: a baseline cut short (by ASHA before it was exempt, the time budget, patience) is no
+    like-for-like opponent for a fully trained winner, and `baseline_verdict` says so."""
     if match is None:
         return None
     beaten = records.better(best.best_metric, match.best_metric, mode)
     return {"trial_id": match.trial_id, "status": match.status, "search_metric": match.best_metric,
-            "tuning_beat_baseline": bool(beaten and best.trial_id != match.trial_id)}
+            "tuning_beat_baseline": bool(beaten and best.trial_id != match.trial_id),
+            "tokens_seen": match.tokens_seen, "step": last_step(match),
+            "winner_tokens_seen": best.tokens_seen, "winner_step": last_step(best)}
+
+
+def last_step(record: TrialRecord) -> int | None:
+    """The training step of the trial's last report: how far it trained."""
+    return record.history[-1].get(C.STEP) if record.history else None
+
+
+# How a baseline that did not complete ended, in words.
+ENDED = {C.STOPPED_ASHA: "stopped by ASHA", C.STOPPED_PATIENCE: "stopped for lack of improvement (patience)",
+         C.STOPPED_BUDGET: "cut short by the time budget or Ctrl-C", C.TIMED_OUT: "ended at search.trial_timeout",
+         C.STALLED: "ended for sending no report (search.stall_timeout)", C.DIVERGED: "diverged",
+         C.OOM: "out of memory", C.FAILED: "failed"}
+
+
+def baseline_verdict(baseline: dict[str, Any], metric: str) -> str:
+    """One line on the baseline comparison (`baseline_comparison`'s dict, as final_eval.json keeps
+    it): whether tuning beat it and, where the baseline did not run to completion, how it ended,
+    where, and how long the winner trained, so a win over a cut-short baseline is not read as fair."""
+    verdict = "beat" if baseline["tuning_beat_baseline"] else "did not beat"
+    value = baseline.get("search_metric")
+    score = f"search {metric} {value:.4f}" if records.finite(value) else f"no finite search {metric}"
+    status = baseline.get("status")
+    if like_for_like(baseline):
+        return f"tuning {verdict} the baseline (trial {baseline['trial_id']}, completed, {score})"
+    where = _trained(baseline.get("tokens_seen"), baseline.get("step"), "step {:,}")
+    winner = _trained(baseline.get("winner_tokens_seen"), baseline.get("winner_step"), "{:,} steps")
+    ended = ENDED.get(status, str(status)) + (f" at {where}" if where else "")
+    against = f", against a winner trained {winner}" if winner else ""
+    return (f"tuning {verdict} the baseline (trial {baseline['trial_id']}, {ended}{against}; {score}) "
+            "— not like for like")
+
+
+def like_for_like(baseline: dict[str, Any]) -> bool:
+    """Whether the baseline trial ran to completion: cut short, it is no fair match for a trained winner."""
+    return baseline.get("status") == C.COMPLETED
+
+
+def _trained(tokens: int | None, step: int | None, steps: str) -> str:
+    """'65,536 tokens, step 8': how far a trial trained, from what is known of it (a final_eval.json
+    written before these were kept knows neither)."""
+    parts = [f"{tokens:,} tokens"] if tokens else []
+    return ", ".join(parts + ([steps.format(step)] if step is not None else []))
 
 
 AB_MODELS = ("base", "baseline", "tuned")

@@ -17,7 +17,7 @@ from typing import Callable
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 
 from tuner import cluster, records, searcher, study, trainable
 from tuner import constants as C
@@ -28,6 +28,7 @@ from tuner.ledger import TrialLedger
 from tuner.mirror import Mirror
 from tuner.plan import Plan
 from tuner.restore import Snapshot
+from tuner.schedulers import BaselineASHA
 from tuner.spec import Spec, parse_duration
 from tuner.state import Experiment
 
@@ -74,11 +75,12 @@ def check_reachable(address: str) -> None:
 
 
 def make_scheduler(spec: Spec, plan: Plan):
+    """ASHA on tokens seen, the baseline trial exempt from its early stops (see `schedulers`)."""
     if spec.scheduler.type == "none":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr=C.TIME_ATTR, metric=spec.search.metric, mode=spec.search.mode,
-                         max_t=plan.max_t, grace_period=plan.grace_period,
-                         reduction_factor=plan.reduction_factor)
+    return BaselineASHA(spec.search.baseline, time_attr=C.TIME_ATTR, metric=spec.search.metric,
+                        mode=spec.search.mode, max_t=plan.max_t, grace_period=plan.grace_period,
+                        reduction_factor=plan.reduction_factor)
 
 
 def run_search(spec: Spec, ctx: TrialContext, plan: Plan, sweep_id: str, address: str | None = None,
