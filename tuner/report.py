@@ -1,10 +1,11 @@
 """`report.html`: what a sweep learned, on one self-contained page.
 
-Learning curves with ASHA's stopping points, Optuna's hyperparameter importances, parallel
-coordinates, the leaderboard, the final evaluation's A/B figures and samples, and the data summary. The plots are SVG
-drawn here, the few lines of script are inline: the page opens from disk with no network, and the
-sweep directory can be copied anywhere with it. Built from the files the sweep keeps (records, the
-Optuna study, best/), so it can be rebuilt at any time: `python launch.py report SWEEP_DIR`.
+Learning curves against training tokens (or steps) with ASHA's rungs and stopping points, Optuna's
+hyperparameter importances, parallel coordinates, the leaderboard, the final evaluation's A/B figures
+and samples, and the data summary. The plots are SVG drawn here, the few lines of script are
+inline: the page opens from disk with no network, and the sweep directory can be copied anywhere
+with it. Built from the files the sweep keeps (records, the Optuna study, best/, the data summary),
+so it can be rebuilt at any time: `tuner report SWEEP_DIR`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Callable
 
 from tuner import constants as C
 from tuner import layout, records, results
+from tuner.plan import make_plan
 from tuner.records import TrialRecord
 from tuner.spec import Spec
 
@@ -38,17 +40,29 @@ def write_report(spec: Spec) -> Path:
     final = _read_json(sweep_dir / layout.BEST_DIR / "final_eval.json")
     samples = _read_jsonl(sweep_dir / layout.BEST_DIR / "samples.jsonl")
     board = results.leaderboard(sweep_dir, spec.search.mode, spec.name, found)
+    summary = _read_json(sweep_dir / layout.DATA_DIR / layout.DATA_SUMMARY)
+    rungs = make_plan(spec, train_tokens(sweep_dir, summary)).rungs  # none without ASHA
     body = "\n".join([
-        _section("curves", "Learning curves", learning_curves(found, spec.search.metric)),
+        _section("curves", "Learning curves", learning_curves(found, spec.search.metric, rungs)),
         _section("importances", "Hyperparameter importances", importances_html(sweep_dir, spec)),
         _section("parallel", "Parallel coordinates", parallel_coordinates(found, spec)),
         _section("leaderboard", "Leaderboard", leaderboard_table(board, spec)),
-        _section("final", "Final evaluation", final_html(final, samples)),
-        _section("data", "Data", data_html(_read_json(sweep_dir / layout.DATA_DIR / layout.DATA_SUMMARY))),
+        _section("final", "Final evaluation", final_html(final, samples, spec.search.metric)),
+        _section("data", "Data", data_html(summary)),
     ])
     path = sweep_dir / REPORT_FILE
     layout.write_text(path, _page(spec, found, body))
     return path
+
+
+def train_tokens(sweep_dir: Path, summary: dict[str, Any] | None) -> int | None:
+    """The train split's tokens as the sweep's plan counts them (full blocks × block size): from the
+    summary of the data the sweep uses now, else from the one prepared data set a sweep older than
+    the summary holds. None where unknown: ASHA's rungs are then left off the curves."""
+    if summary is None:
+        prepared = list((sweep_dir / layout.DATA_DIR).glob("*/prepared.json"))
+        summary = _read_json(prepared[0]) if len(prepared) == 1 else None
+    return summary["blocks"]["train"] * summary["block_size"] if summary else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,13 +105,21 @@ def _svg(content: list[str], name: str, width: int = WIDTH, height: int = HEIGHT
             f'height="{height}" xmlns="http://www.w3.org/2000/svg" role="img">' + "".join(content) + "</svg>")
 
 
-def _frame(x: Axis, y: Axis, x_label: str, y_label: str) -> list[str]:
+def _count(value: float) -> str:
+    """A tick label for a token count: 65536 reads 65.5k."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.0f}"
+
+
+def _frame(x: Axis, y: Axis, x_label: str, y_label: str, x_fmt: Callable[[float], str] = _fmt) -> list[str]:
     parts = [f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - 16}" y2="{HEIGHT - PAD}" class="axis"/>',
              f'<line x1="{PAD}" y1="16" x2="{PAD}" y2="{HEIGHT - PAD}" class="axis"/>']
     for tick in x.ticks():
         px = x(tick)
         parts.append(f'<line x1="{px:.1f}" y1="{HEIGHT - PAD}" x2="{px:.1f}" y2="{HEIGHT - PAD + 4}" class="axis"/>'
-                     f'<text x="{px:.1f}" y="{HEIGHT - PAD + 16}" text-anchor="middle">{_fmt(tick)}</text>')
+                     f'<text x="{px:.1f}" y="{HEIGHT - PAD + 16}" text-anchor="middle">{x_fmt(tick)}</text>')
     for tick in y.ticks():
         py = y(tick)
         parts.append(f'<line x1="{PAD}" y1="{py:.1f}" x2="{WIDTH - 16}" y2="{py:.1f}" class="grid"/>'
@@ -112,34 +134,70 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def learning_curves(found: list[TrialRecord], metric: str) -> str:
-    """Every trial's metric against its training step; an × where ASHA stopped it."""
-    curves = [(r, [(h[C.STEP], h[metric]) for h in r.history if _finite(h.get(metric))]) for r in found]
-    curves = [(r, points) for r, points in curves if points]
-    if not curves:
+# The curves' x axes: (history key, view name, axis label, tick format). Tokens first, the default:
+# trials with different batch sizes line up there, and ASHA compares trials there.
+CURVE_VIEWS = ((C.TOKENS_SEEN, "tokens", "training tokens", _count), (C.STEP, "steps", "training step", _fmt))
+
+
+def learning_curves(found: list[TrialRecord], metric: str, rungs: list[int]) -> str:
+    """Every trial's metric against the training tokens it had seen (shown first), or against its
+    training step (a radio button away, no script); ASHA's rungs dashed on the tokens axis, an ×
+    where ASHA stopped a trial."""
+    reported = [r for r in found if any(_finite(h.get(metric)) for h in r.history)]
+    if not reported:
         return '<p class="empty">No trial has reported yet.</p>'
-    steps = [s for _, points in curves for s, _ in points]
-    values = [v for _, points in curves for _, v in points]
-    x = Axis(0, max(steps), PAD, WIDTH - 16)
+    toggle = "".join(f'<input type="radio" name="curves-x" id="curves-x-{name}"{" checked" if i == 0 else ""}>'
+                     f'<label for="curves-x-{name}">against {label}</label>'
+                     for i, (_, name, label, _) in enumerate(CURVE_VIEWS))
+    views = "".join(_curves_view(reported, metric, key, name, label, fmt, rungs if key == C.TOKENS_SEEN else [])
+                    for key, name, label, fmt in CURVE_VIEWS)
+    stopped = sum(r.status == C.STOPPED_ASHA for r in reported)
+    rung_key = (f" Dashed lines mark ASHA's rungs ({len(rungs)}), where it kept the best trials and stopped the "
+                "rest." if rungs else "")
+    note = (f"<p>{len(reported)} trials; <span class=\"stop-key\">×</span> marks where ASHA stopped a trial "
+            f"({stopped} of them).{rung_key} Hover a line for its trial.</p>")
+    return f'{note}<div class="curves">{toggle}{views}</div>'
+
+
+def _curves_view(reported: list[TrialRecord], metric: str, key: str, name: str, label: str,
+                 x_fmt: Callable[[float], str], rungs: list[int]) -> str:
+    """One view of the curves: x from `key` of each report. A trial keeps its colour in every view."""
+    curves = [(i, r, [(h[key], h[metric]) for h in r.history if _finite(h.get(key)) and _finite(h.get(metric))])
+              for i, r in enumerate(reported)]
+    curves = [(i, r, points) for i, r, points in curves if points]
+    if not curves:
+        return f'<div class="view" id="curves-{name}"><p class="empty">No trial reported its {label}.</p></div>'
+    x = Axis(0, max([s for _, _, points in curves for s, _ in points] + rungs), PAD, WIDTH - 16)
+    values = [v for _, _, points in curves for _, v in points]
     y = Axis(min(values), max(values), HEIGHT - PAD, 16)
-    parts = _frame(x, y, "training step", metric)
-    for i, (record, points) in enumerate(curves):
-        color = PALETTE[i % len(PALETTE)]
-        path = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in points)
-        parts.append(f'<polyline class="curve" data-trial="{record.trial_id}" points="{path}" fill="none" '
-                     f'stroke="{color}" stroke-width="1.6"><title>{record.trial_id} ({record.status})'
-                     f"</title></polyline>")
-        parts.extend(f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="2.5" fill="{color}"><title>{record.trial_id} '
-                     f"step {s}: {v:.4f}</title></circle>" for s, v in points)
-        if record.status == C.STOPPED_ASHA:
-            sx, sy = x(points[-1][0]), y(points[-1][1])
-            parts.append(f'<path class="asha-stop" d="M{sx - 5:.1f},{sy - 5:.1f}L{sx + 5:.1f},{sy + 5:.1f}'
-                         f'M{sx - 5:.1f},{sy + 5:.1f}L{sx + 5:.1f},{sy - 5:.1f}" stroke="#c00" stroke-width="2">'
-                         f"<title>{record.trial_id}: stopped by ASHA at {record.rung} tokens</title></path>")
-    stopped = sum(r.status == C.STOPPED_ASHA for r, _ in curves)
-    note = (f"<p>{len(curves)} trials; <span class=\"stop-key\">×</span> marks where ASHA stopped a trial "
-            f"({stopped} of them). Hover a line for its trial.</p>")
-    return note + _svg(parts, "curves")
+    parts = _frame(x, y, label, metric, x_fmt) + [_rung_line(x(rung), rung) for rung in rungs]
+    for i, record, points in curves:
+        parts.extend(_curve(record, points, x, y, PALETTE[i % len(PALETTE)], name))
+    return f'<div class="view" id="curves-{name}">{_svg(parts, f"curves-{name}")}</div>'
+
+
+def _rung_line(px: float, rung: int) -> str:
+    """A dashed vertical line at an ASHA rung, labelled with its tokens along it, from the top."""
+    return (f'<line class="rung" data-tokens="{rung}" x1="{px:.1f}" y1="16" x2="{px:.1f}" y2="{HEIGHT - PAD}" '
+            f'stroke="#999" stroke-dasharray="4 3"><title>ASHA rung: {rung:,} tokens</title></line>'
+            f'<text class="rung-label" x="{px - 3:.1f}" y="18" text-anchor="end" '
+            f'transform="rotate(-90 {px - 3:.1f} 18)">{rung:,}</text>')
+
+
+def _curve(record: TrialRecord, points: list[tuple[float, float]], x: Axis, y: Axis, color: str,
+           unit: str) -> list[str]:
+    """One trial's polyline and report points, and its × where ASHA stopped it."""
+    path = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in points)
+    parts = [(f'<polyline class="curve" data-trial="{record.trial_id}" points="{path}" fill="none" '
+              f'stroke="{color}" stroke-width="1.6"><title>{record.trial_id} ({record.status})</title></polyline>')]
+    parts.extend(f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="2.5" fill="{color}"><title>{record.trial_id} '
+                 f"{_fmt(s)} {unit}: {v:.4f}</title></circle>" for s, v in points)
+    if record.status == C.STOPPED_ASHA:
+        sx, sy = x(points[-1][0]), y(points[-1][1])
+        parts.append(f'<path class="asha-stop" d="M{sx - 5:.1f},{sy - 5:.1f}L{sx + 5:.1f},{sy + 5:.1f}'
+                     f'M{sx - 5:.1f},{sy + 5:.1f}L{sx + 5:.1f},{sy - 5:.1f}" stroke="#c00" stroke-width="2">'
+                     f"<title>{record.trial_id}: stopped by ASHA at {record.rung} tokens</title></path>")
+    return parts
 
 
 def parallel_coordinates(found: list[TrialRecord], spec: Spec) -> str:
@@ -265,7 +323,7 @@ def leaderboard_table(board: list[dict[str, Any]], spec: Spec) -> str:
             f"<tbody>{body}</tbody></table></div>")
 
 
-def final_html(final: dict[str, Any] | None, samples: list[dict[str, Any]]) -> str:
+def final_html(final: dict[str, Any] | None, samples: list[dict[str, Any]], metric: str) -> str:
     if not final:
         return '<p class="empty">The sweep has not promoted a model yet.</p>'
     rows = results.ab_rows(final)
@@ -277,6 +335,11 @@ def final_html(final: dict[str, Any] | None, samples: list[dict[str, Any]]) -> s
         f"<td>{fmt.format(row[key]) if key in row else '–'}</td>" for key, _, fmt in figures) + "</tr>"
         for name, row in rows)
     parts.append(f'<table id="ab-table"><thead><tr><th>model</th>{head}</tr></thead><tbody>{body}</tbody></table>')
+    baseline = final.get("baseline")
+    if isinstance(baseline, dict) and "tuning_beat_baseline" in baseline:
+        line = results.baseline_verdict(baseline, metric)
+        parts.append(f'<p id="baseline-verdict" data-like-for-like="{str(results.like_for_like(baseline)).lower()}">'
+                     f"{html.escape(line[0].upper() + line[1:])}.</p>")
     selection = final.get("selection")
     if selection:
         verdict = (f"changed the choice from {selection['search_winner']} to {selection['chosen']}"
@@ -363,6 +426,9 @@ table { border-collapse: collapse; margin: 8px 0; } th, td { border: 1px solid #
 th { background: #f6f6f6; } table.sortable th { cursor: pointer; } td { vertical-align: top; }
 #samples-table td { max-width: 260px; font-size: 12px; word-break: break-all; }
 .scroll { overflow-x: auto; } .empty { color: #777; font-style: italic; }
+.curves label { margin: 0 16px 0 4px; } svg.plot text.rung-label { font-size: 10px; fill: #777; }
+#curves-x-tokens:not(:checked) ~ #curves-tokens, #curves-x-steps:not(:checked) ~ #curves-steps { display: none; }
+#baseline-verdict[data-like-for-like="false"] { color: #a04000; font-weight: 600; }
 """
 
 SCRIPT = """
@@ -386,6 +452,9 @@ document.addEventListener('DOMContentLoaded', function () {
   });
   var plots = document.querySelectorAll('svg.plot');
   document.body.dataset.plots = plots.length;
+  var views = Array.prototype.slice.call(document.querySelectorAll('.curves .view'));
+  document.body.dataset.curvesShown = views.filter(function (v) { return getComputedStyle(v).display !== 'none'; })
+    .map(function (v) { return v.id; }).join(' ');
   document.body.dataset.rendered = 'true';
   document.body.dataset.jsErrors = window.reportErrors.length;
 });
