@@ -112,14 +112,21 @@ def test_final_eval_is_the_token_weighted_test_loss(tiny_sweep):
 
 
 def test_best_model_loads_and_generates(tiny_sweep):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """best/model is what users take away: it loads with the Auto classes, and transformers'
+    text-generation pipeline finds everything it needs there (weights, tokenizer, generation config)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
     model = AutoModelForCausalLM.from_pretrained(tiny_sweep.paths["model"])
     tokenizer = AutoTokenizer.from_pretrained(tiny_sweep.paths["model"])
     ids = tokenizer("The for statement", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] == ids["input_ids"].shape[1] + 5
-    assert (tiny_sweep.paths["model"] / "model.safetensors").exists()
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= {
+        p.name for p in tiny_sweep.paths["model"].iterdir()}
+    generate = pipeline("text-generation", model=str(tiny_sweep.paths["model"]))
+    [written] = generate("The for statement", max_new_tokens=5, do_sample=False)
+    assert written["generated_text"].startswith("The for statement")
+    assert len(written["generated_text"]) > len("The for statement")
     samples = [json.loads(line) for line in tiny_sweep.paths["samples"].read_text().splitlines()]
     assert len(samples) == 4 and {"prompt", "reference", "tuned", "base", "baseline"} <= set(samples[0])
 
