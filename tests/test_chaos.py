@@ -186,6 +186,9 @@ def test_the_hung_trial_timed_out_and_the_raising_one_failed(chaos_run):
     if not found[hung].checkpoint_deleted:  # still promotable, unless keep_best had better ones
         assert (chaos_run["dir"] / found[hung].best_checkpoint / "state.json").is_file()
     assert found[raising].status == C.FAILED and "chaos: this trial raises" in found[raising].error
+    log = (chaos_run["dir"] / found[raising].log_file).read_text()  # a crash keeps its traceback
+    assert "Traceback" in log and "chaos: this trial raises" in log
+    assert log.rstrip().splitlines()[-1].startswith(f"tuner: trial {raising} ended as failed")
 
 
 def test_every_file_of_the_sweep_parses(chaos_run):

@@ -50,6 +50,24 @@ def test_asha_stops_some_trials_and_optuna_records_them_pruned(tiny_sweep):
             assert trial.value == pytest.approx(record.best_metric)
 
 
+def test_a_stopped_trials_log_ends_with_one_line_saying_so_never_a_traceback(tiny_sweep):
+    """Tune stops a trial by raising SystemExit in it: that is no crash, and its log says how it ended."""
+    endings = {C.COMPLETED: "completed", C.STOPPED_ASHA: "stopped early by ASHA at rung"}
+    for record in load_records(tiny_sweep.sweep_dir):
+        log = (tiny_sweep.sweep_dir / record.log_file).read_text()
+        assert "Traceback" not in log and "SystemExit" not in log, record.trial_id
+        last = log.rstrip().splitlines()[-1]
+        assert last.startswith(f"tuner: trial {record.trial_id} {endings[record.status]}"), last
+        assert f"after {record.reports} reports, {record.tokens_seen} tokens" in last
+
+
+def test_sweep_log_keeps_the_runs_lines(tiny_sweep):
+    """From Python, sweep.log gets what the caller's logging levels pass (debug from the command
+    line: tests/test_live.py)."""
+    text = (tiny_sweep.sweep_dir / "sweep.log").read_text()
+    assert " INFO tuner: plan:" in text and " INFO tuner: report: " in text
+
+
 def test_leaderboard_rows(tiny_sweep):
     with open(tiny_sweep.paths["leaderboard"]) as f:
         rows = list(csv.DictReader(f))

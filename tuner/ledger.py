@@ -287,6 +287,7 @@ class TrialLedger(tune.Callback):
         record.ended_at = time.time()
         retention.prune_ended(record, self.location, skip=self._continued_dirs(record))
         self._write(record)
+        note_in_log(record, self.sweep_dir, end_line(record, self.plan))
         self._keep_best()
         results.write_csv(results.leaderboard(self.sweep_dir, self.mode, self.study_name, self.records.values()),
                           self.sweep_dir / layout.LEADERBOARD)
@@ -330,3 +331,35 @@ def _error_text(trial) -> str:
         lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()]
         return lines[-1] if lines else "unknown error"
     return str(getattr(trial, "error_msg", None) or "unknown error")
+
+
+ENDINGS = {
+    C.COMPLETED: "completed",
+    C.STOPPED_ASHA: "stopped early by ASHA",
+    C.STOPPED_PATIENCE: "stopped: no improvement for train.patience reports",
+    C.STOPPED_BUDGET: "stopped by the sweep's time budget",
+    C.TIMED_OUT: "ended by the driver: past search.trial_timeout",
+    C.STALLED: "ended by the driver: no report for search.stall_timeout",
+}
+
+
+def end_line(record: TrialRecord, plan: Plan) -> str:
+    """The last line of a trial's log: how it ended, where, and (a stop is no crash) that it was one."""
+    how = ENDINGS.get(record.status, f"ended as {record.status}")
+    if record.status == C.STOPPED_ASHA and record.rung is not None and record.rung in plan.rungs:
+        how += f" at rung {plan.rungs.index(record.rung) + 1} of {len(plan.rungs)} ({record.rung} tokens)"
+    step = record.history[-1].get(C.STEP) if record.history else None
+    where = f" after {record.reports} reports, {record.tokens_seen} tokens" + (f", step {step}" if step else "")
+    why = f": {record.error}" if record.error and record.status not in ENDINGS else ""
+    return f"tuner: trial {record.trial_id} {how}{where}{why}"
+
+
+def note_in_log(record: TrialRecord, sweep_dir: Path, line: str) -> None:
+    """Append one line to the trial's log, where this machine holds it (a trial on another node
+    writes its log there)."""
+    if not record.log_file:
+        return
+    path = Path(layout.resolve(record.log_file, str(Path(sweep_dir).resolve())))
+    if path.is_file():
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(line + "\n")

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from tuner import constants as C
 from tuner import data, layout, lock, mirror, model, records, restore, results, secret, space, state, storage
-from tuner import report, study, tracking
+from tuner import logs, report, study, tracking
 from tuner.context import TrialContext
 from tuner.errors import UserError, first_line
 from tuner.plan import Plan, data_warnings, make_plan
@@ -100,7 +100,7 @@ def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | 
     if not storage.is_uri(spec.storage):
         spec.storage = str(sweep_dir)  # absolute: trials run in other working directories
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    with lock.hold(sweep_dir, spec.location, command):
+    with lock.hold(sweep_dir, spec.location, command), logs.to_file(sweep_dir):
         return _drive(spec, saved, address, trial_fn, force, restart_search)
 
 
@@ -288,6 +288,7 @@ def _log_handler() -> None:
     """Our progress lines on stderr (the CLI sets its own; the Python API gets this one)."""
     if not log.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
+        handler.setLevel(logging.INFO)
         handler.setFormatter(logging.Formatter("[tuner] %(message)s"))
         handler.addFilter(secret.RedactingFilter())
         log.addHandler(handler)

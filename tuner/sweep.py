@@ -19,12 +19,12 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
-from tuner import cluster, records, searcher, study, trainable
+from tuner import cluster, logs, records, searcher, study, trainable
 from tuner import constants as C
 from tuner.context import TrialContext
 from tuner.errors import UserError, first_line
 from tuner.layout import FIRST_EXPERIMENT
-from tuner.ledger import TrialLedger
+from tuner.ledger import TrialLedger, end_line, note_in_log
 from tuner.mirror import Mirror
 from tuner.plan import Plan
 from tuner.restore import Snapshot
@@ -41,6 +41,7 @@ CONNECT_TIMEOUT_S = 10.0  # how long `--address` may take to answer before the s
 def init_ray(address: str | None) -> bool:
     """Start a private local Ray runtime, or attach to `address`. Returns whether we started one.
     A cluster that cannot be reached is refused (exit 2) within seconds, never waited on."""
+    logs.adopt_libraries()  # Ray's own terminal handler: its notices go where ours say
     if ray.is_initialized():
         return False
     if address is None:
@@ -143,7 +144,7 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, sweep_id: str, address
         except KeyboardInterrupt:
             interrupted = True
             say("interrupted: stopping the running trials; the best so far is promoted")
-        closed = close_unfinished(spec, sweep_id, mirror)
+        closed = close_unfinished(spec, sweep_id, mirror, plan)
     finally:
         if started:
             ray.shutdown()
@@ -156,7 +157,7 @@ def unclaimed_lost(sweep_dir, found) -> list[records.TrialRecord]:
     return [r for r in records.load_lost(sweep_dir) if r.trial_id not in claimed and r.latest_checkpoint]
 
 
-def close_unfinished(spec: Spec, sweep_id: str, mirror: Mirror) -> int:
+def close_unfinished(spec: Spec, sweep_id: str, mirror: Mirror, plan: Plan) -> int:
     """Trials the time budget or Ctrl-C cut short: `stopped_budget` in the ledger, and in Optuna
     PRUNED (they have intermediate values) or FAIL (they never reported). Returns how many."""
     closed = 0
@@ -164,6 +165,7 @@ def close_unfinished(spec: Spec, sweep_id: str, mirror: Mirror) -> int:
         if not record.ended:
             record.status, record.pending_value, record.awaiting_start = C.STOPPED_BUDGET, None, False
             records.save(record, spec.sweep_dir)
+            note_in_log(record, spec.sweep_dir, end_line(record, plan))
             mirror.record_changed(record.trial_id)
             closed += 1
     study.close_running(study.live_path(spec.sweep_dir, sweep_id), spec.name)

@@ -117,6 +117,8 @@ def trial_log(path: Path):
         try:
             with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
                 yield
+        except SystemExit:  # Tune stopping the trial (ASHA, the time budget, Ctrl-C): not a crash.
+            raise  # The driver ends the log with one line that says why (see `ledger.end_line`).
         except BaseException:
             traceback.print_exc(file=stream)
             raise
