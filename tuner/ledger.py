@@ -20,6 +20,7 @@ from tuner import constants as C
 from tuner import layout, records, results, retention, storage, tune_hooks
 from tuner.deadline import Deadlines
 from tuner.errors import UserError
+from tuner.interrupt import Interrupt, format_seconds
 from tuner.mirror import Mirror
 from tuner.plan import Plan
 from tuner.records import TrialRecord
@@ -42,7 +43,8 @@ class TrialLedger(tune.Callback):
 
     def __init__(self, spec: Spec, plan: Plan, say: Callable[[str], None], sweep_id: str, tracker=None,
                  experiment: str = layout.FIRST_EXPERIMENT, scheduler=None, restored: bool = False,
-                 mirror: Mirror | None = None, snapshot: Snapshot | None = None):
+                 mirror: Mirror | None = None, snapshot: Snapshot | None = None,
+                 interrupt: Interrupt | None = None):
         self.sweep_dir, self.location = spec.sweep_dir, spec.location
         self.scheme = storage.scheme(spec.location)
         self.plan, self.metric, self.mode = plan, spec.search.metric, spec.search.mode
@@ -66,6 +68,8 @@ class TrialLedger(tune.Callback):
                     for v in (spec.search.trial_timeout, spec.search.stall_timeout)]
         self.deadlines = Deadlines(*timeouts)
         self.verdicts: dict[str, tuple[str, str]] = {}  # trials the driver ended: status, why
+        self.interrupt = interrupt  # Ctrl-C / SIGTERM: wind down at the running trials' next checkpoints
+        self.waiting: set[str] | None = None  # running trials yet to checkpoint since the signal
 
     # -- Tune's snapshot carries ASHA's state (Tune keeps no scheduler state of its own) --------
 
@@ -89,7 +93,27 @@ class TrialLedger(tune.Callback):
             trial = next((t for t in trials if t.trial_id == trial_id), None)
             if trial is not None:
                 self._cut_off(trial, status, why, now)
+        if self.interrupt is not None and self.interrupt.requested:
+            self._wind_down(trials)
         self.mirror.tick()
+
+    def _wind_down(self, trials) -> None:
+        """After the first Ctrl-C or SIGTERM: once every trial that was running has saved a checkpoint
+        (or ended), or the bounded wait is over, end Tune's loop with its snapshot saved."""
+        running = {t.trial_id for t in trials if t.status == "RUNNING"}
+        if self.waiting is None:
+            self.waiting = running
+            if running:
+                self.say(f"waiting for {len(running)} running trial(s) to checkpoint: {', '.join(sorted(running))}")
+        self.waiting &= running
+        if self.waiting and not self.interrupt.overdue():
+            return
+        if self.waiting:
+            self.say(f"after {format_seconds(self.interrupt.wait_s)}, {', '.join(sorted(self.waiting))} had not "
+                     "checkpointed; they go on from their latest checkpoints at `resume`")
+        self.waiting = set()
+        self.interrupt = None  # once
+        tune_hooks.end_experiment()
 
     def _reconcile(self, trials) -> None:
         """On the first step of a restored experiment, before any trial starts: bring each restored
@@ -100,7 +124,7 @@ class TrialLedger(tune.Callback):
         that is refused here, before any trial starts."""
         if self.snapshot is not None and self.snapshot.trial_ids and not {t.trial_id for t in trials}:
             raise UserError(f"{self.snapshot.path}: Ray Tune could not restore this snapshot (its error is logged "
-                            "above) and would start the experiment anew; run `launch.py resume SWEEP_DIR "
+                            "above) and would start the experiment anew; run `tuner resume SWEEP_DIR "
                             "--restart-search` to go on without it, keeping every finished trial")
         for trial in trials:
             record = self.records.get(trial.trial_id)
@@ -226,12 +250,16 @@ class TrialLedger(tune.Callback):
         record.pending_value = value
         if result.get(CHECKPOINT_PATH):  # a data-parallel trial: Train stored the checkpoint
             self._checkpointed(record, result, self._stored(result[CHECKPOINT_PATH]))
+            if self.waiting:
+                self.waiting.discard(trial.trial_id)
         self._write(record)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         record = self._record(trial)
         result, path = trial.last_result, self._stored(checkpoint.path)
         self._checkpointed(record, result, path)
+        if self.waiting:
+            self.waiting.discard(trial.trial_id)
         # What a restore needs to register this checkpoint again (see tune_hooks.catch_up).
         record.latest_checkpoint = {"path": path, "metrics": {
             key: result[key] for key in (*C.REPORT_KEYS, self.metric, *RESTORE_KEYS) if key in result}}

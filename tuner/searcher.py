@@ -18,6 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tuner import constants as C
 from tuner import records, space, study
+from tuner.interrupt import Interrupt
 from tuner.spec import Spec
 
 log = logging.getLogger("tuner")
@@ -149,9 +150,15 @@ class SweepSearch(SearchGenerator):
     sweep directory that was moved or copied, new trials would be written to the old place (Tune
     moves the restored trials themselves, not the experiment new ones come from)."""
 
-    def __init__(self, searcher: Searcher, location: str):
+    def __init__(self, searcher: Searcher, location: str, interrupt: Interrupt | None = None):
         super().__init__(searcher)
         self.location = location
+        self.interrupt = interrupt  # after Ctrl-C or SIGTERM no new trial starts
+
+    def next_trial(self):
+        if self.interrupt is not None and self.interrupt.requested:
+            return None
+        return super().next_trial()
 
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
@@ -160,7 +167,7 @@ class SweepSearch(SearchGenerator):
 
 
 def make(spec: Spec, live: Path, sweep_id: str, queue_baseline: bool, limit: int | None = None,
-         concurrency: int | None = None) -> SweepSearch | None:
+         concurrency: int | None = None, interrupt: Interrupt | None = None) -> SweepSearch | None:
     """OptunaSearch on the sweep's one study, at most `concurrency` trials at once (None for a fixed
     config: nothing to sample). Only the sweep's first experiment, on its first run, queues the
     baseline."""
@@ -176,4 +183,4 @@ def make(spec: Spec, live: Path, sweep_id: str, queue_baseline: bool, limit: int
     study.claim(live, spec.name, sweep_id)
     if concurrency:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
-    return SweepSearch(searcher, spec.location)
+    return SweepSearch(searcher, spec.location, interrupt)

@@ -145,6 +145,8 @@ class SearchSpec:
     max_failures: int = 2  # retries of a crashed trial, each from its latest checkpoint
     trial_timeout: float | str | None = None  # a trial that runs longer ends as timed_out: "90s", "30m", "2h"
     stall_timeout: float | str | None = "2h"  # a trial silent this long (no report) ends as stalled; null: off
+    # On the first Ctrl-C or SIGTERM, how long running trials may take to reach their next checkpoint.
+    stop_wait: float | str = "5m"
     space: dict[str, Any] = field(default_factory=dict)
 
 
@@ -795,7 +797,7 @@ def _check_search(spec: Spec, problems: list[str]) -> None:
     _at_least(search.max_failures, 0, "search.max_failures", problems)
     if search.n_startup_trials is not None:
         _at_least(search.n_startup_trials, 0, "search.n_startup_trials", problems)
-    for key in ("time_budget", "trial_timeout", "stall_timeout"):
+    for key in ("time_budget", "trial_timeout", "stall_timeout", "stop_wait"):
         value = getattr(search, key)
         if value is not None and parse_duration(value) is None:
             problems.append(f"search.{key}: got {value!r}, expected seconds > 0 or a duration such as "

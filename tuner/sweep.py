@@ -23,6 +23,7 @@ from tuner import cluster, logs, records, searcher, study, trainable
 from tuner import constants as C
 from tuner.context import TrialContext
 from tuner.errors import UserError, first_line
+from tuner.interrupt import Interrupt, Interrupted, catching
 from tuner.layout import FIRST_EXPERIMENT
 from tuner.ledger import TrialLedger, end_line, note_in_log
 from tuner.mirror import Mirror
@@ -34,7 +35,9 @@ from tuner.state import Experiment
 
 log = logging.getLogger("tuner")
 # Our own progress lines replace Tune's tables; its snapshot warnings are about its own bookkeeping.
-QUIET_RAY = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+# Ctrl-C is the driver's own (see `interrupt`): Tune's handler would end the trials without their checkpoints.
+QUIET_RAY = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+             "TUNE_DISABLE_SIGINT_HANDLER": "1"}
 CONNECT_TIMEOUT_S = 10.0  # how long `--address` may take to answer before the sweep gives up
 
 
@@ -92,7 +95,8 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, sweep_id: str, address
     A restored experiment picks up from Tune's last snapshot: its finished trials stay finished,
     its running ones go on from their latest checkpoints, Optuna's and ASHA's state come back;
     `snapshot` (see `restore.plan`) is what Tune's snapshot holds and how many trials its search may
-    hold in all. Returns whether every trial ended by itself (not cut by the time budget or Ctrl-C).
+    hold in all. Returns whether every trial ended by itself (not cut by the time budget). Ctrl-C
+    or SIGTERM raise `Interrupted` once the experiment is saved, its trials left to resume.
     """
     experiment = experiment or Experiment(FIRST_EXPERIMENT, spec.search.num_samples)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -101,7 +105,7 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, sweep_id: str, address
     sweep_dir = spec.sweep_dir
     live = study.restore(sweep_dir, spec.location, sweep_id)
     started = init_ray(address)
-    interrupted = False
+    interrupt = Interrupt(parse_duration(spec.search.stop_wait), say)
     mirror = Mirror(sweep_dir, spec.location, sweep_id)
     try:
         nodes = cluster.inspect()
@@ -115,11 +119,12 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, sweep_id: str, address
         scheduler = make_scheduler(spec, plan)
         first = experiment.name == FIRST_EXPERIMENT and not experiment.restore
         ledger = TrialLedger(spec, plan, say, sweep_id, tracker, experiment.name, scheduler,
-                             restored=experiment.restore, mirror=mirror, snapshot=snapshot)
+                             restored=experiment.restore, mirror=mirror, snapshot=snapshot, interrupt=interrupt)
         ledger.lost += unclaimed_lost(sweep_dir, ledger.records.values())
         mirror.push_all()
         search = searcher.make(spec, live, sweep_id, queue_baseline=first,
-                               limit=snapshot.limit if snapshot else None, concurrency=concurrency)
+                               limit=snapshot.limit if snapshot else None, concurrency=concurrency,
+                               interrupt=interrupt)
         tuner = tune.Tuner(
             trainable.make(spec, ctx),
             tune_config=tune.TuneConfig(
@@ -140,15 +145,30 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, sweep_id: str, address
             _tuner_kwargs={"resume_config": tune.ResumeConfig()} if experiment.restore else None,
         )
         try:
-            tuner.fit()
-        except KeyboardInterrupt:
-            interrupted = True
-            say("interrupted: stopping the running trials; the best so far is promoted")
-        closed = close_unfinished(spec, sweep_id, mirror, plan)
+            with catching(interrupt):
+                tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: the trials are ended where they are
+            why = "stopped at once; the running trials go on from their latest checkpoints"
+        else:
+            why = "the running trials checkpointed and the sweep was saved" if interrupt.requested else None
+        if why is None:
+            return not close_unfinished(spec, sweep_id, mirror, plan)
+        mirror.mark_all()
+        mirror.snapshot()
     finally:
         if started:
             ray.shutdown()
-    return not interrupted and not closed
+    note_paused(spec, interrupt.signal_name or "SIGINT")  # once the trials' processes are gone
+    raise Interrupted(why, sweep_dir)
+
+
+def note_paused(spec: Spec, signal_name: str) -> None:
+    """End the log of each trial a signal paused with where `resume` goes on from."""
+    for record in records.load_all(spec.sweep_dir, spec.location):
+        if record.status == C.RUNNING:
+            at = f"its checkpoint at step {record.checkpoint_step}" if record.checkpoint_step else "step 0"
+            note_in_log(record, spec.sweep_dir, f"tuner: trial {record.trial_id} paused by {signal_name}; "
+                        f"`tuner resume` goes on from {at}")
 
 
 def unclaimed_lost(sweep_dir, found) -> list[records.TrialRecord]:
@@ -158,7 +178,7 @@ def unclaimed_lost(sweep_dir, found) -> list[records.TrialRecord]:
 
 
 def close_unfinished(spec: Spec, sweep_id: str, mirror: Mirror, plan: Plan) -> int:
-    """Trials the time budget or Ctrl-C cut short: `stopped_budget` in the ledger, and in Optuna
+    """Trials the time budget cut short: `stopped_budget` in the ledger, and in Optuna
     PRUNED (they have intermediate values) or FAIL (they never reported). Returns how many."""
     closed = 0
     for record in records.load_all(spec.sweep_dir, spec.location):

@@ -7,12 +7,15 @@ a Ray upgrade has one module to check (the resume, chaos and ledger tests exerci
 - Ending a trial now, without a retry: a trial hung in native code frees its GPU only when its
   process dies, and Tune's failure handling would start it again.
 - ASHA's state, through the scheduler's own save and restore (Tune keeps none of its own).
+- Ending the experiment as Tune's own stop signal does: its snapshot saved, its unfinished trials
+  left to resume from their checkpoints (the driver's Ctrl-C, once the trials have checkpointed).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -83,6 +86,16 @@ def end_now(trial) -> None:
     trial.max_failures = 0  # Tune's failure handling would otherwise start it again
     if actor is not None:
         ray.kill(actor, no_restart=True)
+
+
+def end_experiment() -> None:
+    """Stop Tune's loop after this step the way its stop signal does (Tune's SIGUSR1 handler, which
+    `tune.run` installs in the main thread): the experiment's snapshot is saved, and its running
+    trials stay unfinished there, so a restore starts them again from their latest checkpoints."""
+    handler = signal.getsignal(signal.SIGUSR1)
+    if not callable(handler):  # Tune installed none (not in the main thread): stop at once instead
+        raise KeyboardInterrupt
+    handler(signal.SIGUSR1, None)
 
 
 def scheduler_state(scheduler) -> bytes | None:
