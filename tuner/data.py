@@ -238,6 +238,15 @@ def num_proc(data: DataSpec) -> int:
     return data.num_proc or max(1, min(os.cpu_count() or 1, 8))
 
 
+def prepared_train_tokens(spec: Spec) -> int | None:
+    """The train split's tokens, where a run has prepared the spec's data already (else None)."""
+    meta = spec.sweep_dir / layout.DATA_DIR / fingerprint(spec) / "prepared.json"
+    if not meta.is_file():
+        return None
+    prepared = json.loads(meta.read_text())
+    return prepared["blocks"]["train"] * prepared["block_size"]
+
+
 def fingerprint(spec: Spec) -> str:
     """A hash of everything that decides the prepared data: data settings, tokenizer, source files.
     `num_proc` decides only how fast: the same data is reused whatever it is."""

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 from tuner import constants as C
 from tuner import data, layout, lock, mirror, model, records, restore, results, secret, space, state, storage
-from tuner import logs, report, study, tracking
+from tuner import live, logs, report, study, tracking
 from tuner.context import TrialContext
 from tuner.errors import UserError, first_line
 from tuner.plan import Plan, data_warnings, make_plan
@@ -130,7 +131,8 @@ def _drive(spec: Spec, saved: str, address: str | None, trial_fn: Callable | Non
     board: list[dict[str, Any]] = []
     result = None
     try:
-        search(spec, ctx, plan, address, tracker, progress, restart_search)
+        with live.showing(live.Source(spec, plan, time.time())):
+            search(spec, ctx, plan, address, tracker, progress, restart_search)
         board = results.leaderboard(sweep_dir, spec.search.mode, spec.name)
         results.write_csv(board, sweep_dir / layout.LEADERBOARD)
         if already_exported(spec, board, progress):
@@ -293,6 +295,12 @@ def _log_handler() -> None:
         handler.addFilter(secret.RedactingFilter())
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+
+
+def saved_plan(spec: Spec) -> Plan | None:
+    """The plan of a sweep whose data is prepared (for `status --watch`); None before."""
+    train_tokens = data.prepared_train_tokens(spec)
+    return make_plan(spec, train_tokens) if train_tokens is not None else None
 
 
 def _quiet_libraries() -> None:
