@@ -1,15 +1,20 @@
-"""launch.py as a user runs it: exit codes, one clear message on bad input, no traceback."""
+"""The command line as a user runs it (`launch.py`, the `tuner` console script, `python -m tuner`):
+exit codes, one clear message on bad input, no traceback, presets found from any directory."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tuner.cli import main
 from tuner.records import load_all as load_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def launch(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+                          text=True, check=False, cwd=cwd, timeout=300)
 
 
 def write_spec(tmp_path: Path, **changes) -> Path:
@@ -91,7 +96,7 @@ def test_status_and_export_of_a_finished_sweep(tiny_sweep):
     assert f"W&B: {runs} offline runs" in status.stdout
     kept = sum(1 for r in load_records(tiny_sweep.sweep_dir) if r.best_checkpoint and not r.checkpoint_deleted)
     assert kept in (2, 3)  # keep_best 2, and the baseline trial's when it is not among them
-    assert "disk: " in status.stdout and f"{kept} trial checkpoints kept" in status.stdout and "launch.py sync" in status.stdout
+    assert "disk: " in status.stdout and f"{kept} trial checkpoints kept" in status.stdout and "tuner sync" in status.stdout
     assert f"report: {tiny_sweep.sweep_dir / 'report.html'}" in status.stdout
     exported = launch("export", str(tiny_sweep.sweep_dir), "--format", "json")
     assert exported.returncode == 0, exported.stderr
@@ -106,3 +111,67 @@ def test_sweep_refuses_to_freeze_more_blocks_than_the_model_has(tmp_path):
     result = launch("sweep", str(path))
     assert result.returncode == 2
     assert "search.space.freeze_layers: up to 3 blocks frozen" in result.stderr and "at most 2" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The installed command: `tuner`, `python -m tuner`, and the presets shipped inside the package.
+
+COMMANDS = ("sweep", "resume", "validate", "status", "export", "sync", "report")
+
+
+def test_python_m_tuner_validates_a_preset_from_any_directory(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tuner", "validate", "tiny"], capture_output=True, text=True,
+                            check=False, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "name: tiny" in result.stdout and "plan:" in result.stdout
+    assert f"sweep directory: {tmp_path.resolve() / 'runs' / 'tiny'}" in result.stdout  # runs/<name> under the cwd
+    assert list(tmp_path.iterdir()) == []  # validate builds nothing
+
+
+def test_console_script_lists_every_command():
+    script = Path(sysconfig.get_path("scripts")) / "tuner"
+    assert script.is_file(), f"no {script}: reinstall with `pip install -e .` (scripts/setup does)"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: tuner ")
+    assert "{" + ",".join(COMMANDS) + "}" in result.stdout
+
+
+def test_unknown_preset_exits_2_naming_the_presets(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("tuner: error: ")
+    assert "'nosuch' does not exist" in err and "gpt2-wikitext, tiny" in err
+
+
+def test_a_local_file_wins_over_the_preset_of_the_same_name(tmp_path, monkeypatch, capsys):
+    (tmp_path / "tiny").write_text((ROOT / "tuner" / "presets" / "tiny.yaml").read_text().replace(
+        "name: tiny", "name: mine"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", "tiny"]) == 0
+    assert "name: mine" in capsys.readouterr().out
+
+
+def test_search_spaces_is_the_packaged_presets():
+    assert (ROOT / "search_spaces").resolve() == ROOT / "tuner" / "presets"
+
+
+def test_the_wheel_ships_the_presets_and_the_command(tmp_path):
+    """Built from a copy, so the build's scratch folders (build/, *.egg-info) never land in the checkout
+    another test run may be building at the same moment; no build isolation, so no index is needed."""
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "runs", "build", "*.egg-info", "__pycache__", ".*_cache"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True,
+                           check=False, timeout=300)
+    assert built.returncode == 0, built.stderr
+    [wheel] = (tmp_path / "dist").glob("tuner-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    presets = {p.name for p in (ROOT / "tuner" / "presets").glob("*.yaml")}
+    assert {f"tuner/presets/{name}" for name in presets} <= names
+    assert {"tuner/cli.py", "tuner/__main__.py"} <= names
+    assert "tuner = tuner.cli:main" in entry_points

@@ -205,7 +205,7 @@ def test_a_sweep_submitted_as_a_ray_job_completes(cluster, tmp_path):
     storage = tmp_path / "job-sweep"
     submit = subprocess.run(
         [RAY, "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT), "--",
-         "python", "launch.py", "sweep", "search_spaces/tiny.yaml", "--address", "auto", "--name", "job-test",
+         "python", "launch.py", "sweep", "tiny", "--address", "auto", "--name", "job-test",
          "--num-samples", "2", "--set", f"storage={storage}", *SMALL],
         env=_env(), capture_output=True, text=True, timeout=600)
     assert submit.returncode == 0, (submit.stdout + submit.stderr)[-12000:]

@@ -50,7 +50,7 @@ def test_a_second_driver_exits_2_within_5_seconds_naming_the_first(tmp_path):
     message = second.stderr.strip()
     assert len(message.splitlines()) == 1 and "Traceback" not in message
     assert f"host {socket.gethostname()}, pid {first.pid}, started " in message
-    assert "one driver per sweep" in message and f"launch.py resume {sweep_dir}" in message
+    assert "one driver per sweep" in message and f"tuner resume {sweep_dir}" in message
     assert not (sweep_dir / layout.STATE_FILE).exists()  # nothing of the sweep was touched
 
 

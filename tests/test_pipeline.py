@@ -85,7 +85,7 @@ def test_leaderboard_rows(tiny_sweep):
 
 def test_best_config_validates_and_fixes_the_winning_hyperparameters(tiny_sweep):
     path = tiny_sweep.paths["config"]
-    assert path.read_text().startswith("# python launch.py sweep ")
+    assert path.read_text().startswith("# tuner sweep ")
     spec = load_spec(path)
     assert spec.name == "tiny-test-best"
     assert spec.search.num_samples == 1 and spec.scheduler.type == "none"

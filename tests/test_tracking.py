@@ -36,7 +36,7 @@ def test_mode_is_online_with_a_key_and_offline_with_a_notice_without(tmp_path):
     assert tracking.resolve_mode(settings, tmp_path, {"WANDB_API_KEY": "k" * 40}) == ("online", None)
     assert tracking.resolve_mode(WandbSpec(api_key_env="MY_KEY"), tmp_path, {"MY_KEY": "k" * 40})[0] == "online"
     mode, notice = tracking.resolve_mode(settings, tmp_path, {"NETRC": str(tmp_path / "none")})
-    assert mode == "offline" and f"python launch.py sync {tmp_path}" in notice
+    assert mode == "offline" and f"tuner sync {tmp_path}" in notice
     assert tracking.resolve_mode(WandbSpec(mode="disabled"), tmp_path, {"WANDB_API_KEY": "k"}) == ("disabled", None)
     assert tracking.resolve_mode(settings, tmp_path, {"WANDB_API_KEY": "k", "WANDB_MODE": "offline"})[0] == "offline"
 
@@ -109,7 +109,7 @@ def test_an_online_start_that_fails_falls_back_to_offline(tmp_path, monkeypatch)
     tracker.close()
     assert time.monotonic() - started < 30
     assert tracker.mode == "offline"
-    assert any("could not start online" in line and "launch.py sync" in line for line in said)
+    assert any("could not start online" in line and "tuner sync" in line for line in said)
     assert not any(SENTINEL_WANDB_KEY in line for line in said)
     assert [r.job_type for r in read_runs(spec.sweep_dir / "wandb")].count("trial") == 1
     for path in (p for p in tmp_path.rglob("*") if p.is_file()):

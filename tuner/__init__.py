@@ -1,6 +1,6 @@
 """tuner: hyperparameter search for fine-tuning causal language models on Ray Tune, Optuna and ASHA.
 
-Public names are imported on first use, so `launch.py validate` does not pay for torch and
+Public names are imported on first use, so `tuner validate` does not pay for torch and
 transformers.
 """
 

@@ -1,7 +1,7 @@
 """Export: the winner as a re-runnable spec, plain `TrainingArguments`, and a model to load.
 
 `best/config.yaml` fixes the winning hyperparameters and stops training at the step the best
-checkpoint had reached (without changing the LR schedule), so `launch.py sweep best/config.yaml`
+checkpoint had reached (without changing the LR schedule), so `tuner sweep best/config.yaml`
 retrains exactly that model.
 """
 
@@ -83,7 +83,7 @@ def _fill_best(out: Path, spec: Spec, record: TrialRecord, metrics: dict[str, An
     from tuner.trial import training_arguments  # the Trainer's module: imported where a model is written
 
     config = best_config(spec, record)
-    header = (f"# python launch.py sweep {spec.sweep_dir.name}/{BEST_DIR}/config.yaml  (from the folder holding "
+    header = (f"# tuner sweep {spec.sweep_dir.name}/{BEST_DIR}/config.yaml  (from the folder holding "
               f"the sweep)\n# The best trial of sweep {spec.name!r}, fixed.\n")
     (out / "config.yaml").write_text(to_yaml(config, header))
     hyper = space.resolve(spec, record.params)

@@ -81,7 +81,7 @@ def _refusal(where: str, holder: Holder | None, sweep: str) -> UserError:
     who = holder.describe() if holder else "another process"
     stop = f"kill {holder.pid} on {holder.host}" if holder else "stop that driver"
     return UserError(f"{where}: the sweep is being driven by {who}; one driver per sweep. Wait for it to end, "
-                     f"or {stop} and run `python launch.py resume {sweep}`; `status` and `report` work while it runs")
+                     f"or {stop} and run `tuner resume {sweep}`; `status` and `report` work while it runs")
 
 
 class FileLock:

@@ -3,7 +3,7 @@
 With `storage: s3://…` or `gs://…`, Ray writes Tune's snapshot and the checkpoints to the bucket,
 but the driver keeps its state, trial records, leaderboard and study in its local `runs/<name>`.
 Losing the driver's machine must not lose the sweep: those files go to the bucket after every
-trial ends and at least once every `every_s` seconds while trials run, so `launch.py resume
+trial ends and at least once every `every_s` seconds while trials run, so `tuner resume
 s3://…/X` on another machine, with an empty local directory, goes on with exact trial counts.
 """
 

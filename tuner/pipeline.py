@@ -1,6 +1,6 @@
 """The whole sweep, one stage per call: spec → prepared data → search → results → promotion → export.
 
-`run_sweep` is both what `launch.py sweep` runs and the Python API for notebooks and scripts.
+`run_sweep` is both what `tuner sweep` runs and the Python API for notebooks and scripts.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def resume_sweep(sweep: str | Path, *, address: str | None = None, force: bool =
         spec = load_sweep_spec(sweep)
         if not state.is_sweep_dir(Path(sweep)):
             raise UserError(f"{sweep}: not a sweep directory (no {layout.STATE_FILE}); give the directory "
-                            "`launch.py sweep` printed, e.g. runs/tiny")
+                            "`tuner sweep` printed, e.g. runs/tiny")
     return run_sweep(spec, num_samples=num_samples, address=address, force=force, restart_search=restart_search,
                      trial_fn=trial_fn, command="resume")
 
@@ -261,11 +261,11 @@ def dashboard_command(sweep_dir: Path) -> str:
 
 def write_report(spec: Spec) -> Path | None:
     """(Re)build report.html and say where it is. A report that fails to build is a warning: the
-    sweep's results are all on disk, and `launch.py report` can build it again."""
+    sweep's results are all on disk, and `tuner report` can build it again."""
     try:
         path = report.write_report(spec)
     except Exception as exc:  # noqa: BLE001 (a plot's bug must not fail a finished sweep)
-        log.warning("report: not written (%s); rebuild it with `python launch.py report %s`",
+        log.warning("report: not written (%s); rebuild it with `tuner report %s`",
                     first_line(exc), spec.sweep_dir)
         return None
     if storage.is_uri(spec.location):
@@ -327,7 +327,7 @@ def load_sweep_spec(sweep_dir: str | Path) -> Spec:
     path = Path(sweep_dir) / SPEC_FILE
     if not path.is_file():
         raise UserError(f"{sweep_dir}: not a sweep directory (no {SPEC_FILE}); give the directory "
-                        "`launch.py sweep` printed, e.g. runs/tiny")
+                        "`tuner sweep` printed, e.g. runs/tiny")
     spec = load_spec(path)
     if not storage.is_uri(spec.storage):
         spec.storage = str(Path(sweep_dir).resolve())

@@ -1,5 +1,5 @@
 """The plan: what a sweep will spend, in tokens and trial-reports, and ASHA's rungs. No Ray here:
-`launch.py validate` prints it without starting anything."""
+`tuner validate` prints it without starting anything."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def read_snapshot(location: str, experiment: str) -> Snapshot | None:
 
 def _refusal(path: str, why: str) -> str:
     return (f"{path}: Tune's snapshot of the interrupted experiment is refused: {why}. Choices: put a good copy "
-            "back and run `launch.py resume SWEEP_DIR` again; or run `launch.py resume SWEEP_DIR --restart-search`, "
+            "back and run `tuner resume SWEEP_DIR` again; or run `tuner resume SWEEP_DIR --restart-search`, "
             "which keeps every finished trial, sets the unfinished ones aside in trials/lost/ and runs their "
             "configurations again from their checkpoints")
 

@@ -1,6 +1,6 @@
 """A sweep directory's own progress: which spec started it, its Tune experiments, what was promoted.
 
-`sweep.json` is what lets `launch.py resume` (or the same `sweep` command run again) pick a sweep up
+`sweep.json` is what lets `tuner resume` (or the same `sweep` command run again) pick a sweep up
 where a dead driver left it: an experiment that never finished is restored, a finished sweep asked
 for more trials gets one more experiment on the same Optuna study, and a sweep that was already
 promoted and exported is not promoted again. It also holds the sweep's id, made when the sweep is

@@ -94,7 +94,7 @@ def claim(path: Path, name: str, sweep_id: str, origin: Path | None = None) -> N
         study.set_user_attr(SWEEP_ID, sweep_id)
     elif owner != sweep_id:
         raise UserError(f"{where}: the Optuna study {name!r} belongs to sweep {owner}, not to this sweep "
-                        f"({sweep_id}); put this sweep's own optuna.db back, or run `launch.py resume SWEEP_DIR "
+                        f"({sweep_id}); put this sweep's own optuna.db back, or run `tuner resume SWEEP_DIR "
                         "--restart-search` to rebuild the study from the trial records")
 
 
@@ -112,7 +112,7 @@ def check(sweep_dir: Path, location: str, sweep_id: str, name: str) -> None:
 def _unreadable(path: Path, exc: BaseException) -> str:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return (f"{path}: the Optuna study cannot be read ({first}); put a good copy back, or run "
-            "`launch.py resume SWEEP_DIR --restart-search`, which keeps every finished trial and rebuilds the "
+            "`tuner resume SWEEP_DIR --restart-search`, which keeps every finished trial and rebuilds the "
             "study from their records")
 
 

@@ -30,7 +30,7 @@ from tuner.spec import Spec, WandbSpec
 
 log = logging.getLogger("tuner")
 
-WANDB_DIR = layout.WANDB_DIR  # under the sweep directory: wandb/offline-run-*/ for `launch.py sync`
+WANDB_DIR = layout.WANDB_DIR  # under the sweep directory: wandb/offline-run-*/ for `tuner sync`
 DEFAULT_HOST = "api.wandb.ai"
 # Our report keys → W&B's names, in the `train/` and `eval/` panels HF's W&B integration uses.
 METRICS = {
@@ -76,7 +76,7 @@ def resolve_mode(settings: WandbSpec, sweep_dir: Path,
         return "online", None
     return "offline", (f"W&B: no API key ({settings.api_key_env} is unset and `wandb login` was not run): "
                        f"logging offline to {sweep_dir / WANDB_DIR}; upload later with "
-                       f"`python launch.py sync {sweep_dir}`")
+                       f"`tuner sync {sweep_dir}`")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ class Tracker:
             except Exception as exc:  # no network, a bad key, a server down: keep the sweep going
                 self.mode = "offline"
                 self.say(f"W&B: could not start online ({secret.redact(first_line(exc))}); logging offline "
-                         f"to {self.dir} instead; upload later with `python launch.py sync {self.spec.sweep_dir}`")
+                         f"to {self.dir} instead; upload later with `tuner sync {self.spec.sweep_dir}`")
                 if "id" in kwargs:  # W&B keeps a failed start's id taken for this process
                     kwargs = {**kwargs, "id": kwargs["id"] + "-offline"}
         return wandb.init(mode="offline", **common, **kwargs, settings=wandb.Settings(**settings))
@@ -266,7 +266,7 @@ class Tracker:
             run.log({"leaderboard": table})
             if best_dir is not None and (best_dir / "config.yaml").exists():
                 artifact = wandb.Artifact(f"{self.spec.name}-best-config", type="config",
-                                          description="The best trial's spec: `launch.py sweep config.yaml` retrains it")
+                                          description="The best trial's spec: `tuner sweep config.yaml` retrains it")
                 for name in ("config.yaml", "training_args.json", "final_eval.json"):
                     if (best_dir / name).exists():
                         artifact.add_file(str(best_dir / name))
@@ -344,5 +344,5 @@ def sync(sweep_dir: Path, settings: WandbSpec, dry_run: bool = False,
         env["WANDB_API_KEY"] = key
     if not dry_run and not has_api_key(settings, env):
         raise UserError(f"tracking.wandb.api_key_env: {settings.api_key_env} is not set; export your W&B "
-                        f"API key in it (or run `wandb login`), then rerun `python launch.py sync {sweep_dir}`")
+                        f"API key in it (or run `wandb login`), then rerun `tuner sync {sweep_dir}`")
     return run(sync_command(runs, settings, dry_run), env=env).returncode
