@@ -248,9 +248,8 @@ def test_a_sweep_in_a_terminal_shows_the_live_view_and_stops_cleanly_on_ctrl_c(t
     for trial_id, step in paused.items():
         assert final[trial_id].resumed_from_steps == [step], final[trial_id]
         assert final[trial_id].restarted_from_step_0 == 0
-    sweep_log = (sweep_dir / "sweep.log").read_text()
-    assert sweep_log.count("Token authentication") >= 2  # both runs' notices, kept for bug reports
-    assert " DEBUG " in sweep_log and " INFO tuner: plan:" in sweep_log
+    sweep_log = (sweep_dir / "sweep.log").read_text()  # both runs', the libraries' debug lines too
+    assert sweep_log.count(" INFO tuner: plan:") == 2 and " DEBUG datasets: " in sweep_log
     endings = {C.COMPLETED: "completed", C.STOPPED_ASHA: "stopped early by ASHA at rung"}
     for trial_id, record in final.items():
         last = (sweep_dir / "logs" / f"{trial_id}.log").read_text().rstrip().splitlines()[-1]

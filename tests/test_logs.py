@@ -13,13 +13,22 @@ from tuner import logs
 
 @pytest.fixture
 def clean_root():
+    """Logging as it was before the test: the root's handlers and level, and the libraries' loggers
+    that `setup` takes over."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    libraries = {name: (list(lg.handlers), lg.propagate, lg.level)
+                 for name, lg in ((n, logging.getLogger(n)) for n in logs.LIBRARIES)}
     yield root
     for handler in list(root.handlers):
         if handler not in handlers:
             root.removeHandler(handler)
     root.setLevel(level)
+    for name, (kept, propagate, was) in libraries.items():
+        library = logging.getLogger(name)
+        library.handlers[:] = kept
+        library.propagate = propagate
+        library.setLevel(was)
     logging.captureWarnings(False)
 
 
@@ -28,7 +37,9 @@ def test_library_notices_reach_the_terminal_only_with_verbose(clean_root, capsys
     logs.setup(verbose)
     logging.getLogger("tuner").info("ours")
     logging.getLogger("ray._private.authentication").warning("Token authentication is enabled")
-    warnings.warn("old API", FutureWarning, stacklevel=1)  # what deprecations raise
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # each run of the test warns afresh
+        warnings.warn("old API", FutureWarning, stacklevel=1)  # what deprecations raise
     err = capsys.readouterr().err
     assert "[tuner] ours" in err
     assert ("Token authentication" in err) == verbose
@@ -50,3 +61,18 @@ def test_sweep_log_gets_everything_at_debug_level_and_no_secret(clean_root, caps
     assert "Token authentication" not in capsys.readouterr().err
     logging.getLogger("tuner").info("after the sweep")
     assert "after the sweep" not in path.read_text()  # the file handler is gone with the block
+
+
+def test_a_librarys_own_terminal_handler_is_taken_over(clean_root, capsys, tmp_path):
+    """transformers prints through a handler of its own; from the command line its lines come to
+    ours: sweep.log at debug level, the terminal only with -v."""
+    import transformers
+
+    transformers.utils.logging.get_logger("transformers.x").warning("a library notice")  # its handler is set
+    logs.setup(False)
+    with logs.to_file(tmp_path) as path:
+        transformers.utils.logging.get_logger("transformers.x").debug("a library detail")
+        transformers.utils.logging.get_logger("transformers.x").warning("a second notice")
+    assert "a second notice" not in capsys.readouterr().err
+    text = path.read_text()
+    assert "DEBUG transformers.x: a library detail" in text and "WARNING transformers.x: a second notice" in text

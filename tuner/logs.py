@@ -21,6 +21,9 @@ OURS = "tuner"
 # Libraries whose debug lines are all chatter (a line per lock taken, per HTTP request): INFO and up.
 CHATTY = ("filelock", "urllib3", "fsspec", "botocore", "s3transfer", "asyncio", "git", "PIL", "matplotlib")
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Libraries with a terminal handler of their own, and the level sweep.log gets from each (Ray: its own
+# INFO, its debug lines are in its session logs).
+LIBRARIES = {"ray": None, "transformers": logging.DEBUG, "datasets": logging.DEBUG, "optuna": logging.INFO}
 
 
 class _OnTerminal(logging.Filter):
@@ -65,15 +68,22 @@ def setup(verbose: bool = False) -> None:
 
 
 def adopt_libraries() -> None:
-    """Ray gives its logger a terminal handler of its own at import: its lines go to ours instead
-    (the terminal with -v, sweep.log always). Called again once Ray is imported."""
-    if "ray" not in sys.modules:
-        return
-    ray_logger = logging.getLogger("ray")
-    for handler in list(ray_logger.handlers):
-        if type(handler).__name__ == "PlainRayHandler":
-            ray_logger.removeHandler(handler)
-    ray_logger.propagate = True
+    """Ray, transformers, datasets and Optuna each give their logger a terminal handler of their own
+    (and stop it from propagating): their lines go to ours instead, the terminal with -v, sweep.log
+    always, at their debug level where the command line set ours up. Called again as each is
+    imported. From Python (no `setup`), only Ray's is taken over, as before: a caller's own root
+    handlers would otherwise print the libraries' debug lines."""
+    full = configured()
+    for name, level in LIBRARIES.items():
+        if name not in sys.modules or (name != "ray" and not full):
+            continue
+        library = logging.getLogger(name)
+        for handler in list(library.handlers):
+            if type(handler) is logging.StreamHandler or type(handler).__name__ == "PlainRayHandler":
+                library.removeHandler(handler)
+        library.propagate = True
+        if full and level is not None:
+            library.setLevel(level)
 
 
 def configured() -> bool:

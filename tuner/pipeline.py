@@ -304,13 +304,17 @@ def saved_plan(spec: Spec) -> Plan | None:
 
 
 def _quiet_libraries() -> None:
-    """Progress bars and warnings from the libraries drown our own progress lines."""
+    """Progress bars and warnings from the libraries drown our own progress lines. From the command
+    line their log lines go to sweep.log (and the terminal with -v); from Python they are silenced."""
     import datasets
     import transformers
 
     datasets.disable_progress_bars()
-    transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    if logs.configured():
+        logs.adopt_libraries()
+    else:
+        transformers.utils.logging.set_verbosity_error()
 
 
 def _saved_spec(sweep_dir: Path) -> Spec | None:
