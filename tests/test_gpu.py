@@ -10,11 +10,16 @@ from tuner import gpu
 
 
 @pytest.mark.parametrize("name, tflops", [
-    ("NVIDIA H100 80GB HBM3", 989.0),
+    ("NVIDIA H100 80GB HBM3", 989.5),
     ("NVIDIA H100 PCIe", 756.0),
-    ("NVIDIA H200", 989.0),
+    ("NVIDIA H100 NVL", 835.5),
+    ("NVIDIA H200", 989.5),
+    ("NVIDIA H200 NVL", 835.5),
+    ("NVIDIA GH200 480GB", 989.5),
+    ("NVIDIA H20", 148.0),
     ("NVIDIA A100-SXM4-80GB", 312.0),
-    ("NVIDIA L40S", 362.0),
+    ("NVIDIA A10G", 125.0),
+    ("NVIDIA L40S", 362.05),
     ("NVIDIA L4", 121.0),
     ("Tesla T4", 65.0),
     ("Some Future GPU", None),
@@ -23,16 +28,39 @@ def test_the_peak_comes_from_the_table_most_specific_name_first(name, tflops):
     assert gpu.peak_flops(name) == (tflops * 1e12 if tflops else None)
 
 
-def test_gpt2_small_flops_per_token_match_the_hand_count():
+def test_every_peak_names_its_source():
+    for name, tflops, source in gpu.PEAK_BF16_TFLOPS:
+        assert tflops > 0 and len(source) > 20, name
+
+
+def test_gpt2_small_flops_per_token_match_the_published_count():
+    """GPT-2 124M: nanoGPT's 123.65M parameters (the tied embedding once, the position embeddings
+    left out: a lookup, no matmul), 6·N per token, plus causal attention's 6·L·T·d_attn."""
     with torch.device("meta"):  # shapes only: nothing allocated or initialised
         model = GPT2LMHeadModel(GPT2Config())  # 124M, tied input and output embeddings
     parameters, layers, width = gpu.model_shape(model)
-    assert (parameters, layers, width) == (124_439_808, 12, 768)  # the tied matrix counted once
-    # 6 N + 12 L d T at T = 1024: 746,638,848 + 113,246,208
-    assert gpu.flops_per_token(parameters, layers, width, 1024) == 859_885_056
-    # 100k tokens/s on an H100 SXM: 8.6e16 / 9.89e14 FLOP/s
-    assert gpu.mfu(100_000, 859_885_056, gpu.peak_flops("H100")) == pytest.approx(0.08694, abs=1e-5)
-    assert gpu.mfu(100_000, 859_885_056, None) is None
+    assert (parameters, layers, width) == (124_439_808 - 1024 * 768, 12, 12 * 64)
+    # at T = 1024: 6 × 123,653,376 + 6 × 12 × 1024 × 768 = 741,920,256 + 56,623,104
+    assert gpu.flops_per_token(parameters, layers, width, 1024) == 798_543_360
+    # 100k tokens/s on an H100 SXM: 7.99e16 / 9.895e14 FLOP/s
+    assert gpu.mfu(100_000, 798_543_360, gpu.peak_flops("H100")) == pytest.approx(0.080701, abs=1e-6)
+    assert gpu.mfu(100_000, 798_543_360, None) is None
+
+
+def test_an_untied_input_embedding_is_not_counted_and_attention_uses_heads_times_head_dim():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                         head_dim=32, vocab_size=1000, tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    total = sum(p.numel() for p in model.parameters())
+    assert gpu.model_shape(model) == (total - 1000 * 256, 2, 4 * 32)  # lm_head counted, embed_tokens not
+
+
+def test_a_data_parallel_trials_mfu_divides_by_every_gpu_it_uses():
+    one = gpu.mfu(400_000, 798_543_360, gpu.peak_flops("H200"))
+    assert gpu.mfu(400_000, 798_543_360, gpu.peak_flops("H200"), gpus=4) == pytest.approx(one / 4)
 
 
 def test_on_cpu_the_trial_trains_in_fp32_with_plain_adamw_and_no_loader_workers(monkeypatch):
@@ -70,3 +98,4 @@ def test_every_option_is_a_training_arguments_field_of_this_transformers(monkeyp
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     assert set(gpu.training_options("auto", True, None, cpus=4)) <= fields
+

@@ -111,7 +111,7 @@ class ReportCallback(TrainerCallback):
     """
 
     def __init__(self, spec: Spec, report: Reporter, max_t: int | None, setup_times: dict[str, float] | None = None,
-                 per_token_flops: float | None = None, peak: float | None = None):
+                 per_token_flops: float | None = None, peak: float | None = None, gpus: int = 1):
         self.every = spec.train.report_every_tokens
         self.stop_after = spec.train.stop_after_steps
         self.patience = spec.train.patience
@@ -131,7 +131,7 @@ class ReportCallback(TrainerCallback):
         self.interval_train = 0.0  # training-step seconds since the last report
         self.last_tokens = 0
         self.start_step = 0
-        self.per_token_flops, self.peak = per_token_flops, peak
+        self.per_token_flops, self.peak, self.gpus = per_token_flops, peak, gpus
 
     def _lap(self, key: str) -> float:
         now = time.perf_counter()
@@ -216,7 +216,8 @@ class ReportCallback(TrainerCallback):
         if self.max_t is not None and tokens >= self.max_t and status == C.RUNNING:
             status = C.COMPLETED
         speed = (tokens - self.last_tokens) / self.interval_train if self.interval_train > 0 else 0.0
-        utilization = gpu.mfu(speed, self.per_token_flops, self.peak) if self.per_token_flops else None
+        # the tokens of every rank of a data-parallel trial, so over every rank's GPU
+        utilization = gpu.mfu(speed, self.per_token_flops, self.peak, self.gpus) if self.per_token_flops else None
         metrics = {
             C.EVAL_LOSS: self.eval_loss if self.eval_loss is not None else math.nan,
             C.TRAIN_LOSS: sum(self.losses) / len(self.losses) if self.losses else math.nan,
@@ -347,7 +348,7 @@ def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_fr
     parameters, layers, width = gpu.model_shape(model)
     callback = ReportCallback(spec, lambda metrics, checkpoint: report({**metrics, **used}, checkpoint), ctx.max_t,
                               times, gpu.flops_per_token(parameters, layers, width, ctx.prepared.block_size),
-                              gpu.device_peak())
+                              gpu.device_peak(), args.world_size)
     trainer.add_callback(callback)
     start = time.perf_counter()
     try:
