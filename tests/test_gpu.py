@@ -99,3 +99,18 @@ def test_every_option_is_a_training_arguments_field_of_this_transformers(monkeyp
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     assert set(gpu.training_options("auto", True, None, cpus=4)) <= fields
 
+
+def test_the_trainer_counts_tokens_on_the_host_for_every_rank(monkeypatch):
+    """No GPU sync per step: a batch's shape gives its tokens, times the ranks training alike."""
+    from types import SimpleNamespace
+
+    from transformers import Trainer
+
+    from tuner import trial
+
+    counting = trial.counting_trainer()
+    monkeypatch.setattr(Trainer, "training_step", lambda self, model, inputs, *a, **k: "loss")
+    trainer = object.__new__(counting)  # no model: only the counting is under test
+    trainer.state, trainer.args = SimpleNamespace(num_input_tokens_seen=100), SimpleNamespace(world_size=4)
+    assert trainer.training_step(None, {"input_ids": torch.zeros(8, 64, dtype=torch.long)}) == "loss"
+    assert trainer.state.num_input_tokens_seen == 100 + 8 * 64 * 4
