@@ -101,14 +101,17 @@ def to_file(sweep_dir: Path) -> Iterator[Path]:
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter(FILE_FORMAT))
     handler.addFilter(RedactingFilter())
-    root = logging.getLogger()
-    level = root.level
+    root, ours = logging.getLogger(), logging.getLogger(OURS)
+    levels = root.level, ours.level
     root.addHandler(handler)
-    if configured():  # a Python caller's own logging levels are theirs: sweep.log gets what they pass
+    if configured():
         root.setLevel(logging.DEBUG)
+    elif ours.getEffectiveLevel() > logging.INFO:  # a Python caller's levels are theirs, but for
+        ours.setLevel(logging.INFO)  # our own progress lines: the ones run_sweep is documented to log
     try:
         yield path
     finally:
         root.removeHandler(handler)
-        root.setLevel(level)
+        root.setLevel(levels[0])
+        ours.setLevel(levels[1])
         handler.close()
