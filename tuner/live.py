@@ -209,12 +209,19 @@ def showing(source: Source, terminal: bool | None = None) -> Iterator[None]:
     """While the block runs: the terminal view redrawn every REFRESH_S, or a progress line every
     PLAIN_EVERY_S. A view that fails to read is skipped, never fatal to the sweep."""
     terminal = is_terminal() if terminal is None else terminal
-    stop = threading.Event()
     if terminal:
-        with _terminal(source, stop):
+        with _terminal(source):
             yield
         return
-    thread = threading.Thread(target=_plain_loop, args=(source, stop), name="tuner-progress", daemon=True)
+    with _in_background(_plain_loop, source, name="tuner-progress"):
+        yield
+
+
+@contextlib.contextmanager
+def _in_background(loop: Callable[..., None], *args: Any, name: str) -> Iterator[None]:
+    """`loop(*args, stop)` on a daemon thread while the block runs; told to stop, and joined, after."""
+    stop = threading.Event()
+    thread = threading.Thread(target=loop, args=(*args, stop), name=name, daemon=True)
     thread.start()
     try:
         yield
@@ -230,7 +237,7 @@ def _plain_loop(source: Source, stop: threading.Event) -> None:
 
 
 @contextlib.contextmanager
-def _terminal(source: Source, stop: threading.Event) -> Iterator[None]:
+def _terminal(source: Source) -> Iterator[None]:
     """A rich Live display on stderr; our log lines (and anything printed) scroll above it."""
     from rich.console import Console
     from rich.live import Live
@@ -239,13 +246,10 @@ def _terminal(source: Source, stop: threading.Event) -> Iterator[None]:
     with Live(console=console, auto_refresh=False, redirect_stdout=True, redirect_stderr=True,
               transient=False) as display:
         streams = _follow_stderr()
-        thread = threading.Thread(target=_redraw, args=(source, display, stop), name="tuner-live", daemon=True)
-        thread.start()
         try:
-            yield
-        finally:
-            stop.set()
-            thread.join(timeout=5)
+            with _in_background(_redraw, source, display, name="tuner-live"):
+                yield
+        finally:  # the last view stays on the screen, however the block ended
             with contextlib.suppress(Exception):
                 display.update(render(source.view()), refresh=True)
             _restore_streams(streams)
