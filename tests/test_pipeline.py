@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
+import tempfile
 
 import optuna
 import pytest
@@ -167,8 +169,6 @@ def test_best_config_retrains_bit_for_bit(tiny_sweep, tmp_path):
 
 def _own_loop(config, report):
     """A user's own training loop: plain PyTorch on a few fixed blocks, checkpoints by save_pretrained."""
-    import tempfile
-
     from transformers import AutoModelForCausalLM
 
     from tuner import builtin
@@ -198,6 +198,34 @@ def test_a_users_own_training_loop_gets_the_same_search(ray_runtime, tmp_path):
     assert all(row["reports"] == 3 and row["tokens_seen"] == 288 for row in result.leaderboard)
     assert result.best.best_step in (1, 2, 3)
     assert result.paths["model"].joinpath("model.safetensors").exists()
+
+
+def _checkpoint_at_first_report_only(config, report):
+    """A user's loop that saves once, at its first report, then reports better numbers without."""
+    from tuner import model
+
+    for step, loss in ((1, 5.0), (2, 4.5), (3, 4.0)):
+        if step == 1:
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copytree(model.resolve("builtin:tiny-gpt2"), tmp, dirs_exist_ok=True)
+                report({"eval_loss": loss + config["learning_rate"], "tokens_seen": step * 96, "step": step}, tmp)
+        else:
+            report({"eval_loss": loss + config["learning_rate"], "tokens_seen": step * 96, "step": step})
+
+
+def test_reports_without_checkpoints_still_rank_the_trial_and_promotion_takes_its_checkpoint(ray_runtime,
+                                                                                            tmp_path):
+    """The best metric is tracked at every report; only promotion needs a checkpoint, and it says
+    which step that checkpoint holds."""
+    result = run_sweep(TINY_PATH, trial_fn=_checkpoint_at_first_report_only, overrides=[
+        "data.max_records=300", "scheduler=none", "search.num_samples=2", "search.baseline=null",
+        *LIGHT_PROMOTE, f"storage={tmp_path / 'sparse'}"])
+    for row in result.leaderboard:
+        assert row["best_step"] == 3 and row["best_eval_loss"] == pytest.approx(4.0 + row["learning_rate"])
+    best = result.best
+    assert best.best_checkpoint_step == 1 and best.best_checkpoint_metric == pytest.approx(5.0 + best.params["learning_rate"])
+    assert load_spec(result.paths["config"]).train.stop_after_steps == 1  # the exported checkpoint's step
+    assert json.loads(result.paths["final_eval"].read_text())["step"] == 1
 
 
 def _nan_above(learning_rate):
@@ -256,7 +284,6 @@ def test_final_eval_says_whether_tuning_beat_the_baseline(tiny_sweep):
 def test_promotion_falls_back_to_the_next_best_readable_checkpoint(tiny_sweep, tmp_path, caplog):
     """A copy of the finished sweep whose best checkpoint is corrupt, then gone."""
     import logging
-    import shutil
 
     from tuner import data, model, tracking
     from tuner.promotion import promote_and_export

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tuner import layout, space
+from tuner import layout, records, space
 from tuner.records import TrialRecord
 from tuner.spec import Spec, to_yaml, validate
 
@@ -54,11 +54,12 @@ def best_config(spec: Spec, record: TrialRecord) -> dict[str, Any]:
             del data["search"]["space"][key]
     data["search"].update(num_samples=1, baseline=None)
     data["scheduler"] = "none"
-    data["train"]["stop_after_steps"] = int(record.best_step)
+    step = int(records.checkpoint_step(record))  # where the exported checkpoint was saved
+    data["train"]["stop_after_steps"] = step
     data["origin"] = {  # the checkpoint relative to the sweep: the sweep directory may move
         "sweep": spec.name, "trial_id": record.trial_id, "metric": spec.search.metric,
-        "value": record.best_metric, "checkpoint": record.best_checkpoint,
-        "step": int(record.best_step), "seed": spec.train.seed, "git_commit": git_commit(),
+        "value": records.checkpoint_metric(record), "checkpoint": record.best_checkpoint,
+        "step": step, "seed": spec.train.seed, "git_commit": git_commit(),
         "versions": versions(),
     }
     validate(copy.deepcopy(data))  # an export that does not validate is a bug: fail here, not later
@@ -100,7 +101,8 @@ def _fill_best(out: Path, spec: Spec, record: TrialRecord, metrics: dict[str, An
     tokenizer.save_pretrained(out / "model")
     (out / "model" / "tuner_config.yaml").write_text(to_yaml(config))  # the spec travels with the model
     final = {"trial_id": record.trial_id, "checkpoint": record.best_checkpoint,
-             "step": int(record.best_step), "search_" + spec.search.metric: record.best_metric, **metrics}
+             "step": int(records.checkpoint_step(record)),
+             "search_" + spec.search.metric: records.checkpoint_metric(record), **metrics}
     (out / "final_eval.json").write_text(json.dumps(final, indent=2))
     with open(out / "samples.jsonl", "w") as f:
         for row in samples:

@@ -211,6 +211,8 @@ class TrialLedger(tune.Callback):
         if lost.best_step is not None and lost.best_step <= step and not lost.checkpoint_deleted:
             record.best_metric, record.best_eval_loss = lost.best_metric, lost.best_eval_loss
             record.best_step, record.best_checkpoint = lost.best_step, lost.best_checkpoint
+            record.best_checkpoint_metric, record.best_checkpoint_step = (lost.best_checkpoint_metric,
+                                                                          lost.best_checkpoint_step)
         record.awaiting_start = True
         self.say(f"trial {trial.trial_id}: goes on from lost trial {lost.trial_id}'s checkpoint at step {step}")
 
@@ -236,6 +238,9 @@ class TrialLedger(tune.Callback):
         if result.get(C.TRIAL_STATUS) not in C.ABORTED and not result.get(C.REPEAT) and not redone:
             record.reports += 1
             record.history.append({**{k: result.get(k) for k in C.REPORT_KEYS}, "reported_at": time.time()})
+            if records.better(value, record.best_metric, self.mode):  # with a checkpoint or not
+                record.best_metric, record.best_eval_loss = value, result.get(C.EVAL_LOSS)
+                record.best_step = result.get(C.STEP)
             if self.tracker is not None:
                 self.tracker.trial_reported(trial.trial_id, result)
         record.node_id, record.gpu_ids = result.get(C.NODE_ID), result.get(C.GPU_IDS)
@@ -266,12 +271,13 @@ class TrialLedger(tune.Callback):
         self._write(record)
 
     def _checkpointed(self, record: TrialRecord, result: dict[str, Any], path: str) -> None:
-        """A checkpoint was kept for the last report: is it the trial's best?"""
+        """A checkpoint was kept for the last report: is it the trial's best checkpoint? (The best
+        report is tracked at every report, checkpoint or not: only promotion needs one.)"""
         record.checkpoint_step = result.get(C.STEP)  # where a resume of this trial goes on from
         value, record.pending_value = record.pending_value, None
-        if records.better(value, record.best_metric, self.mode):
-            record.best_metric, record.best_eval_loss = value, result.get(C.EVAL_LOSS)
-            record.best_step, record.best_checkpoint = result.get(C.STEP), path
+        if records.better(value, records.checkpoint_metric(record), self.mode):
+            record.best_checkpoint, record.best_checkpoint_metric = path, value
+            record.best_checkpoint_step = result.get(C.STEP)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, classify(trial.last_result, error=False), trials)

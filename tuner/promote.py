@@ -12,7 +12,7 @@ import logging
 import math
 from typing import Any, Callable
 
-from tuner import metrics
+from tuner import metrics, records
 from tuner import model as model_lib
 from tuner.data import Prepared, load_prepared, read_pairs
 from tuner.errors import first_line
@@ -188,7 +188,7 @@ def rerank(candidates: list[Any], locate: Callable[[Any], str], prepared: Prepar
     selection = {"top_k": settings.top_k, "split": "validation", "blocks": len(validation),
                  "search_winner": top[0].trial_id if top else None,
                  "chosen": order[0].trial_id if order else None,
-                 "candidates": [{"trial_id": r.trial_id, "search_metric": r.best_metric, "validation_loss": loss}
+                 "candidates": [{"trial_id": r.trial_id, "search_metric": records.checkpoint_metric(r), "validation_loss": loss}
                                 for loss, r in scored]}
     selection["changed"] = selection["chosen"] != selection["search_winner"]
     return order, selection

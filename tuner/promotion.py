@@ -151,7 +151,7 @@ def _evaluate_best_readable(spec: Spec, ctx: TrialContext, baseline: TrialRecord
 
 def _summary(spec: Spec, best: TrialRecord, final: dict[str, Any], best_dir: Path) -> None:
     log.info("best trial %s: search %s %.4f at step %s; test perplexity %.2f", best.trial_id,
-             spec.search.metric, best.best_metric, best.best_step, final["perplexity"])
+             spec.search.metric, records.checkpoint_metric(best), records.checkpoint_step(best), final["perplexity"])
     for line in results.ab_lines(final):
         log.info("  %s", line)
     if "baseline" in final and "tuning_beat_baseline" in final["baseline"]:

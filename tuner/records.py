@@ -31,10 +31,12 @@ class TrialRecord:
     params: dict[str, Any] = field(default_factory=dict)  # the sampled hyperparameters
     reports: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per report: C.REPORT_KEYS
-    best_metric: float | None = None  # the search metric of its best checkpointed report
+    best_metric: float | None = None  # the search metric of its best report (with a checkpoint or not)
     best_eval_loss: float | None = None
     best_step: int | None = None
     best_checkpoint: str | None = None  # relative to the sweep's location
+    best_checkpoint_metric: float | None = None  # the metric of the report that checkpoint came with
+    best_checkpoint_step: int | None = None  # and its step (a user's loop may report without saving)
     checkpoint_deleted: bool = False  # its best checkpoint was removed (it can no longer win)
     checkpoint_step: int | None = None  # the step of its latest checkpoint: where a resume goes on
     latest_checkpoint: dict[str, Any] | None = None  # {"path": relative, "metrics": what Tune registered}
@@ -96,15 +98,32 @@ def better(value: float | None, than: float | None, mode: str) -> bool:
     return value < than if mode == "min" else value > than
 
 
-def rank_key(record: TrialRecord, mode: str) -> tuple:
-    """Sort key, best first: promotable trials by their best metric, then everything else."""
-    if not record.promotable:
+def rank_key(record: TrialRecord, mode: str, by_checkpoint: bool = False) -> tuple:
+    """Sort key, best first: promotable trials by their best metric (or, to choose a checkpoint, by
+    their best checkpoint's), then everything else."""
+    value = checkpoint_metric(record) if by_checkpoint else record.best_metric
+    if not record.promotable or not finite(value):
         return (1, 0.0)
-    return (0, record.best_metric if mode == "min" else -record.best_metric)
+    return (0, value if mode == "min" else -value)
 
 
-def ranked(found: Iterable[TrialRecord], mode: str) -> list[TrialRecord]:
-    return sorted(found, key=lambda r: rank_key(r, mode))
+def ranked(found: Iterable[TrialRecord], mode: str, by_checkpoint: bool = False) -> list[TrialRecord]:
+    return sorted(found, key=lambda r: rank_key(r, mode, by_checkpoint))
+
+
+def checkpoint_metric(record: TrialRecord) -> float | None:
+    """The metric its best checkpoint was saved with (a record from before these were kept apart:
+    its best report's, which every checkpointed report then was)."""
+    if record.best_checkpoint_metric is not None:
+        return record.best_checkpoint_metric
+    return record.best_metric if record.best_checkpoint else None
+
+
+def checkpoint_step(record: TrialRecord) -> int | None:
+    """The step its best checkpoint was saved at (see `checkpoint_metric`)."""
+    if record.best_checkpoint_step is not None:
+        return record.best_checkpoint_step
+    return record.best_step if record.best_checkpoint else None
 
 
 def best_of(found: Iterable[TrialRecord], mode: str) -> TrialRecord | None:

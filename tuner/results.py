@@ -69,7 +69,7 @@ def _cell(value: Any) -> str:
 def best_records(sweep_dir: Path, mode: str) -> list[TrialRecord]:
     """Promotable trials with a checkpoint, best first. NaN or inf never wins."""
     return records.ranked((r for r in records.load_all(sweep_dir) if r.promotable and r.best_checkpoint
-                           and not r.checkpoint_deleted), mode)
+                           and not r.checkpoint_deleted), mode, by_checkpoint=True)
 
 
 def baseline_record(found: Iterable[TrialRecord], baseline: dict[str, Any] | None) -> TrialRecord | None:

@@ -37,7 +37,7 @@ def beyond_keep(found: Iterable[TrialRecord], keep: int, mode: str,
     kept regardless): their checkpoints can go."""
     kept = [r for r in found if r.promotable and r is not baseline and r.best_checkpoint
             and not r.checkpoint_deleted]
-    return records.ranked(kept, mode)[keep:]
+    return records.ranked(kept, mode, by_checkpoint=True)[keep:]
 
 
 def drop_checkpoint(record: TrialRecord, location: str) -> None:

@@ -286,7 +286,7 @@ class Tracker:
                 return
             run = self._init(name=f"{self.spec.name}-final-eval", job_type="final-eval",
                              config={**space.resolve(self.spec, best.params), "trial_id": best.trial_id,
-                                     "checkpoint_step": best.best_step})
+                                     "checkpoint_step": records.checkpoint_step(best)})
             run.summary.update({f"test/{k}": v for k, v in final_eval.items()
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
             for name in ("tuned", "base", "baseline"):  # the A/B figures, one W&B section per model
