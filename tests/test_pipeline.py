@@ -16,7 +16,7 @@ import yaml
 from tests.conftest import LIGHT_PROMOTE
 from tests.conftest import TINY as TINY_PATH
 from tuner import constants as C
-from tuner import load_spec, run_sweep
+from tuner import layout, load_spec, run_sweep
 from tuner.data import load_prepared, read_prepared
 from tuner.records import load_all as load_records
 
@@ -226,6 +226,27 @@ def test_reports_without_checkpoints_still_rank_the_trial_and_promotion_takes_it
     assert best.best_checkpoint_step == 1 and best.best_checkpoint_metric == pytest.approx(5.0 + best.params["learning_rate"])
     assert load_spec(result.paths["config"]).train.stop_after_steps == 1  # the exported checkpoint's step
     assert json.loads(result.paths["final_eval"].read_text())["step"] == 1
+
+
+def _never_checkpoints(config, report):
+    """A user's loop (a simulation, say) that reports and never saves a model."""
+    for step, loss in ((1, 5.0), (2, 4.5), (3, 4.0)):
+        report({"eval_loss": loss + config["learning_rate"], "tokens_seen": step * 96, "step": step})
+
+
+def test_a_sweep_whose_reports_never_carry_a_checkpoint_ranks_its_trials_and_exports_nothing(ray_runtime,
+                                                                                           tmp_path):
+    result = run_sweep(TINY_PATH, trial_fn=_never_checkpoints, overrides=[
+        "data.max_records=300", "scheduler=none", "search.num_samples=3", "search.baseline=null",
+        f"storage={tmp_path / 'bare'}"])
+    losses = [row["best_eval_loss"] for row in result.leaderboard]
+    assert losses == sorted(losses) and len(losses) == 3
+    assert losses == [pytest.approx(4.0 + row["learning_rate"]) for row in result.leaderboard]
+    assert result.best.trial_id == result.leaderboard[0]["trial_id"] and result.best.best_step == 3
+    assert result.final_eval == {} and "model" not in result.paths
+    assert not (tmp_path / "bare" / "best").exists() and result.paths["leaderboard"].is_file()
+    progress = [line for line in (tmp_path / "bare" / layout.SWEEP_LOG).read_text().splitlines() if "finished" in line]
+    assert progress and "no best yet" not in progress[-1] and f"({result.best.trial_id})" in progress[-1]
 
 
 def _nan_above(learning_rate):

@@ -146,7 +146,7 @@ def _drive(spec: Spec, saved: str, address: str | None, trial_fn: Callable | Non
         if board:  # a failed sweep's report still shows what its trials did
             write_report(spec)
             log.info("study: %s", dashboard_command(sweep_dir))
-        tracker.sweep_ended(board, result.paths["best"] if result else None)
+        tracker.sweep_ended(board, result.paths.get("best") if result else None)
         tracker.close()
         _upload_results(spec, progress)
     return result

@@ -63,7 +63,11 @@ def promote_and_export(spec: Spec, ctx: TrialContext, board: list[dict[str, Any]
                        tracker: tracking.Tracker) -> SweepResult:
     """The best promotable trial's final evaluation on the test split, then `best/`."""
     sweep_dir, prepared = spec.sweep_dir, ctx.prepared
-    baseline_record = results.baseline_record(records.load_all(sweep_dir), spec.search.baseline)
+    found = records.load_all(sweep_dir)
+    ranked = records.ranked((r for r in found if r.promotable and records.finite(r.best_metric)), spec.search.mode)
+    if ctx.trial_fn is not None and ranked and not any(r.best_checkpoint for r in found):
+        return _unpromotable(spec, board, ranked[0])
+    baseline_record = results.baseline_record(found, spec.search.baseline)
     best, (metrics, samples, best_model), selection = _evaluate_best_readable(spec, ctx, baseline_record)
     baseline = results.baseline_comparison(baseline_record, best, spec.search.mode)
     if baseline is not None:
@@ -79,6 +83,17 @@ def promote_and_export(spec: Spec, ctx: TrialContext, board: list[dict[str, Any]
                 storage.upload(sweep_dir / name, storage.join(spec.location, name))
     _summary(spec, best, final_eval, best_dir)
     return _result(spec, board, best, final_eval, best_dir)
+
+def _unpromotable(spec: Spec, board: list[dict[str, Any]], best: TrialRecord) -> SweepResult:
+    """A `trial_fn` whose reports carry no checkpoint: its trials are ranked (the leaderboard), and
+    nothing is promoted or exported, which needs a model to load."""
+    log.info("best trial %s: search %s %.4f at step %s", best.trial_id, spec.search.metric, best.best_metric,
+             best.best_step)
+    log.info("no trial reported a checkpoint (trial_fn's report(metrics, checkpoint_dir)), so nothing was "
+             "promoted or exported; results: %s (leaderboard.csv)", spec.sweep_dir)
+    return SweepResult(spec.sweep_dir, board, best, {}, {"leaderboard": spec.sweep_dir / layout.LEADERBOARD,
+                                                         "report": spec.sweep_dir / layout.REPORT_FILE})
+
 
 def _result(spec: Spec, board: list[dict[str, Any]], best: TrialRecord | None, final_eval: dict[str, Any],
             best_dir: Path) -> SweepResult:
