@@ -27,3 +27,16 @@ def timed_search():
         yield walls
     finally:
         sweep.run_search = search
+
+
+def bootstrap(values: list[float], rounds: int = 10000, seed: int = 0) -> dict[str, float]:
+    """The median over seeds and a 95% percentile-bootstrap interval for it (seeds resampled).
+
+    The interval's ends are resampled medians themselves (no interpolation), so a value that is
+    infinite (a sweep that never matched) gives an infinite end rather than NaN."""
+    import numpy as np
+
+    data = np.array(values, dtype=float)
+    medians = np.sort(np.median(np.random.default_rng(seed).choice(data, size=(rounds, len(data))), axis=1))
+    return {"median": float(np.median(data)), "lo": float(medians[int(0.025 * (rounds - 1))]),
+            "hi": float(medians[int(np.ceil(0.975 * (rounds - 1)))])}

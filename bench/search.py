@@ -9,10 +9,14 @@ than its default 10). Compute is training tokens. Reports are put in the order t
 them, so a sweep's compute curve is its best validation loss so far against the training tokens all
 its trials had used by then.
 
-`compute_to_match`: for each seed, the training tokens TPE + ASHA had used when its best loss first
-reached the best loss of random search without early stopping, as a fraction of all the tokens that
-random search used; never reached counts as infinite; the median over seeds. Prints a Markdown table
-and, last, a JSON line with the curves.
+`compute_to_match` per method: for each seed, the training tokens the method had used when its best
+loss first reached the final best loss of random search without early stopping, divided by all the
+tokens that random search used (the denominator is random search's, for every method: "what
+fraction of random search's compute did it need to match it"); never reached counts as infinite.
+Median over seeds with a 95% bootstrap interval. `matched_in_startup`: the seeds on which TPE's
+match came from one of its random start-up trials, drawn before TPE models anything (with the same
+seed they are random + ASHA's first draws: the two then match at the same point, and the figure
+says nothing of TPE). Prints a Markdown table and, last, a JSON line with the curves.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import bootstrap  # bench/, beside this script
 
 METHODS = {
     "tpe_asha": ["search.sampler=tpe", "scheduler.type=asha"],
@@ -35,28 +40,33 @@ METHODS = {
 }
 
 
-def curve(sweep_dir: Path) -> list[tuple[int, float]]:
-    """(training tokens used so far, best eval loss so far) after each report, in arrival order."""
+def curve(sweep_dir: Path) -> list[tuple[int, float, int]]:
+    """(training tokens used so far, best eval loss so far, the order in which the trial holding it
+    started) after each report, in arrival order."""
     from tuner import constants as C
 
-    reports = []
+    reports, started = [], []
     for path in (sweep_dir / "trials").glob("*.json"):
+        record = json.loads(path.read_text())
+        started.append((record.get("started_at") or math.inf, record["trial_id"]))
         previous = 0
-        for point in json.loads(path.read_text())["history"]:
+        for point in record["history"]:
             tokens = int(point[C.TOKENS_SEEN])
-            reports.append((point["reported_at"], tokens - previous, point[C.EVAL_LOSS]))
+            reports.append((point["reported_at"], tokens - previous, point[C.EVAL_LOSS], record["trial_id"]))
             previous = tokens
-    used, best, points = 0, math.inf, []
-    for _, tokens, loss in sorted(reports):
+    order = {trial: rank for rank, (_, trial) in enumerate(sorted(started))}
+    used, best, holder, points = 0, math.inf, -1, []
+    for _, tokens, loss, trial in sorted(reports):
         used += tokens
-        if loss is not None and math.isfinite(loss):
-            best = min(best, loss)
-        points.append((used, best))
+        if loss is not None and math.isfinite(loss) and loss < best:
+            best, holder = loss, order[trial]
+        points.append((used, best, holder))
     return points
 
 
-def tokens_to_reach(points: list[tuple[int, float]], target: float) -> float:
-    return next((used for used, best in points if best <= target), math.inf)
+def tokens_to_reach(points: list[tuple[int, float, int]], target: float) -> tuple[float, int | None]:
+    """Tokens used when the best first reached `target`, and the start order of the trial that did."""
+    return next(((used, holder) for used, best, holder in points if best <= target), (math.inf, None))
 
 
 def run(spec_path: str, method: str, seed: int, trials: int, startup: int, root: Path,
@@ -85,18 +95,21 @@ def main() -> None:
             for method in METHODS:
                 curves[method][seed] = run(args.spec, method, seed, args.trials, args.startup, Path(tmp), args.set)
 
-    rows, fractions = [], []
+    rows = []
     for seed in args.seeds:
         baseline = curves["random"][seed]
         target, total = baseline[-1][1], baseline[-1][0]
         row = {"seed": seed, "target_loss": target, "random_tokens": total}
         for method in ("tpe_asha", "random_asha"):
             points = curves[method][seed]
+            reached, holder = tokens_to_reach(points, target)
             row[f"{method}_best"] = points[-1][1]
             row[f"{method}_tokens"] = points[-1][0]
-            row[f"{method}_to_match"] = tokens_to_reach(points, target) / total
-        fractions.append(row["tpe_asha_to_match"])
+            row[f"{method}_to_match"] = reached / total
+            if method == "tpe_asha":
+                row[f"{method}_matched_in_startup"] = holder is not None and holder < args.startup
         rows.append(row)
+    match = {m: bootstrap([r[f"{m}_to_match"] for r in rows]) for m in ("tpe_asha", "random_asha")}
 
     print(f"Workload: {args.spec} {' '.join(args.set)}, {args.trials} trials per sweep, TPE start-up "
           f"{args.startup}, CPU\n")
@@ -107,10 +120,16 @@ def main() -> None:
         print(f"| {r['seed']} | {r['target_loss']:.4f} | {r['random_tokens']:,} | {r['tpe_asha_best']:.4f} | "
               f"{r['tpe_asha_tokens']:,} | {r['tpe_asha_to_match']:.3f} | {r['random_asha_best']:.4f} | "
               f"{r['random_asha_tokens']:,} | {r['random_asha_to_match']:.3f} |")
-    finite = lambda x: x if not isinstance(x, float) or math.isfinite(x) else "inf"  # noqa: E731
-    print(json.dumps({"compute_to_match": finite(statistics.median(fractions)),
+    finite = lambda x: x if not isinstance(x, float) or math.isfinite(x) else "inf"
+    show = lambda x: f"{x:.3f}" if math.isfinite(x) else "inf"
+    for m, stat in match.items():
+        print(f"\n{m}: compute_to_match {show(stat['median'])} [95% CI {show(stat['lo'])}, {show(stat['hi'])}] of "
+              f"random search's tokens" + (f"; matched by one of its random start-up trials on "
+                                             f"{sum(r[m + '_matched_in_startup'] for r in rows)} of {len(rows)} seeds"
+                                             if m == "tpe_asha" else ""))
+    print(json.dumps({"compute_to_match": {m: {k: finite(v) for k, v in stat.items()} for m, stat in match.items()},
                       "seeds": [{k: finite(v) for k, v in row.items()} for row in rows],
-                      "curves": {m: {str(s): [[used, finite(best)] for used, best in c] for s, c in by_seed.items()}
+                      "curves": {m: {str(s): [[used, finite(best)] for used, best, _ in c] for s, c in by_seed.items()}
                                  for m, by_seed in curves.items()}}))
 
 
