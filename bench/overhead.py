@@ -14,7 +14,9 @@ trial's record (start and end times, its time by part) and the search's wall tim
 - `teardown_s`: from the last trial's end to the search's end (Ray's shutdown included);
 - `overhead`: 1 - training-step time / (search wall time x concurrent trial slots), for the spec as
   given (`tiny`, no target) and, unless --no-long, for a workload whose trials train >= 60 s each
-  (`overhead_long`: the tiny preset with a larger train split and more epochs, through `--set`).
+  (`overhead_long`: the tiny preset at 15 epochs, batch 8, no early stopping, through `--set`).
+  `startup_parts` splits `startup_s`: before Ray, Ray's start, Tune's set-up until the first trial starts,
+  that worker's start and imports, its data and model load.
 
 Targets: `trial_fixed_s.reused` <= 1.0 s, `startup_s` <= 15 s on this machine, `overhead_long` <=
 0.05. Prints a Markdown table and, last, a JSON line.
@@ -35,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 from common import timed_search  # bench/, beside this script
 
-# Trials that train >= 60 s each on 2 cores (two at a time): 6 epochs of the tiny preset's corpus.
-LONG = ["search.num_samples=4", "search.space.num_train_epochs={type: int, low: 6, high: 6}",
-        "search.baseline.num_train_epochs=6",
+# Trials that train >= 60 s each on 2 cores (two at a time): 15 epochs of the tiny preset's corpus.
+LONG = ["search.num_samples=4", "search.space.num_train_epochs={type: int, low: 15, high: 15}",
+        "search.baseline.num_train_epochs=15",
         ("search.space.per_device_train_batch_size={type: categorical, choices: [8]}"),
         "scheduler=none", "promote.num_prompts=0", "promote.top_k=1", "promote.evaluate_base=false"]
 
@@ -57,6 +59,12 @@ def run(spec_path: str, storage: Path, name: str, overrides: list[str]) -> dict:
     timing = {r.trial_id: r.timing or {} for r in found}
     first_step = min(r.started_at + sum(timing[r.trial_id].get(k, 0.0) for k in (C.TIME_START, C.TIME_DATA,
                                                                                  C.TIME_MODEL)) for r in found)
+    first = min(found, key=lambda r: r.started_at)
+    marks = _MARKS
+    parts = {"before_ray": marks["ray_start"] - started, "ray_start": marks["ray_end"] - marks["ray_start"],
+             "tune_setup": first.started_at - marks["ray_end"],
+             "worker_start_and_imports": timing[first.trial_id].get(C.TIME_START, 0.0),
+             "data_and_model": sum(timing[first.trial_id].get(k, 0.0) for k in (C.TIME_DATA, C.TIME_MODEL))}
     fixed = {"first": [], "reused": []}
     for r in found:
         t = timing[r.trial_id]
@@ -65,6 +73,7 @@ def run(spec_path: str, storage: Path, name: str, overrides: list[str]) -> dict:
     slots = int(spec.search.max_concurrent_trials or 1)
     train = sum(t.get(C.TIME_TRAIN, 0.0) for t in timing.values())
     return {"trials": len(found), "slots": slots, "wall_s": sum(walls), "startup_s": first_step - started,
+            "startup_parts": parts,
             "trial_fixed_s": {k: statistics.median(v) if v else None for k, v in fixed.items()},
             "trial_fixed_n": {k: len(v) for k, v in fixed.items()},
             "teardown_s": search_end - max(r.ended_at for r in found),
@@ -73,6 +82,23 @@ def run(spec_path: str, storage: Path, name: str, overrides: list[str]) -> dict:
 
 
 _SEARCH_END: list[float] = []  # when the last search returned, by the wall clock the records use
+_MARKS: dict[str, float] = {}  # when the last search began and finished starting Ray
+
+
+def _mark_ray_start() -> None:
+    """Wrap `sweep.init_ray`: when Ray's start began and ended, for the start-up's parts."""
+    from tuner import sweep
+
+    init = sweep.init_ray
+
+    def marked(*args, **kwargs):
+        _MARKS["ray_start"] = time.time()
+        try:
+            return init(*args, **kwargs)
+        finally:
+            _MARKS["ray_end"] = time.time()
+
+    sweep.init_ray = marked
 
 
 def _mark_search_end() -> None:
@@ -98,6 +124,7 @@ def main() -> None:
     args = parser.parse_args()
 
     _mark_search_end()
+    _mark_ray_start()
     rows = {}
     with tempfile.TemporaryDirectory(prefix="tuner-overhead-") as tmp:
         rows["tiny (as given)"] = run(args.spec, Path(tmp), "overhead-tiny", list(args.set))
@@ -114,8 +141,12 @@ def main() -> None:
         print(f"| {label} | {r['trials']} | {r['slots']} | {r['train_s_per_trial']:.1f} | {r['startup_s']:.1f} | "
               f"{fixed['first']} | {fixed['reused']} | {r['teardown_s']:.1f} | {r['wall_s']:.1f} | "
               f"{r['overhead']:.1%} |")
+    print("\nStart-up, s: " + "; ".join(f"{label}: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}"
+                                                                  for k, v in r["startup_parts"].items())
+                                         for label, r in rows.items()))
     tiny = rows["tiny (as given)"]
     out = {"startup_s": round(tiny["startup_s"], 2),
+           "startup_parts": {k: round(v, 2) for k, v in tiny["startup_parts"].items()},
            "trial_fixed_s": {k: round(v, 3) if v is not None else None for k, v in tiny["trial_fixed_s"].items()},
            "teardown_s": round(tiny["teardown_s"], 2), "overhead_tiny": round(tiny["overhead"], 4)}
     if "long (trials train >= 60 s)" in rows:
