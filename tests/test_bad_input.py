@@ -190,3 +190,60 @@ def test_an_address_where_no_cluster_answers(tmp_path, capsys):
     assert code == 2 and time.monotonic() - start < 30, err
     assert err.count("tuner: error:") == 1 and "Traceback" not in err
     assert f"--address 127.0.0.1:{port}: cannot reach a Ray cluster there" in err and "ray start --head" in err
+
+
+TINY_TEXT = Path(TINY).read_text()
+BOMB = "".join(f"{n}: &{n} [" + ", ".join([f"*{p}" if p else "x"] * 9) + "]\n"
+               for n, p in zip("abcdefg", ["", "a", "b", "c", "d", "e", "f"]))
+
+# A spec file that is not YAML a spec may be written in: id, its bytes, substrings of the message.
+FILES = [
+    pytest.param(b"\x00\x01\x02name: x\n", ["a binary file, not a YAML spec", "written as UTF-8"], id="binary"),
+    pytest.param(TINY_TEXT.replace("tiny GPT-2", "tiny GPT-2 caf\xe9").encode("latin-1"),
+                 ["line 3: byte 0xe9 is not UTF-8", "save the file as UTF-8"], id="latin-1"),
+    pytest.param((TINY_TEXT + "extra: &shared [1, 2]\nmore: *shared\n").encode(),
+                 ["an alias (*shared)", "may not use YAML anchors and aliases", "write the value out in full"],
+                 id="alias"),
+    pytest.param(BOMB.encode(), ["line 2: an alias (*a)"], id="billion-laughs"),
+    pytest.param(("name: x\nz: " + "[" * 5000 + "]" * 5000 + "\n").encode(),
+                 ["line 2: nested more than 32 levels deep", "flatten the structure"], id="deep-nesting"),
+    pytest.param(("name: x\nz: " + "{a: " * 40 + "1" + "}" * 40 + "\n").encode(),
+                 ["nested more than 32 levels deep"], id="deep-mappings"),
+    pytest.param(TINY_TEXT.replace("name: tiny\n", "name: tiny\nname: other\n").encode(),
+                 ["the key 'name' is given twice in one mapping", "keep one"], id="duplicate-top-level-key"),
+    pytest.param(TINY_TEXT.replace("  mode: min\n", "  mode: min\n  mode: max\n").encode(),
+                 ["the key 'mode' is given twice"], id="duplicate-nested-key"),
+]
+
+
+@pytest.mark.parametrize("content, needles", FILES)
+def test_a_spec_file_that_is_not_plain_yaml_exits_2_fast(content, needles, tmp_path, capsys, monkeypatch):
+    """Refused with its line before anything is built, within seconds (an alias bomb is never expanded)."""
+    import time
+
+    monkeypatch.setattr(sweep, "init_ray", _must_not_run)
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(content)
+    start = time.monotonic()
+    code = launch.main(["validate", str(path), "--set", f"storage={tmp_path / 'sweep'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - start < 10, err
+    assert err.count("tuner: error:") == 1 and "Traceback" not in err, err
+    assert str(path) in err, err
+    for needle in needles:
+        assert needle in err, err
+    assert path.read_bytes() == content  # nothing the user made is changed
+
+
+@pytest.mark.parametrize("value, needles", [
+    pytest.param("&a [1, *a]", ["an alias"], id="set-alias"),
+    pytest.param("{a: 1, a: 2}", ["the key 'a' is given twice"], id="set-duplicate-key"),
+])
+def test_a_set_value_that_is_not_plain_yaml_exits_2(value, needles, tmp_path, capsys):
+    code = launch.main(["validate", str(TINY), "--set", f"storage={tmp_path / 'sweep'}",
+                        "--set", f"search.space.weight_decay={value}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("tuner: error:") == 1 and "Traceback" not in err, err
+    assert "--set 'search.space.weight_decay=" in err
+    for needle in needles:
+        assert needle in err, err

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tuner import secret
+from tuner import secret, yamlfile
 from tuner.constants import EVAL_LOSS, HYPERPARAMETER_DEFAULTS, MODEL_HYPERPARAMETERS, REPORT_KEYS
 from tuner.errors import UserError
 
@@ -333,7 +333,9 @@ def load_spec(source: str | Path | dict[str, Any], overrides: list[str] | None =
             raise SpecError(f"spec file {str(source)!r} does not exist: give the path of a YAML spec, "
                             "e.g. search_spaces/tiny.yaml")
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = yamlfile.load(yamlfile.read_text(path))
+        except yamlfile.YamlRefused as exc:
+            raise SpecError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from None
         except yaml.YAMLError as exc:
             raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -356,7 +358,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             node[part] = {}
         node = node[part]
     try:
-        node[parts[-1]] = yaml.safe_load(text) if text else None
+        node[parts[-1]] = yamlfile.load(text) if text else None
+    except yamlfile.YamlRefused as exc:
+        raise SpecError(f"--set {item!r}: {exc}") from None
     except yaml.YAMLError:
         raise SpecError(f"--set {item!r}: the value {text!r} is not valid YAML; quote strings and close "
                         "brackets, e.g. --set search.space.weight_decay=\"{type: float, low: 0, high: 0.1}\"") from None
