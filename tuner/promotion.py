@@ -64,9 +64,10 @@ def promote_and_export(spec: Spec, ctx: TrialContext, board: list[dict[str, Any]
     """The best promotable trial's final evaluation on the test split, then `best/`."""
     sweep_dir, prepared = spec.sweep_dir, ctx.prepared
     found = records.load_all(sweep_dir)
-    ranked = records.ranked((r for r in found if r.promotable and records.finite(r.best_metric)), spec.search.mode)
-    if ctx.trial_fn is not None and ranked and not any(r.best_checkpoint for r in found):
-        return _unpromotable(spec, board, ranked[0])
+    if ctx.trial_fn is not None and not any(r.best_checkpoint for r in found):
+        top = records.ranked(found, spec.search.mode)[:1]  # non-promotable and NaN rank last
+        if top and top[0].promotable:
+            return _unpromotable(spec, board, top[0])
     baseline_record = results.baseline_record(found, spec.search.baseline)
     best, (metrics, samples, best_model), selection = _evaluate_best_readable(spec, ctx, baseline_record)
     baseline = results.baseline_comparison(baseline_record, best, spec.search.mode)
@@ -83,6 +84,7 @@ def promote_and_export(spec: Spec, ctx: TrialContext, board: list[dict[str, Any]
                 storage.upload(sweep_dir / name, storage.join(spec.location, name))
     _summary(spec, best, final_eval, best_dir)
     return _result(spec, board, best, final_eval, best_dir)
+
 
 def _unpromotable(spec: Spec, board: list[dict[str, Any]], best: TrialRecord) -> SweepResult:
     """A `trial_fn` whose reports carry no checkpoint: its trials are ranked (the leaderboard), and

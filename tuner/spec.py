@@ -335,7 +335,7 @@ def load_spec(source: str | Path | dict[str, Any], overrides: list[str] | None =
         try:
             raw = yamlfile.load(yamlfile.read_text(path))
         except yamlfile.YamlRefused as exc:
-            raise SpecError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from None
+            raise SpecError(f"{path}: {exc}") from None
         except yaml.YAMLError as exc:
             raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

@@ -21,16 +21,17 @@ class YamlRefused(ValueError):
 
 
 def read_text(path: Path) -> str:
-    """The file's text, which must be UTF-8 (a spec is text; Latin-1 or binary is refused)."""
+    """The file's text, which must be UTF-8 (a spec is text; Latin-1 or binary is refused). The
+    caller names the file in its message, as it does for `load`'s."""
     data = path.read_bytes()
     if b"\0" in data:
-        raise YamlRefused(f"{path}: a binary file, not a YAML spec: give the path of a text file "
+        raise YamlRefused("a binary file, not a YAML spec: give the path of a text file "
                           "written as UTF-8")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
-        raise YamlRefused(f"{path}: line {line}: byte 0x{data[exc.start]:02x} is not UTF-8; save the file "
+        raise YamlRefused(f"line {line}: byte 0x{data[exc.start]:02x} is not UTF-8; save the file "
                           "as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
 
 
