@@ -47,6 +47,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import platform
 import random
 import shutil
@@ -61,7 +62,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import bootstrap  # bench/, beside this script
+from common import arrival_order, bootstrap, trial_records  # bench/, beside this script
 
 SPACE = ("search.space={learning_rate: {type: float, low: 1.0e-5, high: 1.0e-1, log: true}, "
          "per_device_train_batch_size: {type: categorical, choices: [8, 16, 32, 64]}, "
@@ -162,16 +163,8 @@ class stock_optuna:
 
 def reports(sweep_dir: Path) -> list[tuple[int, float, dict, int]]:
     """Every report in arrival order: (tokens it added, observed loss, its trial's config, tokens seen)."""
-    found = []
-    for path in (sweep_dir / "trials").glob("*.json"):
-        record = json.loads(path.read_text())
-        previous = 0
-        for point in record["history"]:
-            tokens = int(point["tokens_seen"])
-            found.append((point["reported_at"], tokens - previous, point["eval_loss"], record["params"],
-                          tokens))
-            previous = tokens
-    return [row[1:] for row in sorted(found, key=lambda row: row[0])]
+    return [(added, point["eval_loss"], record["params"], int(point["tokens_seen"]))
+            for record, point, added in arrival_order(trial_records(sweep_dir))]
 
 
 def summarise(rows: list, per_epoch: int, best: float) -> dict:
@@ -276,7 +269,7 @@ def report(args, results: dict, per_epoch: int, every: int, best: float) -> None
                                         for arm in args.arms}}
     out.update(optimum=best, tokens_per_epoch=per_epoch, report_every_tokens=every, seeds=len(seeds),
                trials=args.trials, concurrency=args.concurrency, machine=f"{platform.machine()}, "
-               f"{__import__('os').cpu_count()} CPUs", versions=_versions())
+               f"{os.cpu_count()} CPUs", versions=_versions())
     print(f"\nSynthetic curve, optimum {best:.4f}; {len(seeds)} seeds x {args.trials} trials, {args.concurrency} "
           f"at a time; tokens per epoch {per_epoch:,}, a report every {every:,}\n")
     print("| arm | compute_to_match, median [95% CI] | never matched | final regret, median [95% CI] | "

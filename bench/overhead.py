@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import timed_search  # bench/, beside this script
+from common import seconds, spans, timed_search  # bench/, beside this script
 
 # Trials that train >= 60 s each on 2 cores (two at a time): 15 epochs of the tiny preset's corpus.
 LONG = ["search.num_samples=4", "search.space.num_train_epochs={type: int, low: 15, high: 15}",
@@ -47,22 +47,22 @@ LONG = ["search.num_samples=4", "search.space.num_train_epochs={type: int, low: 
 def run(spec_path: str, storage: Path, name: str, overrides: list[str]) -> dict:
     """One sweep after its data is prepared: startup, per-trial fixed cost, teardown, overhead."""
     from tuner import constants as C
-    from tuner import data, pipeline, records
+    from tuner import data, pipeline, records, sweep
 
     spec = pipeline.resolve_spec(spec_path, [f"storage={storage / name}", *overrides], name)
     data.prepare(spec, spec.sweep_dir)  # cached: the sweep below reuses it
     started = time.time()
-    with timed_search() as walls:
+    with timed_search() as walls, spans(sweep, "init_ray") as ray:
         result = pipeline.run_sweep(spec_path, overrides=[f"storage={storage / name}", *overrides], name=name)
-    search_end = _SEARCH_END[0]  # the wall-clock time the search returned (Ray shut down)
+    search_end = walls[-1][1]  # when the search returned (Ray shut down)
+    ray_start, ray_end = ray[-1]
     found = records.load_all(result.sweep_dir)
     timing = {r.trial_id: r.timing or {} for r in found}
     first_step = min(r.started_at + sum(timing[r.trial_id].get(k, 0.0) for k in (C.TIME_START, C.TIME_DATA,
                                                                                  C.TIME_MODEL)) for r in found)
     first = min(found, key=lambda r: r.started_at)
-    marks = _MARKS
-    parts = {"before_ray": marks["ray_start"] - started, "ray_start": marks["ray_end"] - marks["ray_start"],
-             "tune_setup": first.started_at - marks["ray_end"],
+    parts = {"before_ray": ray_start - started, "ray_start": ray_end - ray_start,
+             "tune_setup": first.started_at - ray_end,
              "worker_start_and_imports": timing[first.trial_id].get(C.TIME_START, 0.0),
              "data_and_model": sum(timing[first.trial_id].get(k, 0.0) for k in (C.TIME_DATA, C.TIME_MODEL))}
     fixed = {"first": [], "reused": []}
@@ -72,48 +72,13 @@ def run(spec_path: str, storage: Path, name: str, overrides: list[str]) -> dict:
         fixed[kind].append((r.ended_at - r.started_at) - t.get(C.TIME_TRAIN, 0.0) - t.get(C.TIME_EVAL, 0.0))
     slots = int(spec.search.max_concurrent_trials or 1)
     train = sum(t.get(C.TIME_TRAIN, 0.0) for t in timing.values())
-    return {"trials": len(found), "slots": slots, "wall_s": sum(walls), "startup_s": first_step - started,
+    return {"trials": len(found), "slots": slots, "wall_s": seconds(walls), "startup_s": first_step - started,
             "startup_parts": parts,
             "trial_fixed_s": {k: statistics.median(v) if v else None for k, v in fixed.items()},
             "trial_fixed_n": {k: len(v) for k, v in fixed.items()},
             "teardown_s": search_end - max(r.ended_at for r in found),
             "train_s_per_trial": statistics.median(t.get(C.TIME_TRAIN, 0.0) for t in timing.values()),
-            "overhead": 1 - train / (sum(walls) * slots)}
-
-
-_SEARCH_END: list[float] = []  # when the last search returned, by the wall clock the records use
-_MARKS: dict[str, float] = {}  # when the last search began and finished starting Ray
-
-
-def _mark_ray_start() -> None:
-    """Wrap `sweep.init_ray`: when Ray's start began and ended, for the start-up's parts."""
-    from tuner import sweep
-
-    init = sweep.init_ray
-
-    def marked(*args, **kwargs):
-        _MARKS["ray_start"] = time.time()
-        try:
-            return init(*args, **kwargs)
-        finally:
-            _MARKS["ray_end"] = time.time()
-
-    sweep.init_ray = marked
-
-
-def _mark_search_end() -> None:
-    """Wrap `sweep.run_search` once more: the wall-clock time it returns (Ray shut down)."""
-    from tuner import sweep
-
-    search = sweep.run_search
-
-    def marked(*args, **kwargs):
-        try:
-            return search(*args, **kwargs)
-        finally:
-            _SEARCH_END[:] = [time.time()]
-
-    sweep.run_search = marked
+            "overhead": 1 - train / (seconds(walls) * slots)}
 
 
 def main() -> None:
@@ -123,8 +88,6 @@ def main() -> None:
     parser.add_argument("--no-long", action="store_true", help="skip the >= 60 s-per-trial workload")
     args = parser.parse_args()
 
-    _mark_search_end()
-    _mark_ray_start()
     rows = {}
     with tempfile.TemporaryDirectory(prefix="tuner-overhead-") as tmp:
         rows["tiny (as given)"] = run(args.spec, Path(tmp), "overhead-tiny", list(args.set))

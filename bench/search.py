@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import bootstrap  # bench/, beside this script
+from common import arrival_order, bootstrap, trial_records  # bench/, beside this script
 
 METHODS = {
     "tpe_asha": ["search.sampler=tpe", "scheduler.type=asha"],
@@ -45,21 +45,15 @@ def curve(sweep_dir: Path) -> list[tuple[int, float, int]]:
     started) after each report, in arrival order."""
     from tuner import constants as C
 
-    reports, started = [], []
-    for path in (sweep_dir / "trials").glob("*.json"):
-        record = json.loads(path.read_text())
-        started.append((record.get("started_at") or math.inf, record["trial_id"]))
-        previous = 0
-        for point in record["history"]:
-            tokens = int(point[C.TOKENS_SEEN])
-            reports.append((point["reported_at"], tokens - previous, point[C.EVAL_LOSS], record["trial_id"]))
-            previous = tokens
-    order = {trial: rank for rank, (_, trial) in enumerate(sorted(started))}
+    found = trial_records(sweep_dir)
+    started = sorted((record.get("started_at") or math.inf, record["trial_id"]) for record in found)
+    order = {trial: rank for rank, (_, trial) in enumerate(started)}
     used, best, holder, points = 0, math.inf, -1, []
-    for _, tokens, loss, trial in sorted(reports):
+    for record, point, tokens in arrival_order(found):
         used += tokens
+        loss = point[C.EVAL_LOSS]
         if loss is not None and math.isfinite(loss) and loss < best:
-            best, holder = loss, order[trial]
+            best, holder = loss, order[record["trial_id"]]
         points.append((used, best, holder))
     return points
 

@@ -45,6 +45,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import platform
 import sys
 import tempfile
@@ -57,7 +58,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import bootstrap, timed_search  # bench/, beside this script
+from common import bootstrap, seconds, timed_search  # bench/, beside this script
 
 HF_NAMES = {"warmup_ratio": "warmup_steps"}  # transformers 5 reads a float < 1 in warmup_steps as a ratio
 ARMS = ("hf_default", "hf_tuned", "tuner", "tuner_no_reuse", "tuner_full_eval", "tuner_padded")
@@ -94,7 +95,7 @@ def run_tuner(arm: str, spec_path: str, seed: int, root: Path) -> dict:
         result = pipeline.run_sweep(spec_path, name=name, overrides=overrides, trial_fn=trial_fn)
     spec = load_spec(result.sweep_dir / "spec.yaml")
     prepared = read_prepared(next((result.sweep_dir / "data").glob("*/prepared.json")).parent)
-    return {"seconds": sum(walls), "test_loss": test_loss(model.load_model(result.paths["best"] / "model"), spec,
+    return {"seconds": seconds(walls), "test_loss": test_loss(model.load_model(result.paths["best"] / "model"), spec,
                                                           prepared),
             "disk_mb": disk_mb(result.sweep_dir, skip=(result.sweep_dir / "data", result.paths["best"])),
             "prepared": prepared}
@@ -330,7 +331,7 @@ def main() -> None:
                 print(json.dumps({"seed": seed, "arm": arm, **rows[arm][seed]}), file=sys.stderr, flush=True)
 
     out = summarise(rows, args.seeds)
-    out.update(machine=f"{platform.machine()}, {__import__('os').cpu_count()} CPUs", versions=versions())
+    out.update(machine=f"{platform.machine()}, {os.cpu_count()} CPUs", versions=versions())
     print(f"\nWorkload: {args.spec}, CPU; seeds {args.seeds}\n")
     print("| arm | search s, median [95% CI] | tuner / arm, paired [95% CI] | test loss, median [95% CI] | disk MB |")
     print("|---|---|---|---|---|")
