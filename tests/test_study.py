@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import optuna
@@ -84,3 +85,44 @@ def test_a_rebuilt_study_holds_the_finished_trials_as_the_searcher_told_them(tmp
     assert states == {"a": ("COMPLETE", 4.0), "b": ("PRUNED", None), "c": ("FAIL", None), "d": ("FAIL", None)}
     assert rebuilt.user_attrs[study.SWEEP_ID] == "id1"
     assert rebuilt.trials[0].intermediate_values == {100: 5.0, 200: 4.0}
+
+
+@pytest.mark.parametrize("snapshot_kept", [True, False])
+def test_a_trial_optuna_was_told_ended_but_whose_record_says_running_is_closed_not_rerun(tmp_path, snapshot_kept):
+    """Tune tells its searcher before its callbacks write the record: a driver killed between the two
+    leaves this. Set aside, its configuration would never run again (Optuna will not queue it)."""
+    from tuner import records, restore, state
+
+    sweep_dir = tmp_path / "s"
+    progress = state.SweepState(spec_hash="h", experiments=[state.Experiment("exp", 3)])
+    live = study.live_path(sweep_dir, progress.sweep_id)
+    ot = optuna.create_study(study_name="s", storage=study.url(live))
+    for ray_id, status in (("told", C.STOPPED_ASHA), ("running", None)):
+        trial = ot.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)})
+        trial.set_user_attr(study.RAY_TRIAL_ID, ray_id)
+        trial.report(5.0, 100)
+        if status:
+            trial.set_user_attr("status", status)
+            ot.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    for ray_id in ("told", "running"):
+        records.save(TrialRecord(ray_id, experiment="exp", status=C.RUNNING, params={"learning_rate": 1e-4},
+                                 checkpoint_step=8, history=[{C.STEP: 8, C.EVAL_LOSS: 5.0}]), sweep_dir)
+    tune = sweep_dir / "tune" / "exp"
+    tune.mkdir(parents=True)
+    if snapshot_kept:
+        (tune / "experiment_state-2026.json").write_text(json.dumps({"trial_data": [
+            [json.dumps({"trial_id": "running"}), {}]]}))
+
+    snapshot = restore.plan(progress, sweep_dir, str(sweep_dir / "tune"), "s", restart_search=True)
+
+    found = {r.trial_id: r for r in records.load_all(sweep_dir)}
+    assert found["told"].status == C.STOPPED_ASHA and found["told"].ended_at is not None
+    assert found["told"].history == [{C.STEP: 8, C.EVAL_LOSS: 5.0}]
+    if snapshot_kept:
+        assert found["running"].status == C.RUNNING and not records.load_lost(sweep_dir)
+        assert snapshot is not None and snapshot.limit == 2  # "told" ended after the snapshot: it counts
+    else:  # the one still running is set aside and Optuna queues its configuration again
+        assert snapshot is None and [r.trial_id for r in records.load_lost(sweep_dir)] == ["running"]
+        queued = [t for t in optuna.load_study(study_name="s", storage=study.url(live)).trials
+                  if t.state == optuna.trial.TrialState.WAITING]
+        assert len(queued) == 1 and "running" not in found

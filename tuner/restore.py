@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def plan(progress: SweepState, sweep_dir: Path, location: str, name: str, restar
         return None
     experiment = progress.experiments[-1]
     found = records.load_all(sweep_dir, location)
+    close_told(found, experiment.name, sweep_dir, study.told(study.live_path(sweep_dir, progress.sweep_id), name))
     try:
         snapshot = read_snapshot(location, experiment.name)
         if snapshot is not None:
@@ -91,6 +93,22 @@ def plan(progress: SweepState, sweep_dir: Path, location: str, name: str, restar
                       and r.trial_id not in snapshot.trial_ids]
     snapshot.limit = experiment.num_samples - len(finished_after)
     return snapshot
+
+
+def close_told(found: list[TrialRecord], experiment: str, sweep_dir: Path, told: dict[str, str]) -> None:
+    """Close the unfinished records of trials whose end the searcher had told Optuna, with what it
+    was told. Tune tells its searcher a trial ended before its callbacks write the record: a driver
+    killed between the two leaves a record still running for a trial the search has counted, whose
+    configuration Optuna will never queue again. It ended: run again, it would only repeat that."""
+    for record in found:
+        status = told.get(record.trial_id)
+        if record.experiment != experiment or record.ended or status is None:
+            continue
+        record.status, record.awaiting_start, record.pending_value = status, False, None
+        record.ended_at = record.ended_at or time.time()
+        records.save(record, sweep_dir)
+        log.info("trial %s: the dead driver told Optuna it ended (%s) but did not record it; recorded now",
+                 record.trial_id, status)
 
 
 def abandon(progress: SweepState, experiment: Experiment, sweep_dir: Path, location: str, name: str,

@@ -189,6 +189,21 @@ def fail_lost(path: Path, name: str, keep: set[str]) -> list[Any]:
     return fail_and_requeue(found, keep)
 
 
+def told(path: Path, name: str) -> dict[str, str]:
+    """Tune trial id → the status the searcher told Optuna, for each trial the study has finished
+    (a lost one is not told: it has no status)."""
+    if not path.exists():
+        return {}
+    import optuna
+
+    try:
+        found = optuna.load_study(study_name=name, storage=url(path))
+    except KeyError:
+        return {}
+    return {t.user_attrs[RAY_TRIAL_ID]: t.user_attrs["status"] for t in found.get_trials(deepcopy=False)
+            if t.state.is_finished() and RAY_TRIAL_ID in t.user_attrs and t.user_attrs.get("status") in C.STATUSES}
+
+
 def close_running(path: Path, name: str) -> None:
     """Trials the time budget or Ctrl-C cut short: PRUNED if they reported, else FAIL."""
     import optuna
