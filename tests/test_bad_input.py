@@ -247,3 +247,95 @@ def test_a_set_value_that_is_not_plain_yaml_exits_2(value, needles, tmp_path, ca
     assert "--set 'search.space.weight_decay=" in err
     for needle in needles:
         assert needle in err, err
+
+
+# Values that leave the spec (a condition, a seed, a section, a name, a path): each refused with
+# its rule. id, `--set` overrides, substrings of the one problem line.
+LORA_R = "search.space.lora_r={type: int, low: 4, high: 64, when: %s}"
+USE_LORA = "search.space.use_lora={type: categorical, choices: [true, false]}"
+NO_BASELINE = "search.baseline=null"  # else it would need a value for use_lora too
+SEED_RULE = "expected an integer from 0 to 4294967295"
+NAME_RULE = "use 1 to 64 characters: ASCII letters, digits, '-', '_' and '.', starting with a letter or digit"
+EMPTY = "empty (the key has no value), expected a mapping"
+BOUNDS = [
+    pytest.param([LORA_R % "[use_lora]"], ["search.space.lora_r.when: got ['use_lora'], expected a mapping"],
+                 id="when-a-list"),
+    pytest.param([LORA_R % "5"], ["search.space.lora_r.when: got 5, expected a mapping such as {use_lora: true}"],
+                 id="when-a-number"),
+    pytest.param([LORA_R % "{}"], ["search.space.lora_r.when: got {}, expected a mapping"], id="when-empty"),
+    pytest.param([LORA_R % "{nope: true}"], ["search.space.lora_r.when.nope: 'nope' is not a hyperparameter",
+                                             "a condition names one of learning_rate"], id="when-unknown-field"),
+    pytest.param([NO_BASELINE, USE_LORA, LORA_R % "{use_lora: 'yes'}"],
+                 ["search.space.lora_r.when.use_lora: got 'yes', which use_lora never takes (its values: [True, "
+                  "False])"], id="when-wrong-type"),
+    pytest.param(["search.space.warmup_ratio={type: float, low: 0.0, high: 0.1, when: {lr_scheduler_type: 5}}"],
+                 ["search.space.warmup_ratio.when.lr_scheduler_type: got 5, but lr_scheduler_type is fixed at "
+                  "'linear'"], id="when-value-never-taken"),
+    pytest.param([NO_BASELINE, LORA_R % "{use_lora: true}", USE_LORA],
+                 ["search.space.lora_r.when.use_lora: 'use_lora' is declared after 'lora_r'"], id="when-declared-after"),
+    pytest.param(["search.seed=-1"], ["search.seed: got -1", SEED_RULE, "pick one in that range"], id="seed-negative"),
+    pytest.param(["search.seed=4294967296"], ["search.seed: got 4294967296", SEED_RULE], id="seed-too-large"),
+    pytest.param(["data.seed=99999999999999999999"], ["data.seed: got 99999999999999999999", SEED_RULE],
+                 id="seed-huge"),
+    pytest.param(["data.seed=1.5"], ["data.seed: got 1.5, expected an integer"], id="seed-fractional"),
+    pytest.param(["train.seed=true"], ["train.seed: got True, expected an integer"], id="seed-boolean"),
+    pytest.param(["promote.generate.seed=-7"], ["promote.generate.seed: got -7", SEED_RULE], id="seed-generate"),
+    pytest.param(["scheduler="], [f"scheduler: {EMPTY}", "write `scheduler: none` to run every trial to the end"],
+                 id="empty-scheduler"),
+    pytest.param(["search="], [f"search: {EMPTY}", "delete the line to take the defaults"], id="empty-search"),
+    pytest.param(["search.space="], [f"search.space: {EMPTY}"], id="empty-space"),
+    pytest.param(["train="], [f"train: {EMPTY}"], id="empty-train"),
+    pytest.param(["resources="], [f"resources: {EMPTY}"], id="empty-resources"),
+    pytest.param(["tracking="], [f"tracking: {EMPTY}"], id="empty-tracking"),
+    pytest.param(["data="], [f"data: {EMPTY}"], id="empty-data"),
+    pytest.param(["name=a/b"], ["name: got 'a/b'", NAME_RULE], id="name-slash"),
+    pytest.param(["name=.."], ["name: got '..'", NAME_RULE, "no '..'"], id="name-dotdot"),
+    pytest.param(["name=my sweep"], ["name: got 'my sweep'", NAME_RULE], id="name-space"),
+    pytest.param(["name=" + "x" * 300], ["name: got 'xxxxxxxxxx", "…(300 characters)'", NAME_RULE], id="name-300"),
+    pytest.param(["name=调参实验"], ["name: got '调参实验'", NAME_RULE], id="name-cjk"),
+    pytest.param(["storage=/"], ["storage: got '/', a system or home directory", "give a directory of its own"],
+                 id="storage-root"),
+    pytest.param(["storage=/etc"], ["storage: got '/etc', a system or home directory"], id="storage-etc"),
+    pytest.param(["storage={file}"], ["storage: got '{file}', an existing file", "give a directory of its own"],
+                 id="storage-a-file"),
+    pytest.param(["storage={file}/sweep"], ["storage: got '{file}/sweep', below an existing file"],
+                 id="storage-below-a-file"),
+]
+
+
+@pytest.mark.parametrize("overrides, needles", BOUNDS)
+def test_a_value_outside_its_bounds_exits_2_with_the_rule(overrides, needles, tmp_path, capsys, monkeypatch):
+    import time
+
+    monkeypatch.setattr(sweep, "init_ray", _must_not_run)
+    made = tmp_path / "made.txt"
+    made.write_text("the user's file\n")
+    args = ["validate", str(TINY), "--set", f"storage={tmp_path / 'sweep'}"]
+    for item in overrides:
+        args += ["--set", item.replace("{file}", str(made))]
+    start = time.monotonic()
+    code = launch.main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - start < 10, err
+    assert err.count("tuner: error:") == 1 and err.count("\n  - ") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle.replace("{file}", str(made)) in err, err
+    assert made.read_text() == "the user's file\n" and not (tmp_path / "sweep").exists()
+
+
+def test_address_auto_with_no_cluster_exits_2_fast(tmp_path):
+    """`auto` finds a cluster through Ray's temp directory: one of our own, where none ever ran."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(tmp_path)}
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, str(ROOT / "launch.py"), "validate", str(TINY), "--address", "auto",
+                             "--set", f"storage={tmp_path / 'sweep'}"], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert result.returncode == 2 and time.monotonic() - start < 10, result.stderr
+    assert result.stderr.count("tuner: error:") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "--address auto: no Ray cluster to attach to" in result.stderr and "ray start --head" in result.stderr

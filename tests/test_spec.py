@@ -609,10 +609,14 @@ def test_baseline_must_be_a_mapping():
 # Scheduler, resources, promote, name.
 
 
-@pytest.mark.parametrize("value", ["none", None])
-def test_scheduler_none_shorthand(value):
-    spec = validate(base(scheduler=value))
+def test_scheduler_none_shorthand():
+    spec = validate(base(scheduler="none"))
     assert spec.scheduler == SchedulerSpec(type="none")
+
+
+def test_an_empty_scheduler_is_refused_not_taken_for_none():
+    with pytest.raises(SpecError, match=r"scheduler: empty .* write `scheduler: none` to run every trial"):
+        validate(base(scheduler=None))
 
 
 def test_scheduler_none_skips_asha_checks():
@@ -667,12 +671,12 @@ def test_promote_counts(key, value, low):
     fails(base(promote={key: value}), f"promote.{key}: got {value}, expected >= {low}")
 
 
-@pytest.mark.parametrize("name", ["my sweep", "a/b", "x:y", "run*"])
+@pytest.mark.parametrize("name", ["my sweep", "a/b", "x:y", "run*", "..", "a..b", "-x", "日本", "x" * 65])
 def test_name_with_bad_characters(name):
-    fails(base(name=name), f"name: got {name!r}; start with a letter or digit and use letters, digits")
+    fails(base(name=name), "name: got ", "; use 1 to 64 characters: ASCII letters, digits, '-', '_' and '.'")
 
 
-@pytest.mark.parametrize("name", ["tiny", "gpt2-wikitext_v1.2"])
+@pytest.mark.parametrize("name", ["tiny", "gpt2-wikitext_v1.2", "x" * 64])
 def test_name_allowed_characters(name):
     assert validate(base(name=name)).name == name
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tuner.constants import HYPERPARAMETER_DEFAULTS
-from tuner.spec import RULES, Spec, as_number, condition_holds, fixed_value, is_distribution
+from tuner.spec import RULES, Spec, as_number, condition_holds, conditions, fixed_value, is_distribution
 
 if TYPE_CHECKING:  # Optuna is needed to search, not to train: trials import this module too
     import optuna.distributions as od
@@ -53,7 +53,7 @@ class ConditionalSpace:
     def __call__(self, trial) -> None:
         values = dict(self.fixed)
         for name, entry in self.entries.items():
-            if condition_holds(entry.get("when"), values):
+            if condition_holds(conditions(entry), values):
                 values[name] = _suggest(trial, name, entry)
 
 

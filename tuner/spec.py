@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tuner import secret, yamlfile
+from tuner import limits, secret, yamlfile
 from tuner.constants import EVAL_LOSS, HYPERPARAMETER_DEFAULTS, MODEL_HYPERPARAMETERS, REPORT_KEYS
 from tuner.errors import UserError
 
@@ -304,6 +304,13 @@ DISTRIBUTION_KEYS = {
 }
 
 
+def conditions(entry: Any) -> dict[str, Any]:
+    """A space entry's `when:` mapping; {} for none, or for a malformed one (validation refuses it:
+    the checks that run beside that one read it as absent rather than fail on it)."""
+    when = entry.get("when") if isinstance(entry, dict) else None
+    return when if isinstance(when, dict) else {}
+
+
 def condition_holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool:
     """A space entry's `when:` against a trial's values: each named field equals the value given, or
     one of the values listed. No `when:` always holds."""
@@ -427,8 +434,14 @@ def _convert(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
             problems.append(f"{path}: got {value!r}, expected one of {', '.join(map(repr, choices))}")
         return value
     if dataclasses.is_dataclass(hint):
-        if hint is SchedulerSpec and value in ("none", None):
+        if hint is SchedulerSpec and value == "none":
             return SchedulerSpec(type="none")
+        if value is None:
+            fix = ("write `scheduler: none` to run every trial to the end" if hint is SchedulerSpec
+                   else "delete the line to take the defaults")
+            problems.append(f"{path}: empty (the key has no value), expected a mapping; write its keys under "
+                            f"it, or {fix}")
+            return None
         return _build(hint, value, path, problems)
     if origin is list:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -436,6 +449,10 @@ def _convert(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
             return []
         return value
     if origin is dict or hint is dict:
+        if value is None:
+            problems.append(f"{path}: empty (the key has no value), expected a mapping; write its entries under it, "
+                            "or delete the line to take the defaults")
+            return None
         if not isinstance(value, dict):
             problems.append(f"{path}: got {value!r}, expected a mapping")
             return None
@@ -483,6 +500,17 @@ def as_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None  # NaN passes every range rule: never a value
 
 
+# Every seed a spec sets (limits.check_seed bounds them).
+SEEDS = ("data.seed", "train.seed", "search.seed", "promote.generate.seed")
+
+
+def _get(spec: Spec, path: str) -> Any:
+    node: Any = spec
+    for part in path.split("."):
+        node = getattr(node, part, None)
+    return node
+
+
 def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
@@ -493,7 +521,10 @@ def _join(path: str, key: Any) -> str:
 
 def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
     """Cross-field rules, for each section that was built (a malformed one is already reported)."""
-    _check_name(spec, problems)
+    limits.check_name(spec.name, problems)
+    limits.check_storage(spec.storage, problems)
+    for path in SEEDS:
+        limits.check_seed(_get(spec, path), path, problems)
     if spec.model is not None and spec.model.trust_remote_code is True and not (
             isinstance(spec.model.revision, str) and len(spec.model.revision) == 40
             and all(c in "0123456789abcdef" for c in spec.model.revision)):
@@ -506,12 +537,11 @@ def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
     if spec.train is not None:
         _check_train(spec.train, problems)
     if spec.search is not None:
-        if spec.search.space is None:
-            spec.search.space = {}
-        _check_space(spec, raw, problems)
-        _check_search(spec, problems)
-        if spec.train is not None:
-            _check_plateau_warmup(spec, problems)
+        if spec.search.space is not None:  # an empty `space:` is reported already
+            _check_space(spec, raw, problems)
+            _check_search(spec, problems)
+            if spec.train is not None:
+                _check_plateau_warmup(spec, problems)
     if spec.scheduler is not None:
         _check_scheduler(spec.scheduler, problems)
     if spec.resources is not None:
@@ -529,14 +559,6 @@ def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
         if scheme not in ("s3", "gs", "file"):
             problems.append(f"storage: got {spec.storage!r}; use s3://bucket/path, gs://bucket/path, or a "
                             "path on a filesystem every node mounts")
-
-
-def _check_name(spec: Spec, problems: list[str]) -> None:
-    name = spec.name
-    if isinstance(name, str) and name and (not all(c.isalnum() or c in "-_." for c in name)
-                                           or not name[0].isalnum()):
-        problems.append(f"name: got {name!r}; start with a letter or digit and use letters, digits, "
-                        "'-', '_' and '.' only (it names the sweep directory and W&B group)")
 
 
 def _check_data(data: DataSpec, problems: list[str]) -> None:
@@ -680,7 +702,7 @@ def _check_plateau_warmup(spec: Spec, problems: list[str]) -> None:
         return
     warmup = space_.get("warmup_ratio", spec.train.warmup_ratio or 0.0)
     if is_distribution(warmup):
-        when = (warmup.get("when") or {}).get("lr_scheduler_type")
+        when = conditions(warmup).get("lr_scheduler_type")
         if when is not None and plateau not in (when if isinstance(when, list) else [when]):
             return
         top = max([as_number(c) or 0.0 for c in warmup.get("choices", [])] or [as_number(warmup.get("high")) or 0.0])
@@ -818,7 +840,9 @@ def _check_baseline(search: SearchSpec, problems: list[str]) -> None:
     """The baseline is enqueued as Optuna's first trial: it must give each searched field a value
     the distribution contains."""
     for name, entry in search.space.items():
-        active = condition_holds(entry.get("when"), search.baseline) if is_distribution(entry) else True
+        if is_distribution(entry) and "when" in entry and not conditions(entry):
+            continue  # a malformed `when:`, reported already: whether it applies is unknown
+        active = condition_holds(conditions(entry), search.baseline) if is_distribution(entry) else True
         if is_distribution(entry) and active and name not in search.baseline:
             problems.append(f"search.baseline: no value for {name!r}; a baseline gives a value for "
                             "every searched field")
@@ -872,7 +896,7 @@ def _check_promote(promote: PromoteSpec, problems: list[str]) -> None:
     generate = promote.generate
     if generate is None:
         return
-    for key, low in (("num_beams", 1), ("top_k", 0), ("seed", 0)):
+    for key, low in (("num_beams", 1), ("top_k", 0)):
         _at_least(getattr(generate, key), low, f"promote.generate.{key}", problems)
     for key, ok, expected in (("temperature", lambda v: v > 0, "> 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
                               ("repetition_penalty", lambda v: v > 0, "> 0")):
