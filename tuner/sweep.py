@@ -19,7 +19,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
-from tuner import cluster, logs, records, searcher, study, trainable
+from tuner import cluster, logs, records, searcher, study, trainable, tune_hooks
 from tuner import constants as C
 from tuner.context import TrialContext
 from tuner.errors import UserError, first_line
@@ -45,6 +45,8 @@ def init_ray(address: str | None) -> bool:
     """Start a private local Ray runtime, or attach to `address`. Returns whether we started one.
     A cluster that cannot be reached is refused (exit 2) within seconds, never waited on."""
     logs.adopt_libraries()  # Ray's own terminal handler: its notices go where ours say
+    if address is not None:
+        check_reachable(address)  # even where this process has Ray running: the address is wrong
     if ray.is_initialized():
         return False
     if address is None:
@@ -53,7 +55,6 @@ def init_ray(address: str | None) -> bool:
         ray.init(address="local", log_to_driver=False, configure_logging=False, include_dashboard=False,
                  dashboard_host="127.0.0.1")
         return True
-    check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -105,6 +106,7 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, sweep_id: str, address
     sweep_dir = spec.sweep_dir
     live = study.restore(sweep_dir, spec.location, sweep_id)
     started = init_ray(address)
+    tune_hooks.keep_credentials_out_of_runtime_env()
     interrupt = Interrupt(parse_duration(spec.search.stop_wait), say)
     mirror = Mirror(sweep_dir, spec.location, sweep_id)
     try:
