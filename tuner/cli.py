@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tuner import secret
 from tuner.errors import UserError
 
 # The presets ship inside the package (search_spaces/ at the repository's top links here), so
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args([a for a in argv if a not in ("-v", "--verbose")])
         return args.run(args)
     except UserError as exc:
-        print(f"tuner: error: {exc}", file=sys.stderr)
+        print(f"tuner: error: {secret.redact(str(exc))}", file=sys.stderr)
         return 2
     except Interrupted as exc:
         print(f"tuner: interrupted: {exc}; go on with `tuner resume {exc.sweep_dir}`", file=sys.stderr)

@@ -18,16 +18,21 @@ from typing import Any, Iterator
 ENV_FIELDS = ("model.token_env", "tracking.wandb.api_key_env")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SECRET_ENV_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
-# Shapes of real credentials: W&B keys (40 hex, optionally prefixed), HF, GitHub, OpenAI-style,
-# AWS access keys, Slack tokens.
-PATTERNS = (
-    re.compile(r"^(?:[a-z0-9]+-)?[0-9a-f]{40}$"),
-    re.compile(r"^hf_[A-Za-z0-9]{30,}$"),
-    re.compile(r"^(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{30,}$|^github_pat_[A-Za-z0-9_]{40,}$"),
-    re.compile(r"^sk-[A-Za-z0-9_-]{20,}$"),
-    re.compile(r"^(?:AKIA|ASIA)[0-9A-Z]{16}$"),
-    re.compile(r"^xox[abprs]-[A-Za-z0-9-]{10,}$"),
-)
+# Shapes of current credentials, found anywhere in a value or a line of text: W&B's keys
+# (`wandb_v1_…`, 86 characters), Hugging Face user, fine-grained and organisation tokens, GitHub's
+# classic and fine-grained tokens, OpenAI-style keys, AWS access key ids, Slack tokens. A token is
+# not part of a longer word: `task-…` is no `sk-` key.
+TOKENS = re.compile(r"(?<![A-Za-z0-9_-])(?:"
+                    r"wandb_v\d+_[A-Za-z0-9_-]{20,}"
+                    r"|hf_[A-Za-z0-9]{30,}|api_org_[A-Za-z0-9]{30,}"
+                    r"|(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,}"
+                    r"|sk-(?:proj-)?[A-Za-z0-9_-]{40,}"
+                    r"|(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])"
+                    r"|xox[abprs]-[A-Za-z0-9-]{10,})")
+# W&B's older keys: 40 hex characters, optionally after a host prefix. A commit hash has that shape
+# too, so only a whole value is taken for one (and never in COMMIT_FIELDS).
+OLD_WANDB_KEY = re.compile(r"^(?:[a-z0-9]+-)?[0-9a-f]{40}$")
+HIDDEN = "[secret hidden]"
 # Fields that hold 40-hex commit hashes, which have a W&B key's shape but are not secrets.
 COMMIT_FIELDS = ("model.revision", "origin.git_commit")
 MIN_SECRET_LENGTH = 8  # shorter environment values (e.g. "1") are not treated as secrets
@@ -42,7 +47,7 @@ def secret_values(environ: dict[str, str] | None = None) -> list[str]:
 
 def looks_like_secret(value: str, known: list[str], shapes: bool = True) -> bool:
     text = value.strip()
-    return (shapes and any(p.match(text) for p in PATTERNS)) or any(secret in text for secret in known)
+    return (shapes and bool(TOKENS.search(text) or OLD_WANDB_KEY.match(text))) or any(s in text for s in known)
 
 
 def masked(value: str) -> str:
@@ -78,11 +83,11 @@ def check_spec(raw: dict[str, Any], problems: list[str], environ: dict[str, str]
 
 
 def redact(text: str, known: list[str] | None = None) -> str:
-    """`text` with every known secret value replaced."""
+    """`text` with every known secret value, and anything shaped like a current token, replaced."""
     for secret in secret_values() if known is None else known:
         if secret in text:
-            text = text.replace(secret, "[secret hidden]")
-    return text
+            text = text.replace(secret, HIDDEN)
+    return TOKENS.sub(HIDDEN, text)
 
 
 def from_env(name: str | None) -> str | None:

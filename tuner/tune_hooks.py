@@ -115,3 +115,17 @@ def restore_scheduler(scheduler, saved: bytes | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "scheduler.pkl").write_bytes(saved)
         scheduler.restore(os.path.join(tmp, "scheduler.pkl"))
+
+
+# What Ray Tune copies from the driver's environment into each trial actor's runtime_env; Ray's
+# runtime-env agent then logs the runtime_env, values and all, in every node's session logs.
+CREDENTIAL_VARS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
+
+
+def keep_credentials_out_of_runtime_env() -> None:
+    """Tune propagates the driver's AWS credentials to its trial actors through their runtime_env,
+    which Ray logs in clear. Trials get credentials from their own node's environment instead (a
+    local runtime's workers inherit the driver's; a cluster's nodes have their own, see cluster.yaml)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - CREDENTIAL_VARS
