@@ -1,5 +1,6 @@
 """The few places tuner reaches past Ray Tune's public API into its trial objects, kept together so
-a Ray upgrade has one module to check (the resume, chaos and ledger tests exercise each of them).
+a Ray upgrade has one module to check (the resume, chaos and ledger tests exercise each of them;
+the searcher's reach into OptunaSearch is in tuner/searcher.py).
 
 - Registering a checkpoint with a restored trial, or dropping its checkpoints: Tune's snapshot can
   lag the trial's record (it is uploaded in the background), and Tune restores a trial from the
@@ -9,6 +10,10 @@ a Ray upgrade has one module to check (the resume, chaos and ledger tests exerci
 - ASHA's state, through the scheduler's own save and restore (Tune keeps none of its own).
 - Ending the experiment as Tune's own stop signal does: its snapshot saved, its unfinished trials
   left to resume from their checkpoints (the driver's Ctrl-C, once the trials have checkpointed).
+- The driver's AWS credentials kept out of the trial actors' runtime_env, which Ray logs in clear.
+
+tests/test_tune_hooks.py touches each of these internals; pyproject.toml pins Ray to the minor
+version they were tested on.
 """
 
 from __future__ import annotations
