@@ -35,6 +35,11 @@ def inputs(tmp_path_factory) -> Path:
     write_tiny_model(root / "model", RECORDS, POSITIONS)
 
     write_remote_code_model(root / "remote-model")
+    for name, maps in (("cross-repo-model", {"AutoConfig": "other/code--configuration_remote.RemoteConfig"}),
+                       ("two-repo-model", {"AutoConfig": "a/one--configuration_remote.RemoteConfig",
+                                           "AutoModelForCausalLM": "b/two--modeling_remote.RemoteModel"})):
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(json.dumps({"model_type": "remote-gpt", "auto_map": maps}))
     (root / "not-a-model").mkdir()
 
     def jsonl(name: str, rows: list[dict]) -> None:
@@ -48,6 +53,7 @@ def inputs(tmp_path_factory) -> Path:
 
 
 MODEL = "model.name_or_path={inputs}/model"
+PINNED = ["model.trust_remote_code=true", "model.revision=" + "ab12" * 10]
 GOOD = "data.path={inputs}/good.jsonl"
 
 # In README's order. id (the row), command, overrides, substrings of the message: field, bad value, fix.
@@ -120,6 +126,20 @@ ROWS = [
     pytest.param("validate", ["model.trust_remote_code=true"],
                  ["model.revision: got None", "model.trust_remote_code: true", "pin the 40-character commit"],
                  id="remote-code-unpinned"),
+    pytest.param("sweep", ["model.name_or_path={inputs}/cross-repo-model", GOOD, *PINNED],
+                 ["model.code_revision: got None, but '{inputs}/cross-repo-model' runs code from another repository, "
+                  "other/code", "pin model.code_revision to its 40-character commit hash"], id="remote-code-elsewhere"),
+    pytest.param("sweep", ["model.name_or_path={inputs}/two-repo-model", GOOD, *PINNED, "model.code_revision=" + "cd34" * 10],
+                 ["runs code from 2 other repositories (a/one, b/two)", "one model.code_revision cannot pin them all"],
+                 id="remote-code-two-repositories"),
+    pytest.param("sweep", ["model.name_or_path={inputs}/cross-repo-model", GOOD],
+                 ["model.trust_remote_code: got false, but '{inputs}/cross-repo-model' runs its own code"],
+                 id="remote-code-elsewhere-untrusted"),
+    pytest.param("validate", [*PINNED, "model.code_revision=main"],
+                 ["model.code_revision: got 'main'", "pin the 40-character commit hash"], id="code-revision-unpinned"),
+    pytest.param("validate", ["model.code_revision=" + "cd34" * 10],
+                 ["model.code_revision: got 'cd34", "without model.trust_remote_code: true"],
+                 id="code-revision-untrusted"),
     pytest.param("sweep", [MODEL, GOOD, "model.use_lora=true", "model.lora_target_modules=[q_proj]"],
                  ["model.lora_target_modules: got ['q_proj'], not layers of 'gpt2'", "its layers include"],
                  id="lora-on-missing-layers"),

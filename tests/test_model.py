@@ -71,3 +71,22 @@ def test_lora_without_peft_installed_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "peft.utils.constants", None)  # as if peft were not installed
     problem = model.lora_problem(GPT2Config(n_layer=2, n_embd=64, n_head=2), None)
     assert "LoRA needs peft, which is not installed" in problem and "pip install 'tuner[lora]'" in problem
+
+
+def test_code_from_another_repository_is_found_in_every_auto_map_form():
+    from tuner.model import code_repositories
+
+    auto_map = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "org/code--modeling_x.XModel",
+                "AutoTokenizer": ["org/tok--tokenization_x.XTokenizer", None]}
+    assert code_repositories(auto_map) == {"org/code", "org/tok"}
+    assert code_repositories({"AutoConfig": "configuration_x.XConfig"}) == set()
+
+
+def test_a_pinned_other_repository_passes_and_its_pin_reaches_from_pretrained():
+    from tuner.model import check_remote_code, hub_kwargs
+
+    config = {"auto_map": {"AutoModelForCausalLM": "org/code--modeling_x.XModel"}}
+    check_remote_code("org/model", config, trust_remote_code=True, code_revision="ab" * 20)
+    assert hub_kwargs("cd" * 20, None, True, "ab" * 20) == {"revision": "cd" * 20, "trust_remote_code": True,
+                                                           "code_revision": "ab" * 20}
+    assert "code_revision" not in hub_kwargs("cd" * 20, None, False, "ab" * 20)  # no code runs: nothing to pin

@@ -288,7 +288,7 @@ def _build(spec: Spec, key: str, tmp: Path, out: Path) -> Prepared:
     """Every step, into `tmp` (the intermediate Arrow files in `tmp/cache`, deleted at the end); the
     Prepared that will describe it once it is moved to `out`."""
     tokenizer = model_lib.load_tokenizer(spec.model.name_or_path, spec.model.revision, spec.model.token_env,
-                                         spec.model.trust_remote_code)
+                                         spec.model.trust_remote_code, spec.model.code_revision)
     packing.check_chat_template(tokenizer, spec.data)
     cache = tmp / "cache"
     cache.mkdir(parents=True)

@@ -7,6 +7,7 @@ A model is named by hub name, local path, or `builtin:tiny-gpt2`; `resolve` turn
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from pathlib import Path
@@ -33,16 +34,67 @@ def is_path(name_or_path: str) -> bool:
     return name_or_path.startswith(("~", ".", "/"))
 
 
-def hub_kwargs(revision: str | None, token_env: str | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
+def hub_kwargs(revision: str | None, token_env: str | None = None, trust_remote_code: bool = False,
+               code_revision: str | None = None) -> dict[str, Any]:
     """Hub arguments; the token is read from its environment variable now and passed on, never kept.
-    `trust_remote_code` is passed only when the spec turns it on (validation demands a pinned revision)."""
+    `trust_remote_code` is passed only when the spec turns it on (validation demands a pinned revision),
+    and with it `code_revision`, the commit of code an `auto_map` takes from another repository."""
     token = secret.from_env(token_env)
     return {**({"revision": revision} if revision else {}), **({"token": token} if token else {}),
-            **({"trust_remote_code": True} if trust_remote_code else {})}
+            **({"trust_remote_code": True} if trust_remote_code else {}),
+            **({"code_revision": code_revision} if trust_remote_code and code_revision else {})}
+
+
+def code_repositories(auto_map: Any) -> set[str]:
+    """The other repositories whose code an `auto_map` names (`other/repo--module.Class`)."""
+    entries = auto_map.values() if isinstance(auto_map, dict) else []
+    names = [n for e in entries for n in (e if isinstance(e, (list, tuple)) else [e]) if isinstance(n, str)]
+    return {n.split("--", 1)[0] for n in names if "--" in n}
+
+
+def check_remote_code(name_or_path: str, raw_config: dict[str, Any], trust_remote_code: bool,
+                      code_revision: str | None) -> None:
+    """Before any code or weights download: a model that runs its own code needs trust_remote_code
+    (and validation has its repository pinned); code from another repository, its own pin."""
+    auto_map = raw_config.get("auto_map")
+    if not auto_map:
+        return
+    if not trust_remote_code:
+        raise UserError(f"model.trust_remote_code: got false, but {name_or_path!r} runs its own code from the "
+                        "model repository (config.json has an auto_map); read that code, then set "
+                        "model.trust_remote_code: true and pin model.revision to the commit you read")
+    others = sorted(code_repositories(auto_map))
+    if len(others) > 1:
+        raise UserError(f"model.name_or_path: {name_or_path!r} runs code from {len(others)} other repositories "
+                        f"({', '.join(others)}); one model.code_revision cannot pin them all: use a model whose "
+                        "code lives in one place")
+    if others and not is_commit(code_revision):
+        raise UserError(f"model.code_revision: got {code_revision!r}, but {name_or_path!r} runs code from another "
+                        f"repository, {others[0]} (its config.json auto_map); read that code, then pin "
+                        "model.code_revision to its 40-character commit hash")
+
+
+def is_commit(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 40 and all(c in "0123456789abcdef" for c in value)
+
+
+def raw_config(name_or_path: str, revision: str | None, token_env: str | None) -> dict[str, Any]:
+    """The model's config.json as written (no code runs to read it): a local file, or the one
+    small file fetched from the hub."""
+    where = resolve(name_or_path)
+    if os.path.isdir(where):
+        path = os.path.join(where, "config.json")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(where, "config.json", revision=revision, token=secret.from_env(token_env))
+    with open(path, encoding="utf-8") as f:
+        found = json.load(f)
+    return found if isinstance(found, dict) else {}
 
 
 def load_config(name_or_path: str, revision: str | None = None, token_env: str | None = None,
-                trust_remote_code: bool = False):
+                trust_remote_code: bool = False, code_revision: str | None = None):
     from transformers import AutoConfig
 
     where = resolve(name_or_path)
@@ -53,7 +105,9 @@ def load_config(name_or_path: str, revision: str | None = None, token_env: str |
                             "(saved with save_pretrained), a Hugging Face hub name, or "
                             f"{builtin.TINY_GPT2}")
     try:
-        return AutoConfig.from_pretrained(where, **hub_kwargs(revision, token_env, trust_remote_code))
+        check_remote_code(name_or_path, raw_config(name_or_path, revision, token_env), trust_remote_code,
+                          code_revision)
+        return AutoConfig.from_pretrained(where, **hub_kwargs(revision, token_env, trust_remote_code, code_revision))
     except (OSError, ValueError) as exc:
         if "trust_remote_code" in str(exc):
             raise UserError(f"model.trust_remote_code: got {str(trust_remote_code).lower()}, but {name_or_path!r} "
@@ -74,13 +128,14 @@ def max_positions(config) -> int | None:
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None, token_env: str | None = None,
-                   trust_remote_code: bool = False):
+                   trust_remote_code: bool = False, code_revision: str | None = None):
     """The model's tokenizer, with a pad token set (to EOS) where it has none, and said so."""
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path),
-                                                  **hub_kwargs(revision, token_env, trust_remote_code))
+                                                  **hub_kwargs(revision, token_env, trust_remote_code,
+                                                               code_revision))
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path: cannot load the tokenizer of {name_or_path!r} "
                         f"({first_line(exc)})") from None
@@ -94,13 +149,14 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, token_env: st
 
 
 def load_model(name_or_path: str | Path, revision: str | None = None, freeze_layers: int = 0,
-               token_env: str | None = None, trust_remote_code: bool = False, reuse: bool = False):
+               token_env: str | None = None, trust_remote_code: bool = False, reuse: bool = False,
+               code_revision: str | None = None):
     """A causal LM from a hub name, a local path or a checkpoint, with the first blocks frozen.
 
     With `reuse`, the weights read once are kept in this process (up to `REUSE_MAX_BYTES`) and each
     call returns a fresh copy of them: the trials a reused worker runs one after another skip the read.
     """
-    key = (str(name_or_path), revision, token_env, trust_remote_code)
+    key = (str(name_or_path), revision, token_env, trust_remote_code, code_revision)
     if reuse and key in _pristine:
         model = copy.deepcopy(_pristine[key])
     else:
@@ -170,11 +226,12 @@ REUSE_MAX_BYTES = 4 * 2**30  # larger models are read again for each trial rathe
 _pristine: dict[tuple, Any] = {}  # this process's untouched copy of the base model, by how it was loaded
 
 
-def _read(name: str, revision: str | None, token_env: str | None, trust_remote_code: bool):
+def _read(name: str, revision: str | None, token_env: str | None, trust_remote_code: bool,
+          code_revision: str | None = None):
     """`from_pretrained` with PyTorch's fused attention (SDPA) where the model supports it."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = hub_kwargs(revision, token_env, trust_remote_code)
+    kwargs = hub_kwargs(revision, token_env, trust_remote_code, code_revision)
     try:
         return AutoModelForCausalLM.from_pretrained(resolve(name), attn_implementation="sdpa", **kwargs)
     except (ValueError, ImportError) as exc:  # an architecture without an SDPA path

@@ -46,7 +46,7 @@ def check_model(spec: Spec) -> None:
     """Checks that need the model's config: the block fits its positions, the frozen blocks exist,
     LoRA has layers to wrap."""
     config = model.load_config(spec.model.name_or_path, spec.model.revision, spec.model.token_env,
-                               spec.model.trust_remote_code)
+                               spec.model.trust_remote_code, spec.model.code_revision)
     problems = []
     limit = model.max_positions(config)
     if limit is not None and spec.data.block_size > limit:

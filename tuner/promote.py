@@ -197,16 +197,18 @@ def rerank(candidates: list[Any], locate: Callable[[Any], str], prepared: Prepar
 def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, settings: PromoteSpec,
                      revision: str | None = None, token_env: str | None = None,
                      trust_remote_code: bool = False, baseline_checkpoint: str | None = None,
-                     ) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
+                     code_revision: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
     """The promoted checkpoint, the base model and the baseline trial's checkpoint, each scored the
     same way on the full test split and the same prompts (A/B).
 
     Returns the metrics (the tuned model's loss and perplexity at the top, each model's figures under
     `tuned`, `base`, `baseline`), the samples (prompt, reference and each model's continuation) and
-    the loaded tuned model (for export).
+    the loaded tuned model (for export). A checkpoint holds its own copy of any remote code (Trainer
+    saves it beside the weights); the base model's comes pinned by `code_revision`.
     """
     def load_base():
-        return model_lib.load_model(base_model, revision, token_env=token_env, trust_remote_code=trust_remote_code)
+        return model_lib.load_model(base_model, revision, token_env=token_env, trust_remote_code=trust_remote_code,
+                                    code_revision=code_revision)
 
     model = load_checkpoint(checkpoint, trust_remote_code, load_base)  # first: an unreadable one costs nothing else
     tokenizer = model_lib.load_tokenizer(prepared.tokenizer_path)

@@ -137,7 +137,8 @@ def _evaluate_best_readable(spec: Spec, ctx: TrialContext, baseline: TrialRecord
         candidates, selection = promote.rerank(candidates, locate, ctx.prepared, spec.promote,
                                                spec.model.trust_remote_code, lambda: model.load_model(
                                                    ctx.model_path, spec.model.revision, token_env=spec.model.token_env,
-                                                   trust_remote_code=spec.model.trust_remote_code))
+                                                   trust_remote_code=spec.model.trust_remote_code,
+                                                   code_revision=spec.model.code_revision))
         log.info("promote: the best %d trials re-evaluated on the whole validation split (%d blocks): %s",
                  len(selection["candidates"]), selection["blocks"], ", ".join(
                      f"{c['trial_id']} {c['validation_loss']:.4f}" for c in selection["candidates"]))
@@ -155,7 +156,8 @@ def _evaluate_best_readable(spec: Spec, ctx: TrialContext, baseline: TrialRecord
             checkpoint = locate(record)
             return record, promote.final_evaluation(checkpoint, ctx.model_path, ctx.prepared, spec.promote,
                                                     spec.model.revision, spec.model.token_env,
-                                                    spec.model.trust_remote_code, baseline_checkpoint), selection
+                                                    spec.model.trust_remote_code, baseline_checkpoint,
+                                                    spec.model.code_revision), selection
         except promote.UnreadableCheckpoint as exc:  # not the base model's errors: those are not the checkpoint's
             skipped.append(f"  {record.trial_id}: {exc}")
             log.warning("promote: the checkpoint of trial %s is missing or unreadable (%s); promoting the "

@@ -34,7 +34,7 @@ TOKENS = re.compile(r"(?<![A-Za-z0-9_-])(?:"
 OLD_WANDB_KEY = re.compile(r"^(?:[a-z0-9]+-)?[0-9a-f]{40}$")
 HIDDEN = "[secret hidden]"
 # Fields that hold 40-hex commit hashes, which have a W&B key's shape but are not secrets.
-COMMIT_FIELDS = ("model.revision", "origin.git_commit")
+COMMIT_FIELDS = ("model.revision", "model.code_revision", "origin.git_commit")
 MIN_SECRET_LENGTH = 8  # shorter environment values (e.g. "1") are not treated as secrets
 
 

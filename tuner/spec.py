@@ -46,6 +46,8 @@ class ModelSpec:
     revision: str | None = None  # hub revision (branch, tag or commit)
     token_env: str | None = None  # the environment variable holding a hub token (e.g. HF_TOKEN)
     trust_remote_code: bool = False  # run the model repository's own code; needs a pinned revision
+    # The commit of code an `auto_map` takes from another repository (`other/repo--module.Class`).
+    code_revision: str | None = None
 
 
 @dataclass
@@ -530,6 +532,14 @@ def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
             and all(c in "0123456789abcdef" for c in spec.model.revision)):
         problems.append(f"model.revision: got {spec.model.revision!r} with model.trust_remote_code: true; "
                         "remote code runs on every node, so pin the 40-character commit hash you reviewed")
+    if spec.model is not None and spec.model.code_revision is not None:
+        code = spec.model.code_revision
+        if spec.model.trust_remote_code is not True:
+            problems.append(f"model.code_revision: got {code!r} without model.trust_remote_code: true; it pins "
+                            "remote code, which runs only when trusted: set both or drop code_revision")
+        elif not (isinstance(code, str) and len(code) == 40 and all(c in "0123456789abcdef" for c in code)):
+            problems.append(f"model.code_revision: got {code!r}; pin the 40-character commit hash of the code "
+                            "you reviewed in the other repository")
     if spec.model is not None and spec.model.freeze_layers is not None:
         _check_value("freeze_layers", spec.model.freeze_layers, "model.freeze_layers", problems)
     if spec.data is not None:

@@ -360,7 +360,8 @@ def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_fr
     workdir = Path(workdir or tempfile.mkdtemp(prefix="tuner-trial-"))
     args = training_arguments(spec, hyper, workdir / "hf")
     model = model_lib.load_model(ctx.model_path, spec.model.revision, int(hyper["freeze_layers"]),
-                                 spec.model.token_env, spec.model.trust_remote_code, reuse=True)
+                                 spec.model.token_env, spec.model.trust_remote_code, reuse=True,
+                                 code_revision=spec.model.code_revision)
     if hyper["use_lora"]:
         model = model_lib.with_lora(model, hyper, spec.model.lora_target_modules)
     trainer = counting_trainer()(model=model, args=args, data_collator=collate, train_dataset=train_split,
