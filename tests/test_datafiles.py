@@ -94,3 +94,19 @@ def test_a_directory_with_some_split_files_is_pooled_with_a_warning(tmp_path, ca
         files = datafiles.locate(DataSpec(path=str(tmp_path / "parts")))
     assert not files.own and len(files.all()) == 2
     assert "has train and validation file(s) but no test: all its data files are pooled" in caplog.text
+
+
+def test_a_folder_too_large_to_be_data_is_refused_not_walked(tmp_path, monkeypatch):
+    from tuner import datafiles
+    from tuner.errors import UserError
+    from tuner.spec import DataSpec
+
+    for i in range(30):
+        (tmp_path / f"d{i}").mkdir()
+        (tmp_path / f"d{i}" / "a.txt").write_text("text\n")
+    monkeypatch.setattr(datafiles, "SCAN_LIMIT", 40)
+    for pattern in (str(tmp_path), str(tmp_path / "**" / "*.txt")):
+        with pytest.raises(UserError, match=r"reaches more than 40 files and folders; point it at the folder"):
+            datafiles.locate(DataSpec(path=pattern))
+    monkeypatch.setattr(datafiles, "SCAN_LIMIT", 100)
+    assert len(datafiles.locate(DataSpec(path=str(tmp_path))).all()) == 30

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuner import builtin
+from tuner import builtin, limits
 from tuner.errors import UserError
 from tuner.spec import DataSpec
 
@@ -54,12 +54,14 @@ def locate(data: DataSpec) -> Files:
         splits = _split_files(path, data.splits)
         if splits:
             return Files(splits, _kind(pattern, [f for fs in splits.values() for f in fs]), own=True)
-        files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
-                       if os.path.isfile(f) and Path(f).suffix.lower() in FORMATS and not _hidden(f, path))
+        files = [f for f in _walk(path, pattern) if Path(f).suffix.lower() in FORMATS]
     elif data.splits:
         raise UserError(f"data.splits: names split files, but data.path {pattern!r} is not a directory; "
                         "point data.path at the directory that holds them")
     else:
+        if "**" in path:  # recursive: first make sure the tree under it is a data folder's size
+            for _ in _bounded_walk(_fixed_prefix(path), pattern):
+                pass
         files = sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else [path]
         files = [f for f in files if os.path.isfile(f)]
     if not files:
@@ -68,9 +70,39 @@ def locate(data: DataSpec) -> Files:
     return Files({POOL: files}, _kind(pattern, files), own=False)
 
 
-def _hidden(path: str, directory: str) -> bool:
-    """A file under a dot-folder (.git, .cache) or a dot-file: not the user's data."""
-    return any(part.startswith(".") for part in Path(path).relative_to(directory).parts)
+SCAN_LIMIT = 1_000_000  # entries a directory or glob may reach before it is taken for not a data folder
+
+
+def _walk(directory: str, pattern: str) -> list[str]:
+    """The files under `directory`, not under dot-folders (.git, .cache) nor dot-files: not the
+    user's data. Bounded: `data.path: /` must not walk the whole machine."""
+    found: list[str] = []
+    for root, dirs, files in _bounded_walk(directory, pattern):
+        found += [os.path.join(root, f) for f in files if not f.startswith(".")]
+    return sorted(f for f in found if os.path.isfile(f))
+
+
+def _fixed_prefix(pattern: str) -> str:
+    """The folder a glob starts from: its leading parts without wildcards."""
+    parts = Path(pattern).parts
+    fixed = list(parts[:next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))])
+    return str(Path(*fixed)) if fixed else "."
+
+
+def _bounded_walk(directory: str, pattern: str):
+    """os.walk past dot-folders (.git, .cache: not the user's data, nor what a `**` glob matches),
+    refused at a system directory or once it has seen SCAN_LIMIT entries."""
+    if str(Path(directory).resolve()) in limits.SYSTEM_DIRS:
+        raise UserError(f"data.path: got {pattern!r}, which would read the system directory {directory}; point it "
+                        "at the folder that holds the data, or a glob of the data files")
+    seen = 0
+    for step in os.walk(directory, followlinks=True):
+        step[1][:] = sorted(d for d in step[1] if not d.startswith("."))
+        seen += len(step[1]) + len(step[2])
+        if seen > SCAN_LIMIT:
+            raise UserError(f"data.path: got {pattern!r}, which reaches more than {SCAN_LIMIT:,} files and folders; "
+                            "point it at the folder that holds the data, or a glob of the data files")
+        yield step
 
 
 def _split_files(directory: str, named: dict[str, str] | None) -> dict[str, list[str]] | None:
