@@ -587,7 +587,7 @@ def _check_data(data: DataSpec, problems: list[str]) -> None:
         problems.append(f"data.config: got {data.config!r} without data.dataset; "
                         "`config` names a configuration of a hub dataset")
     ratios = data.split
-    if all(isinstance(r, float) for r in (ratios.train, ratios.validation, ratios.test)):
+    if ratios is not None and all(isinstance(r, float) for r in (ratios.train, ratios.validation, ratios.test)):
         for key in ("train", "validation", "test"):
             value = getattr(ratios, key)
             if not 0 < value < 1:
@@ -689,6 +689,7 @@ def _check_when(name: str, when: Any, spec: Spec, declared: list[str], path: str
             continue
         possible = entry.get("choices") if is_distribution(entry) and entry.get("type") == "categorical" else (
             None if is_distribution(entry) else [entry])
+        possible = possible if isinstance(possible, list) else None  # malformed choices: reported already
         for value in values:
             if possible is not None and value not in possible:
                 problems.append(f"{where}: got {value!r}, which {parent} never takes (its values: {possible!r})")
@@ -708,6 +709,7 @@ def _check_plateau_warmup(spec: Spec, problems: list[str]) -> None:
     space_ = spec.search.space
     scheduler = space_.get("lr_scheduler_type", spec.train.lr_scheduler_type)
     schedulers = scheduler.get("choices") or [] if is_distribution(scheduler) else [scheduler]
+    schedulers = schedulers if isinstance(schedulers, list) else []  # malformed choices: reported already
     if plateau not in schedulers:
         return
     warmup = space_.get("warmup_ratio", spec.train.warmup_ratio or 0.0)
@@ -729,7 +731,7 @@ def _check_plateau_warmup(spec: Spec, problems: list[str]) -> None:
 
 def _check_distribution(name: str, entry: dict[str, Any], path: str, problems: list[str]) -> None:
     kind = entry.get("type")
-    if kind not in DISTRIBUTION_KEYS:
+    if not isinstance(kind, str) or kind not in DISTRIBUTION_KEYS:
         problems.append(f"{path}.type: got {kind!r}, expected 'float', 'int' or 'categorical'")
         return
     for key in entry:
@@ -863,7 +865,7 @@ def _check_baseline(search: SearchSpec, problems: list[str]) -> None:
             problems.append(f"{path}: {name!r} is not searched in search.space; a baseline gives values "
                             "for searched fields only")
         elif entry.get("type") == "categorical":
-            if value not in (entry.get("choices") or []):
+            if isinstance(entry.get("choices"), list) and value not in entry["choices"]:
                 problems.append(f"{path}: got {value!r}, expected one of the choices {entry.get('choices')!r}")
         else:
             number, low, high = as_number(value), as_number(entry.get("low")), as_number(entry.get("high"))
