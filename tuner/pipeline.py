@@ -15,6 +15,7 @@ from typing import Any, Callable
 from tuner import constants as C
 from tuner import data, layout, lock, mirror, model, records, restore, results, secret, space, state, storage
 from tuner import live, logs, report, study, tracking
+from tuner.background import Background
 from tuner.context import TrialContext
 from tuner.errors import UserError, first_line
 from tuner.plan import Plan, data_warnings, make_plan
@@ -127,7 +128,8 @@ def _drive(spec: Spec, saved: str, address: str | None, trial_fn: Callable | Non
     log.info("plan:\n  %s", plan.describe().replace("\n", "\n  "))
 
     ctx = TrialContext(spec, prepared, model.resolve(spec.model.name_or_path), plan.max_t, trial_fn)
-    tracker = tracking.Tracker(spec)
+    # W&B's calls for each trial run off Tune's event loop: a slow W&B server never holds a trial up.
+    tracker = Background(tracking.Tracker(spec), queued=tracking.TRIAL_CALLS)
     board: list[dict[str, Any]] = []
     result = None
     try:
@@ -148,6 +150,7 @@ def _drive(spec: Spec, saved: str, address: str | None, trial_fn: Callable | Non
             log.info("study: %s", dashboard_command(sweep_dir))
         tracker.sweep_ended(board, result.paths.get("best") if result else None)
         tracker.close()
+        tracker.stop()
         _upload_results(spec, progress)
     return result
 

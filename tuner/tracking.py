@@ -45,6 +45,8 @@ METRICS = {
     C.MFU: "train/mfu",
 }
 PERPLEXITY = "eval/perplexity"
+# The Tracker's calls made from Tune's callbacks (see tuner/background.py).
+TRIAL_CALLS = ("trial_started", "trial_reported", "trial_ended", "trial_retried")
 
 
 # ---------------------------------------------------------------------------------------------
