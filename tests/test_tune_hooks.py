@@ -80,6 +80,7 @@ def test_the_optuna_searcher_keeps_the_state_tuner_reconciles():
     assert list(inspect.signature(get_fs_and_path).parameters)[:2] == ["storage_path", "storage_filesystem"]
     trial = searcher._ot_study.ask()
     assert isinstance(trial._trial_id, int)  # Optuna's own: searcher re-binds trials by it
+    assert searcher._ot_study._storage.get_trial(trial._trial_id).number == trial.number  # and reads one by it
 
 
 def test_tune_run_installs_the_stop_signal_handler_end_experiment_calls():

@@ -26,11 +26,10 @@ def leaderboard(sweep_dir: Path, mode: str = "min", study_name: str | None = Non
     params = sorted({name for r in ranked for name in r.params})
     states = study.states(sweep_dir, study_name)
     rows = []
-    for r in ranked:
-        values = r.to_dict()
-        row = {key: values.get(key) for key in FIRST}
+    for r in ranked:  # the fields by name: a record's whole copy (its history) is not needed here
+        row = {key: getattr(r, key, None) for key in FIRST}
         row.update({name: r.params.get(name) for name in params})
-        row.update({key: values.get(key) for key in LAST})
+        row.update({key: getattr(r, key, None) for key in LAST})
         row["optuna_trial"], row["optuna_state"] = states.get(r.trial_id, (None, None))
         row["train_seconds"] = round(float(r.train_seconds or 0), 2)
         rows.append(row)

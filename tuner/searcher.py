@@ -81,10 +81,10 @@ class TruthfulOptunaSearch(OptunaSearch):
             return
         ot_trial = self._ot_trials[trial_id]
         status = classify(result, error)
-        frozen = self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
+        frozen = self._frozen(ot_trial)
         if result and result.get(C.TOKENS_SEEN) not in frozen.intermediate_values:
             self.on_trial_result(trial_id, result)  # a stopping report skips on_trial_result
-            frozen = self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
+            frozen = self._frozen(ot_trial)
         finite = [v for v in frozen.intermediate_values.values() if math.isfinite(v)]
         ot_trial.set_user_attr("status", status)
         state = study.final_state(status, bool(finite))
@@ -93,6 +93,10 @@ class TruthfulOptunaSearch(OptunaSearch):
         else:
             self._ot_study.tell(ot_trial, state=state)
         self._completed_trials.add(trial_id)
+
+    def _frozen(self, ot_trial) -> optuna.trial.FrozenTrial:
+        """The one trial as stored: reading the study's every trial grew with the sweep, at each end."""
+        return self._ot_study._storage.get_trial(ot_trial._trial_id)
 
     def restore(self, checkpoint_path: str) -> None:
         """Tune's last snapshot, reconciled once with the study, which the dead driver kept writing
