@@ -99,3 +99,28 @@ def test_the_scheduler_state_round_trips_through_its_own_save():
     tune_hooks.restore_scheduler(again, saved)
     assert again._counter == 7 and tune_hooks.scheduler_state(again) == saved
     assert tune_hooks.scheduler_state(FIFOScheduler()) is None  # it has no save of its own
+
+
+def test_a_trial_checkpoint_no_longer_forces_a_snapshot(tmp_path):
+    from types import SimpleNamespace
+
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
+
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="e")
+    controller = SimpleNamespace(_storage=storage, _checkpoint_period="auto",
+                                 _trial_checkpoint_config=SimpleNamespace(num_to_keep=1))
+    trial = Trial("fake", config={}, storage=storage, stub=True)
+    stock = TuneController._create_checkpoint_manager(controller)
+    stock.on_trial_checkpoint(trial)
+    assert stock._should_force_sync_up  # Tune's way: a snapshot after every checkpoint
+    original = TuneController._create_checkpoint_manager
+    try:
+        tune_hooks.snapshot_on_schedule()
+        tune_hooks.snapshot_on_schedule()  # once only
+        ours = TuneController._create_checkpoint_manager(controller)
+        ours.on_trial_checkpoint(trial)
+        assert not ours._should_force_sync_up and ours.auto_checkpoint_enabled
+    finally:
+        TuneController._create_checkpoint_manager = original

@@ -107,6 +107,7 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, sweep_id: str, address
     live = study.restore(sweep_dir, spec.location, sweep_id)
     started = init_ray(address)
     tune_hooks.keep_credentials_out_of_runtime_env()
+    tune_hooks.snapshot_on_schedule()
     interrupt = Interrupt(parse_duration(spec.search.stop_wait), say)
     mirror = Mirror(sweep_dir, spec.location, sweep_id)
     try:
