@@ -91,3 +91,41 @@ def test_asha_never_stops_the_baseline_trial_early_and_counts_its_results():
     assert first_rung["baseline"] == -9.0  # counted toward the cutoff (ASHA maximizes -loss)
     assert report(baseline, 9.0, tokens=2 * plan.grace_period) == "CONTINUE"  # the next rung too
     assert report(baseline, 9.0, tokens=plan.max_t) == "STOP"  # max_t ends every trial: it has completed
+
+
+def test_the_live_leaderboard_is_written_at_most_every_two_seconds_and_at_the_end(tmp_path, monkeypatch):
+    """A row per trial: written at every trial's end, it grew with the sweep (O(n) per end)."""
+    import csv
+
+    from tuner import ledger as ledger_module
+    from tuner.records import TrialRecord
+
+    spec = load_spec(TINY, [f"storage={tmp_path}"])
+    ledger = TrialLedger(spec, make_plan(spec, train_tokens=100_000), say=lambda _: None, sweep_id="s1")
+    clock = [100.0]
+    monkeypatch.setattr(ledger_module.time, "monotonic", lambda: clock[0])
+    board = tmp_path / "leaderboard.csv"
+
+    def rows() -> list[str]:
+        with open(board) as f:
+            return [row["trial_id"] for row in csv.DictReader(f)]
+
+    def ends(trial_id: str) -> None:
+        ledger.records[trial_id] = TrialRecord(trial_id, status=C.COMPLETED, best_metric=5.0, reports=1)
+        ledger._write_leaderboard()
+
+    ends("a")
+    assert rows() == ["a"]  # the first end writes at once
+    clock[0] += 1.0
+    ends("b")
+    assert rows() == ["a"] and ledger.board_stale  # within 2 s: left for later
+    clock[0] += 0.5
+    ledger.on_step_begin(0, [])
+    assert rows() == ["a"]  # still within 2 s of the last write
+    clock[0] += 0.6
+    ledger.on_step_begin(0, [])
+    assert sorted(rows()) == ["a", "b"] and not ledger.board_stale
+    clock[0] += 0.1
+    ends("c")
+    ledger.on_experiment_end([])  # the experiment's end writes what is left, whatever the clock
+    assert sorted(rows()) == ["a", "b", "c"]
