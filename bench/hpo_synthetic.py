@@ -1,4 +1,4 @@
-"""Search quality with a known optimum: four search arms on a synthetic learning curve.
+"""Search quality with a known optimum: search arms on a synthetic learning curve.
 
     python bench/hpo_synthetic.py [--seeds 20] [--trials 30] [--concurrency 2]
 
@@ -12,7 +12,11 @@ seeds (a seed is the sampler's seed and the curve noise's):
 - `tpe_asha`: TPE + ASHA, as tuner tells Optuna (ASHA's stops PRUNED with their intermediate
   values, failures FAIL, a completed trial's value its best report);
 - `tpe_asha_stock`: TPE + ASHA, as Ray's stock `OptunaSearch` tells it (every ended trial COMPLETE
-  at its last reported value).
+  at its last reported value);
+- `gp_asha`, `nsga2_asha`: Optuna's GP sampler (the same 4 random start-up trials as TPE) and
+  NSGA-II (generations of 10), ASHA; both model only the trials that completed;
+- `grid_asha`: a 30-point grid (`GRID`: the learning rate by decades, two batch sizes, three
+  warm-ups, 2 epochs) in a seeded order, ASHA; it needs `--trials` ≤ 30.
 
 The learning-curve family (`curve`), with T the train split's tokens per epoch and t the tokens
 a trial has trained on (reports every `train.report_every_tokens`, each instant):
@@ -67,11 +71,19 @@ from common import arrival_order, bootstrap, trial_records  # bench/, beside thi
 SPACE = ("search.space={learning_rate: {type: float, low: 1.0e-5, high: 1.0e-1, log: true}, "
          "per_device_train_batch_size: {type: categorical, choices: [8, 16, 32, 64]}, "
          "warmup_ratio: {type: float, low: 0.0, high: 0.2}, num_train_epochs: {type: int, low: 1, high: 4}}")
+# The grid a user would write blind for 30 trials: the learning rate by decades, two batch sizes, three
+# warm-ups, the epochs at the middle of their range.
+GRID = ("search.space={learning_rate: {type: categorical, choices: [1.0e-5, 1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1]}, "
+        "per_device_train_batch_size: {type: categorical, choices: [16, 64]}, "
+        "warmup_ratio: {type: float, low: 0.0, high: 0.2, step: 0.1}, num_train_epochs: 2}")
 ARMS = {
     "random": ["search.sampler=random", "scheduler.type=none"],
     "random_asha": ["search.sampler=random", "scheduler.type=asha"],
     "tpe_asha": ["search.sampler=tpe", "scheduler.type=asha"],
     "tpe_asha_stock": ["search.sampler=tpe", "scheduler.type=asha"],
+    "gp_asha": ["search.sampler=gp", "scheduler.type=asha"],
+    "nsga2_asha": ["search.sampler=nsga2", "search.n_startup_trials=10", "scheduler.type=asha"],
+    "grid_asha": ["search.sampler=grid", "scheduler.type=asha", GRID],
 }
 NOISE = 0.01
 

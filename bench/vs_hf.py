@@ -194,7 +194,7 @@ def run_hf(arm: str, spec_path: str, seed: int, root: Path, prepared) -> dict:
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
     from tuner import model as model_lib
-    from tuner import searcher as tuner_searcher
+    from tuner import samplers as tuner_samplers
     from tuner import space
     from tuner.data import load_prepared, trial_splits
     from tuner.spec import load_spec
@@ -234,7 +234,7 @@ def run_hf(arm: str, spec_path: str, seed: int, root: Path, prepared) -> dict:
     distributions = {HF_NAMES.get(k, k): v for k, v in space.distributions(spec).items()}
     baseline = [{HF_NAMES.get(k, k): v for k, v in spec.search.baseline.items()}] if spec.search.baseline else None
     searcher = OptunaSearch(space=distributions, metric="objective", mode="min",
-                            points_to_evaluate=baseline, sampler=tuner_searcher.sampler(spec))
+                            points_to_evaluate=baseline, sampler=tuner_samplers.sampler(spec))
     scheduler = ASHAScheduler(time_attr="training_iteration", metric="objective", mode="min", max_t=reports,
                               grace_period=max(1, round(spec.scheduler.grace_period / every)),
                               reduction_factor=spec.scheduler.reduction_factor)

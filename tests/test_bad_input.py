@@ -79,6 +79,11 @@ ROWS = [
     pytest.param("validate", ["search.space.warmup_ratio={type: float, low: 0.0, high: 0.1, step: 0.03}"],
                  ["search.space.warmup_ratio.step: got 0.03", "does not divide", "set high: 0.09"],
                  id="step-not-dividing-range"),
+    pytest.param("validate", ["search.sampler=grid"],
+                 ["search.space.learning_rate: a float range from 5e-05 to 0.01 has no finite list of values for "
+                  "sampler grid; list them instead, e.g. type: categorical, choices: [5e-05, 0.00071, 0.01]",
+                  "search.space.warmup_ratio: a float range from 0.0 to 0.1", "add `step:` (e.g. step: 0.025)"],
+                 id="grid-over-a-continuous-range"),
     pytest.param("validate", ["search.metric=accuracy"],
                  ["search.metric: got 'accuracy'", "expected a reported key: eval_loss"], id="unreported-metric"),
     pytest.param("validate", ["search.mode=minimize"],

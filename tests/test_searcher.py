@@ -12,7 +12,7 @@ from ray.tune.search import Searcher
 
 from tests.conftest import TINY
 from tuner import constants as C
-from tuner import searcher, study
+from tuner import samplers, searcher, study
 from tuner.spec import load_spec
 
 SWEEP_ID = "sweep0000001"
@@ -40,7 +40,7 @@ def test_each_sampler_is_built_and_seeded(spec):
     for name, cls in [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
                       ("cmaes", optuna.samplers.CmaEsSampler), ("qmc", optuna.samplers.QMCSampler)]:
         spec.search.sampler = name
-        first, second = searcher.sampler(spec), searcher.sampler(spec)
+        first, second = samplers.sampler(spec), samplers.sampler(spec)
         assert isinstance(first, cls)
         study_a = optuna.create_study(sampler=first)
         study_b = optuna.create_study(sampler=second)

@@ -161,7 +161,7 @@ def test_integer_is_accepted_as_float():
 
 
 @pytest.mark.parametrize("section, key, value", [
-    ("search", "sampler", "grid"),
+    ("search", "sampler", "hyperopt"),
     ("search", "mode", "minimize"),
     ("train", "precision", "fp64"),
     ("train", "lr_scheduler_type", "cosin"),
@@ -176,6 +176,8 @@ def test_literal_choices(section, key, value):
 @pytest.mark.parametrize("section, key, value", [
     ("search", "sampler", "cmaes"),
     ("search", "sampler", "qmc"),
+    ("search", "sampler", "gp"),
+    ("search", "sampler", "nsga2"),
     ("search", "mode", "max"),
     ("train", "precision", "bf16"),
     ("train", "lr_scheduler_type", "cosine_with_restarts"),
@@ -694,7 +696,7 @@ def test_every_problem_reported_in_one_message():
     )
     raw["name"] = "bad name"                                      # 6
     raw["data"] = {"path": "x.txt", "block_size": 1}              # 7
-    raw["search"]["sampler"] = "grid"                             # 8
+    raw["search"]["sampler"] = "hyperopt"                         # 8
     raw["search"]["space"]["weight_decay"] = {"type": "float", "low": 0.2, "high": 0.1}  # 9
     with pytest.raises(SpecError) as info:
         validate(raw)

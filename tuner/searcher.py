@@ -19,22 +19,10 @@ from ray.tune.search.optuna import OptunaSearch
 from tuner import constants as C
 from tuner import records, space, study
 from tuner.interrupt import Interrupt
+from tuner.samplers import sampler
 from tuner.spec import Spec
 
 log = logging.getLogger("tuner")
-
-
-def sampler(spec: Spec) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler, seeded here: OptunaSearch ignores `seed` once given a sampler."""
-    search = spec.search
-    startup = {} if search.n_startup_trials is None else {"n_startup_trials": search.n_startup_trials}
-    if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=search.seed, **startup)
-    if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=search.seed)
-    if search.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=search.seed, **startup)
-    return optuna.samplers.QMCSampler(seed=search.seed, scramble=True)
 
 
 def classify(result: dict[str, Any] | None, error: bool) -> str:
@@ -178,10 +166,10 @@ def make(spec: Spec, live: Path, sweep_id: str, queue_baseline: bool, limit: int
     distributions = space.distributions(spec)
     if not distributions:
         return None
-    baseline = [dict(spec.search.baseline)] if spec.search.baseline and queue_baseline else None
+    queued = [dict(spec.search.baseline)] if spec.search.baseline and queue_baseline else []
     searcher: Searcher = TruthfulOptunaSearch(
         space=space.ConditionalSpace(spec) if space.is_conditional(spec) else distributions,
-        metric=spec.search.metric, mode=spec.search.mode, points_to_evaluate=baseline,
+        metric=spec.search.metric, mode=spec.search.mode, points_to_evaluate=queued or None,
         sampler=sampler(spec), study_name=spec.name, storage=optuna.storages.RDBStorage(study.url(live)),
         limit=limit, sweep_id=sweep_id)
     study.claim(live, spec.name, sweep_id)

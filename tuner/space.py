@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tuner.constants import HYPERPARAMETER_DEFAULTS
+from tuner.grid import values as grid_values
 from tuner.spec import RULES, Spec, as_number, condition_holds, conditions, fixed_value, is_distribution
 
 if TYPE_CHECKING:  # Optuna is needed to search, not to train: trials import this module too
@@ -33,6 +34,11 @@ def to_distribution(name: str, entry: dict[str, Any]) -> od.BaseDistribution:
 def distributions(spec: Spec) -> dict[str, od.BaseDistribution]:
     return {name: to_distribution(name, entry) for name, entry in spec.search.space.items()
             if is_distribution(entry)}
+
+
+def grid(spec: Spec) -> dict[str, list[Any]]:
+    """`sampler: grid`'s grid: each searched field's values (validation made sure each has a list)."""
+    return {name: grid_values(entry) for name, entry in spec.search.space.items() if is_distribution(entry)}
 
 
 def is_conditional(spec: Spec) -> bool:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tuner import limits, secret, yamlfile
+from tuner import grid, limits, secret, yamlfile
 from tuner.constants import EVAL_LOSS, HYPERPARAMETER_DEFAULTS, MODEL_HYPERPARAMETERS, REPORT_KEYS
 from tuner.errors import UserError
 
@@ -138,9 +138,13 @@ class SearchSpec:
     metric: str = EVAL_LOSS
     mode: Literal["min", "max"] = "min"
     num_samples: int = 8  # trials
-    sampler: Literal["tpe", "random", "cmaes", "qmc"] = "tpe"
+    # grid: every combination, in a seeded order, num_samples taken from it; gp: Gaussian process;
+    # nsga2: the genetic algorithm NSGA-II
+    sampler: Literal["tpe", "random", "cmaes", "qmc", "grid", "gp", "nsga2"] = "tpe"
     seed: int = 0  # seeds the sampler
-    n_startup_trials: int | None = None  # TPE/CMA-ES random start-up trials (Optuna's default: 10/1)
+    # random start-up trials before the sampler models the results (Optuna's: TPE 10, CMA-ES 1, GP 10);
+    # for nsga2 the size of each generation (Optuna's: 50; at least 2)
+    n_startup_trials: int | None = None
     max_concurrent_trials: int | None = None  # default: as many as the resources allow
     time_budget: float | str | None = None  # wall clock for the search: seconds, or "90s", "30m", "2h"
     baseline: dict[str, Any] | None = None  # a first trial with these values (e.g. HF's defaults)
@@ -550,6 +554,8 @@ def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
         if spec.search.space is not None:  # an empty `space:` is reported already
             _check_space(spec, raw, problems)
             _check_search(spec, problems)
+            if spec.search.sampler == "grid":
+                _check_grid(spec.search, raw, problems)
             if spec.train is not None:
                 _check_plateau_warmup(spec, problems)
     if spec.scheduler is not None:
@@ -835,6 +841,9 @@ def _check_search(spec: Spec, problems: list[str]) -> None:
     _at_least(search.max_failures, 0, "search.max_failures", problems)
     if search.n_startup_trials is not None:
         _at_least(search.n_startup_trials, 0, "search.n_startup_trials", problems)
+        if search.sampler == "nsga2" and search.n_startup_trials in (0, 1):
+            problems.append(f"search.n_startup_trials: got {search.n_startup_trials} with sampler nsga2, where it "
+                            "sizes each generation; expected >= 2, or drop it for Optuna's 50")
     for key in ("time_budget", "trial_timeout", "stall_timeout", "stop_wait"):
         value = getattr(search, key)
         if value is not None and parse_duration(value) is None:
@@ -845,24 +854,43 @@ def _check_search(spec: Spec, problems: list[str]) -> None:
         problems.append(f"search.num_samples: got {search.num_samples}, but search.space samples "
                         "nothing; set num_samples: 1 or add a distribution to search.space")
     if search.baseline is not None:
-        _check_baseline(search, problems)
+        _check_point(search.baseline, search, "search.baseline", "a baseline", problems)
 
 
-def _check_baseline(search: SearchSpec, problems: list[str]) -> None:
-    """The baseline is enqueued as Optuna's first trial: it must give each searched field a value
-    the distribution contains."""
+def _check_grid(search: SearchSpec, raw: dict[str, Any], problems: list[str]) -> None:
+    """A grid sweep runs each point once: num_samples is the grid's point count (and the baseline's)
+    unless the spec asks for fewer (the first ones of the seeded order), never more. Sized once the
+    rest of the spec is clean (a malformed entry has no list of values)."""
+    entries = {name: entry for name, entry in search.space.items() if is_distribution(entry)}
+    clean = not problems
+    points = grid.check(entries, problems)
+    if points is None or not clean or not entries:
+        return
+    points += search.baseline is not None
+    asked = (raw.get("search") or {}).get("num_samples")
+    if asked is None:
+        search.num_samples = points
+    elif search.num_samples > points:
+        queued = " with the baseline" * (search.baseline is not None)
+        problems.append(f"search.num_samples: got {search.num_samples}, but the grid has {points} points"
+                        f"{queued}; a grid runs each once: "
+                        "drop num_samples to run them all, or list more values")
+
+
+def _check_point(point: dict[str, Any], search: SearchSpec, where: str, what: str, problems: list[str]) -> None:
+    """The baseline is queued as Optuna's first trial: it must give each searched field a value the
+    distribution contains."""
     for name, entry in search.space.items():
         if is_distribution(entry) and "when" in entry and not conditions(entry):
             continue  # a malformed `when:`, reported already: whether it applies is unknown
-        active = condition_holds(conditions(entry), search.baseline) if is_distribution(entry) else True
-        if is_distribution(entry) and active and name not in search.baseline:
-            problems.append(f"search.baseline: no value for {name!r}; a baseline gives a value for "
-                            "every searched field")
-    for name, value in search.baseline.items():
-        path = f"search.baseline.{name}"
+        active = condition_holds(conditions(entry), point) if is_distribution(entry) else True
+        if is_distribution(entry) and active and name not in point:
+            problems.append(f"{where}: no value for {name!r}; {what} gives a value for every searched field")
+    for name, value in point.items():
+        path = f"{where}.{name}"
         entry = search.space.get(name)
         if not is_distribution(entry):
-            problems.append(f"{path}: {name!r} is not searched in search.space; a baseline gives values "
+            problems.append(f"{path}: {name!r} is not searched in search.space; {what} gives values "
                             "for searched fields only")
         elif entry.get("type") == "categorical":
             if isinstance(entry.get("choices"), list) and value not in entry["choices"]:
