@@ -2,8 +2,8 @@
 
 Optuna's GridSampler runs each point of a grid once, in a seeded order. A grid needs every searched
 field to have finitely many values: a categorical's choices, an int range (by its step), or a float
-range with a `step`. The grid fixes the sweep's size: `search.num_samples` is the number of points
-(one more with a baseline, which runs beside the grid, not drawn from it).
+range with a `step`. The grid fixes the sweep's size: `search.num_samples` is the number of points,
+plus the baseline and `search.enqueue`'s configs, which run beside the grid, not drawn from it.
 
 Imports nothing of tuner's: `spec` validates with it, `space` builds the sampler's grid with it.
 """

@@ -158,15 +158,20 @@ class SweepSearch(SearchGenerator):
         storage.storage_filesystem, storage.storage_fs_path = get_fs_and_path(self.location)
 
 
+def queued_configs(spec: Spec) -> list[dict[str, Any]]:
+    """The configs that run before the sampler's own, in order: the baseline, then `search.enqueue`."""
+    return [*([spec.search.baseline] if spec.search.baseline else []), *(spec.search.enqueue or [])]
+
+
 def make(spec: Spec, live: Path, sweep_id: str, queue_baseline: bool, limit: int | None = None,
          concurrency: int | None = None, interrupt: Interrupt | None = None) -> SweepSearch | None:
     """OptunaSearch on the sweep's one study, at most `concurrency` trials at once (None for a fixed
     config: nothing to sample). Only the sweep's first experiment, on its first run, queues the
-    baseline."""
+    baseline and the enqueued configs."""
     distributions = space.distributions(spec)
     if not distributions:
         return None
-    queued = [dict(spec.search.baseline)] if spec.search.baseline and queue_baseline else []
+    queued = [dict(point) for point in queued_configs(spec)] if queue_baseline else []
     searcher: Searcher = TruthfulOptunaSearch(
         space=space.ConditionalSpace(spec) if space.is_conditional(spec) else distributions,
         metric=spec.search.metric, mode=spec.search.mode, points_to_evaluate=queued or None,

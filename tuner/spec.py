@@ -148,6 +148,7 @@ class SearchSpec:
     max_concurrent_trials: int | None = None  # default: as many as the resources allow
     time_budget: float | str | None = None  # wall clock for the search: seconds, or "90s", "30m", "2h"
     baseline: dict[str, Any] | None = None  # a first trial with these values (e.g. HF's defaults)
+    enqueue: list[dict[str, Any]] | None = None  # configs that run next, before the sampler's own
     max_failures: int = 2  # retries of a crashed trial, each from its latest checkpoint
     trial_timeout: float | str | None = None  # a trial that runs longer ends as timed_out: "90s", "30m", "2h"
     stall_timeout: float | str | None = "2h"  # a trial silent this long (no report) ends as stalled; null: off
@@ -449,6 +450,12 @@ def _convert(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
                             f"it, or {fix}")
             return None
         return _build(hint, value, path, problems)
+    if origin is list and typing.get_origin(typing.get_args(hint)[0]) is dict:
+        if not isinstance(value, list) or not value or not all(isinstance(v, dict) and v for v in value):
+            problems.append(f"{path}: got {value!r}, expected a list of mappings, one per config, e.g. "
+                            "[{learning_rate: 1.0e-4, per_device_train_batch_size: 8}]")
+            return None
+        return value
     if origin is list:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             problems.append(f"{path}: got {value!r}, expected a list of non-empty strings")
@@ -855,6 +862,14 @@ def _check_search(spec: Spec, problems: list[str]) -> None:
                         "nothing; set num_samples: 1 or add a distribution to search.space")
     if search.baseline is not None:
         _check_point(search.baseline, search, "search.baseline", "a baseline", problems)
+    seen: dict[str, str] = {}
+    for i, point in enumerate(search.enqueue or []):
+        path = f"search.enqueue[{i}]"
+        _check_point(point, search, path, "an enqueued config", problems)
+        key = json.dumps(point, sort_keys=True, default=str)
+        if key in seen:
+            problems.append(f"{path}: the same config as {seen[key]}; each config runs once: drop one")
+        seen.setdefault(key, path)
 
 
 def _check_grid(search: SearchSpec, raw: dict[str, Any], problems: list[str]) -> None:
@@ -866,20 +881,20 @@ def _check_grid(search: SearchSpec, raw: dict[str, Any], problems: list[str]) ->
     points = grid.check(entries, problems)
     if points is None or not clean or not entries:
         return
-    points += search.baseline is not None
+    points += (search.baseline is not None) + len(search.enqueue or [])
     asked = (raw.get("search") or {}).get("num_samples")
     if asked is None:
         search.num_samples = points
     elif search.num_samples > points:
-        queued = " with the baseline" * (search.baseline is not None)
+        queued = " with the queued configs" * (search.baseline is not None or bool(search.enqueue))
         problems.append(f"search.num_samples: got {search.num_samples}, but the grid has {points} points"
                         f"{queued}; a grid runs each once: "
                         "drop num_samples to run them all, or list more values")
 
 
 def _check_point(point: dict[str, Any], search: SearchSpec, where: str, what: str, problems: list[str]) -> None:
-    """The baseline is queued as Optuna's first trial: it must give each searched field a value the
-    distribution contains."""
+    """The baseline and each enqueued config are queued as Optuna's first trials: each must give
+    each searched field a value the distribution contains."""
     for name, entry in search.space.items():
         if is_distribution(entry) and "when" in entry and not conditions(entry):
             continue  # a malformed `when:`, reported already: whether it applies is unknown
