@@ -52,6 +52,11 @@ def run_driver(args: list[str], sweep_dir: Path, log: Path, kill_when=None, time
     """Run `launch.py ARGS`; SIGKILL the driver process alone once `kill_when(sweep_dir)` holds."""
     # Each driver its own W&B service, as from a shell: a test process that used W&B exports its own.
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    # Tune snapshots the experiment every 10 s or so (tune_hooks.snapshot_on_schedule); these trials
+    # last seconds, so the kill points below, which wait for the snapshot to hold the running trials,
+    # would seldom come before the sweep ends. A snapshot every second brings them on time; the
+    # trials the snapshot lacks are the chaos test's (tests/test_chaos.py).
+    env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
     with open(log, "w") as out:
         driver = subprocess.Popen([sys.executable, "launch.py", *args], cwd=ROOT, stdout=out, env=env,
                                   stderr=subprocess.STDOUT, start_new_session=True)
