@@ -57,8 +57,20 @@ def test_tune_still_propagates_credentials_through_the_class_cache():
     nothing and this fails, to be looked at again."""
     from ray.tune.execution import class_cache
 
-    assert tune_hooks.CREDENTIAL_VARS & set(class_cache.ENV_VARS_TO_PROPAGATE)
+    # Tune's own set, read afresh: a sweep run earlier in this process has edited the module's
+    stock = _fresh("ray.tune.execution.class_cache").ENV_VARS_TO_PROPAGATE
+    assert tune_hooks.CREDENTIAL_VARS & set(stock)
     assert "ENV_VARS_TO_PROPAGATE" in inspect.getsource(class_cache._ActorClassCache.get)
+
+
+def _fresh(name: str):
+    """A new copy of module `name`, executed apart from the one in sys.modules."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_dropping_the_credentials_keeps_what_else_tune_propagates(monkeypatch):
@@ -112,11 +124,12 @@ def test_a_trial_checkpoint_no_longer_forces_a_snapshot(tmp_path):
     controller = SimpleNamespace(_storage=storage, _checkpoint_period="auto",
                                  _trial_checkpoint_config=SimpleNamespace(num_to_keep=1))
     trial = Trial("fake", config={}, storage=storage, stub=True)
-    stock = TuneController._create_checkpoint_manager(controller)
-    stock.on_trial_checkpoint(trial)
-    assert stock._should_force_sync_up  # Tune's way: a snapshot after every checkpoint
-    original = TuneController._create_checkpoint_manager
+    original = TuneController._create_checkpoint_manager  # patched already if a sweep ran in this process
     try:
+        TuneController._create_checkpoint_manager = getattr(original, "_stock", original)
+        stock = TuneController._create_checkpoint_manager(controller)
+        stock.on_trial_checkpoint(trial)
+        assert stock._should_force_sync_up  # Tune's way: a snapshot after every checkpoint
         tune_hooks.snapshot_on_schedule()
         tune_hooks.snapshot_on_schedule()  # once only
         ours = TuneController._create_checkpoint_manager(controller)

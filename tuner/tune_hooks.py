@@ -158,4 +158,5 @@ def snapshot_on_schedule() -> None:
         return manager
 
     on_schedule._tuner = True
+    on_schedule._stock = create
     TuneController._create_checkpoint_manager = on_schedule
