@@ -129,3 +129,19 @@ def test_the_live_leaderboard_is_written_at_most_every_two_seconds_and_at_the_en
     ends("c")
     ledger.on_experiment_end([])  # the experiment's end writes what is left, whatever the clock
     assert sorted(rows()) == ["a", "b", "c"]
+
+
+def test_a_successor_lost_in_turn_still_claims_the_trial_it_went_on_from(tmp_path):
+    """A configuration lost at three driver kills in a row: only its newest lost trial is left to go
+    on from (the older checkpoints may be gone: CI's chaos run fell back to step 0 on one)."""
+    from tuner import records
+    from tuner.records import TrialRecord
+
+    chain = [TrialRecord("a", checkpoint_step=2), TrialRecord("b", checkpoint_step=4, continues="a"),
+             TrialRecord("c", checkpoint_step=6, continues="b")]
+    for record in chain:
+        record.latest_checkpoint = {"path": f"tune/{record.trial_id}/checkpoint_000000", "metrics": {}}
+        records.save(record, tmp_path)
+        records.set_aside(record, tmp_path)
+    assert [r.trial_id for r in sweep.unclaimed_lost(tmp_path, [])] == ["c"]
+    assert sweep.unclaimed_lost(tmp_path, [TrialRecord("d", continues="c")]) == []

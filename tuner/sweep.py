@@ -175,9 +175,12 @@ def note_paused(spec: Spec, signal_name: str) -> None:
 
 
 def unclaimed_lost(sweep_dir, found) -> list[records.TrialRecord]:
-    """Lost trials no trial has gone on from yet (a driver died before their successors started)."""
-    claimed = {r.continues for r in found if r.continues}
-    return [r for r in records.load_lost(sweep_dir) if r.trial_id not in claimed and r.latest_checkpoint]
+    """Lost trials no trial has gone on from yet (a driver died before their successors started).
+    A successor lost in turn still claims the one it went on from: else the configuration's oldest
+    checkpoint, which its successors' Tune may have deleted since, would be taken over its newest."""
+    lost = records.load_lost(sweep_dir)
+    claimed = {r.continues for r in [*found, *lost] if r.continues}
+    return [r for r in lost if r.trial_id not in claimed and r.latest_checkpoint]
 
 
 def close_unfinished(spec: Spec, sweep_id: str, mirror: Mirror, plan: Plan) -> int:
