@@ -76,6 +76,7 @@ SPACE = ("search.space={learning_rate: {type: float, low: 1.0e-5, high: 1.0e-1, 
 GRID = ("search.space={learning_rate: {type: categorical, choices: [1.0e-5, 1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1]}, "
         "per_device_train_batch_size: {type: categorical, choices: [16, 64]}, "
         "warmup_ratio: {type: float, low: 0.0, high: 0.2, step: 0.1}, num_train_epochs: 2}")
+GRID_FIXED = {"num_train_epochs": 2}  # the grid's one fixed value: its trials' records don't hold it
 ARMS = {
     "random": ["search.sampler=random", "scheduler.type=none"],
     "random_asha": ["search.sampler=random", "scheduler.type=asha"],
@@ -175,7 +176,7 @@ class stock_optuna:
 
 def reports(sweep_dir: Path) -> list[tuple[int, float, dict, int]]:
     """Every report in arrival order: (tokens it added, observed loss, its trial's config, tokens seen)."""
-    return [(added, point["eval_loss"], record["params"], int(point["tokens_seen"]))
+    return [(added, point["eval_loss"], {**GRID_FIXED, **record["params"]}, int(point["tokens_seen"]))
             for record, point, added in arrival_order(trial_records(sweep_dir))]
 
 
