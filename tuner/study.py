@@ -134,19 +134,26 @@ def rebuild(path: Path, name: str, sweep_id: str, metric: str, mode: str, distri
     study = optuna.create_study(study_name=name, storage=url(path), load_if_exists=True,
                                 direction="minimize" if mode == "min" else "maximize")
     study.set_user_attr(SWEEP_ID, sweep_id)
-    count = 0
-    for record in ended:
-        dists = {k: distributions[k] for k in record.params if k in distributions}
-        params = {k: v for k, v in record.params.items() if k in dists}
-        values = {int(h[C.TOKENS_SEEN]): float(h[metric])
-                  for h in record.history if h.get(C.TOKENS_SEEN) is not None and records.finite(h.get(metric))}
-        state = final_state(record.status, records.finite(record.best_metric))
-        value = float(record.best_metric) if state == optuna.trial.TrialState.COMPLETE else None
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions=dists, value=value, state=state, intermediate_values=values,
-            user_attrs={RAY_TRIAL_ID: record.trial_id, "status": record.status}))
-        count += 1
-    return count
+    trials = [as_trial(record, record.params, distributions, metric,
+                       {RAY_TRIAL_ID: record.trial_id, "status": record.status}) for record in ended]
+    study.add_trials(trials)
+    return len(trials)
+
+
+def as_trial(record: Any, params: dict[str, Any], distributions: dict[str, Any], metric: str,
+             user_attrs: dict[str, Any]) -> Any:
+    """An ended trial record as the finished Optuna trial the searcher would have told, holding the
+    `params` that `distributions` name: COMPLETE at its best value, PRUNED with its reports by tokens
+    seen, or FAIL."""
+    import optuna
+
+    dists = {k: distributions[k] for k in params if k in distributions}
+    values = {int(h[C.TOKENS_SEEN]): float(h[metric])
+              for h in record.history if h.get(C.TOKENS_SEEN) is not None and records.finite(h.get(metric))}
+    state = final_state(record.status, records.finite(record.best_metric))
+    value = float(record.best_metric) if state == optuna.trial.TrialState.COMPLETE else None
+    return optuna.trial.create_trial(params={k: params[k] for k in dists}, distributions=dists, value=value,
+                                     state=state, intermediate_values=values, user_attrs=user_attrs)
 
 
 def final_state(status: str, finite: bool) -> Any:
