@@ -52,7 +52,7 @@ def best_config(spec: Spec, record: TrialRecord) -> dict[str, Any]:
     for key, entry in list(data["search"]["space"].items()):  # conditioned off for the winner: unused
         if key not in record.params and isinstance(entry, dict) and "type" in entry:
             del data["search"]["space"][key]
-    data["search"].update(num_samples=1, baseline=None, enqueue=None)
+    data["search"].update(num_samples=1, baseline=None, enqueue=None, warm_start=None)
     data["scheduler"] = "none"
     step = int(records.checkpoint_step(record))  # where the exported checkpoint was saved
     data["train"]["stop_after_steps"] = step

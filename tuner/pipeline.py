@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from tuner import constants as C
 from tuner import data, layout, lock, mirror, model, records, restore, results, secret, space, state, storage
-from tuner import live, logs, report, study, tracking
+from tuner import live, logs, report, study, tracking, warmstart
 from tuner.background import Background
 from tuner.context import TrialContext
 from tuner.errors import UserError, first_line
@@ -119,6 +119,7 @@ def _drive(spec: Spec, saved: str, address: str | None, trial_fn: Callable | Non
 
     check_model(spec)
     _check_study(spec, progress, restart_search)
+    warmstart.prepare(spec, study.live_path(sweep_dir, progress.sweep_id), progress.sweep_id)
     prepared = publish(spec, data.prepare(spec, sweep_dir))
     data.check_prepared(spec, prepared)
     plan = make_plan(spec, prepared.train_tokens())

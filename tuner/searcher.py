@@ -17,7 +17,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner import constants as C
-from tuner import records, space, study
+from tuner import records, space, study, warmstart
 from tuner.interrupt import Interrupt
 from tuner.samplers import sampler
 from tuner.spec import Spec
@@ -167,11 +167,11 @@ def make(spec: Spec, live: Path, sweep_id: str, queue_baseline: bool, limit: int
          concurrency: int | None = None, interrupt: Interrupt | None = None) -> SweepSearch | None:
     """OptunaSearch on the sweep's one study, at most `concurrency` trials at once (None for a fixed
     config: nothing to sample). Only the sweep's first experiment, on its first run, queues the
-    baseline and the enqueued configs."""
+    baseline, the enqueued configs and a warm start's best configs."""
     distributions = space.distributions(spec)
     if not distributions:
         return None
-    queued = [dict(point) for point in queued_configs(spec)] if queue_baseline else []
+    queued = [dict(p) for p in [*queued_configs(spec), *warmstart.queued(live, spec.name)]] if queue_baseline else []
     searcher: Searcher = TruthfulOptunaSearch(
         space=space.ConditionalSpace(spec) if space.is_conditional(spec) else distributions,
         metric=spec.search.metric, mode=spec.search.mode, points_to_evaluate=queued or None,

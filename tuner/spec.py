@@ -149,6 +149,10 @@ class SearchSpec:
     time_budget: float | str | None = None  # wall clock for the search: seconds, or "90s", "30m", "2h"
     baseline: dict[str, Any] | None = None  # a first trial with these values (e.g. HF's defaults)
     enqueue: list[dict[str, Any]] | None = None  # configs that run next, before the sampler's own
+    # An earlier sweep (its directory or bucket URI): its ended trials become the study's priors where
+    # this space holds their values, and its best warm_start_top_k configs run first (after enqueue).
+    warm_start: str | None = None
+    warm_start_top_k: int = 3
     max_failures: int = 2  # retries of a crashed trial, each from its latest checkpoint
     trial_timeout: float | str | None = None  # a trial that runs longer ends as timed_out: "90s", "30m", "2h"
     stall_timeout: float | str | None = "2h"  # a trial silent this long (no report) ends as stalled; null: off
@@ -861,15 +865,27 @@ def _check_search(spec: Spec, problems: list[str]) -> None:
         problems.append(f"search.num_samples: got {search.num_samples}, but search.space samples "
                         "nothing; set num_samples: 1 or add a distribution to search.space")
     if search.baseline is not None:
-        _check_point(search.baseline, search, "search.baseline", "a baseline", problems)
+        check_point(search.baseline, search, "search.baseline", "a baseline", problems)
+    _check_warm_start(search, problems)
     seen: dict[str, str] = {}
     for i, point in enumerate(search.enqueue or []):
         path = f"search.enqueue[{i}]"
-        _check_point(point, search, path, "an enqueued config", problems)
+        check_point(point, search, path, "an enqueued config", problems)
         key = json.dumps(point, sort_keys=True, default=str)
         if key in seen:
             problems.append(f"{path}: the same config as {seen[key]}; each config runs once: drop one")
         seen.setdefault(key, path)
+
+
+def _check_warm_start(search: SearchSpec, problems: list[str]) -> None:
+    """The earlier sweep itself is read when the sweep starts (`warmstart`): here, the keys."""
+    _at_least(search.warm_start_top_k, 0, "search.warm_start_top_k", problems)
+    if search.warm_start is not None and not str(search.warm_start).strip():
+        problems.append("search.warm_start: got an empty path; name an earlier sweep's directory or bucket URI, "
+                        "e.g. runs/tiny, or drop the key")
+    if search.warm_start and search.sampler == "grid":
+        problems.append(f"search.warm_start: got {search.warm_start!r} with sampler grid, which runs every point "
+                        "whatever came before; warm starts inform a model: use sampler tpe or gp, or drop warm_start")
 
 
 def _check_grid(search: SearchSpec, raw: dict[str, Any], problems: list[str]) -> None:
@@ -892,7 +908,7 @@ def _check_grid(search: SearchSpec, raw: dict[str, Any], problems: list[str]) ->
                         "drop num_samples to run them all, or list more values")
 
 
-def _check_point(point: dict[str, Any], search: SearchSpec, where: str, what: str, problems: list[str]) -> None:
+def check_point(point: dict[str, Any], search: SearchSpec, where: str, what: str, problems: list[str]) -> None:
     """The baseline and each enqueued config are queued as Optuna's first trials: each must give
     each searched field a value the distribution contains."""
     for name, entry in search.space.items():
