@@ -17,6 +17,11 @@ seeds (a seed is the sampler's seed and the curve noise's):
   NSGA-II (generations of 10), ASHA; both model only the trials that completed;
 - `grid_asha`: a 30-point grid (`GRID`: the learning rate by decades, two batch sizes, three
   warm-ups, 2 epochs) in a seeded order, ASHA; it needs `--trials` ≤ 30.
+- `tpe_asha_warm`: `tpe_asha` with `search.warm_start` from a `tpe_asha` sweep of the same size on
+  the shifted task (`SHIFT`: every batch size's best learning rate ×2, the best warm-up 0.06 → 0.09;
+  its own seed), which runs first, once per seed, and whose tokens are not counted: it stands for
+  last week's sweep. Its trials are TPE's priors and its best 3 configs run first.
+  `tpe_asha_warm_priors`: the same with `search.warm_start_top_k=0` (the priors alone).
 
 The learning-curve family (`curve`), with T the train split's tokens per epoch and t the tokens
 a trial has trained on (reports every `train.report_every_tokens`, each instant):
@@ -85,14 +90,21 @@ ARMS = {
     "gp_asha": ["search.sampler=gp", "scheduler.type=asha"],
     "nsga2_asha": ["search.sampler=nsga2", "search.n_startup_trials=10", "scheduler.type=asha"],
     "grid_asha": ["search.sampler=grid", "scheduler.type=asha", GRID],
+    "tpe_asha_warm": ["search.sampler=tpe", "scheduler.type=asha"],
+    "tpe_asha_warm_priors": ["search.sampler=tpe", "scheduler.type=asha", "search.warm_start_top_k=0"],
 }
+WARM = ("tpe_asha_warm", "tpe_asha_warm_priors")
+SHIFT = (np.log10(2.0), 0.03)  # the source task's move: log10 of the best rate's factor, the best warm-up's
 NOISE = 0.01
 
 
-def curve(lr: float, batch: int, warmup: float, epochs: int, tokens: float, per_epoch: float) -> float:
-    """The noise-free validation loss after `tokens` training tokens (see the module's docstring)."""
-    best_lr = 1e-3 * np.sqrt(batch / 16)  # numpy throughout: `optimum` passes whole grids
-    floor = 2 + 0.25 * np.log10(lr / best_lr) ** 2 + 2 * (warmup - 0.06) ** 2 + 0.01 * np.log2(batch / 16) ** 2
+def curve(lr: float, batch: int, warmup: float, epochs: int, tokens: float, per_epoch: float,
+          shift: tuple[float, float] = (0.0, 0.0)) -> float:
+    """The noise-free validation loss after `tokens` training tokens (see the module's docstring);
+    `shift` moves the optimum: log10 of the best rate's factor, and the best warm-up's offset."""
+    best_lr = 1e-3 * np.sqrt(batch / 16) * 10 ** shift[0]  # numpy throughout: `optimum` passes whole grids
+    floor = (2 + 0.25 * np.log10(lr / best_lr) ** 2 + 2 * (warmup - 0.06 - shift[1]) ** 2
+             + 0.01 * np.log2(batch / 16) ** 2)
     tau = 0.15 * per_epoch * np.sqrt(best_lr / lr)
     progress = np.maximum(0.0, tokens - 0.5 * warmup * epochs * per_epoch)
     return floor + 2.5 * (1 + progress / tau) ** -0.7 + 0.05 * np.maximum(0.0, tokens / per_epoch - 1) ** 2
@@ -113,6 +125,7 @@ class Synthetic:
     per_epoch: int
     every: int
     seed: int
+    shift: tuple[float, float] = (0.0, 0.0)
 
     def __call__(self, config: dict, report) -> None:
         lr, batch = float(config["learning_rate"]), int(config["per_device_train_batch_size"])
@@ -122,7 +135,8 @@ class Synthetic:
         total = epochs * self.per_epoch
         points = list(range(self.every, total, self.every)) + [total]
         for tokens in points:
-            report({"eval_loss": float(curve(lr, batch, warmup, epochs, tokens, self.per_epoch)) + rng.gauss(0, NOISE),
+            loss = float(curve(lr, batch, warmup, epochs, tokens, self.per_epoch, self.shift))
+            report({"eval_loss": loss + rng.gauss(0, NOISE),
                     "tokens_seen": tokens})
 
 
@@ -136,12 +150,31 @@ def run_arm(arm: str, seed: int, trials: int, concurrency: int, root: Path, temp
     overrides = [f"storage={root / name}", f"search.seed={seed}", "search.baseline=null", SPACE,
                  f"search.max_concurrent_trials={concurrency}", "tracking.wandb.mode=disabled",
                  "promote.num_prompts=0", *ARMS[arm], *extra]
+    if arm in WARM:
+        source = source_sweep(seed, trials, concurrency, root, template, per_epoch, every, extra)
+        overrides.append(f"search.warm_start={source}")
     with stock_optuna(arm == "tpe_asha_stock"):
         start = time.perf_counter()
         result = pipeline.run_sweep(str(ROOT / "search_spaces" / "tiny.yaml"), name=name, num_samples=trials,
                                     overrides=overrides, trial_fn=Synthetic(per_epoch, every, seed))
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "reports": reports(result.sweep_dir)}
+
+
+def source_sweep(seed: int, trials: int, concurrency: int, root: Path, template: Path, per_epoch: int, every: int,
+                 extra: list[str]) -> Path:
+    """The warm arms' earlier sweep: `tpe_asha` on the shifted task with its own seed, run once per seed."""
+    from tuner import pipeline
+
+    name = f"source-{seed}"
+    if not (root / name).exists():
+        shutil.copytree(template / "data", root / name / "data", copy_function=_link)
+        overrides = [f"storage={root / name}", f"search.seed={1000 + seed}", "search.baseline=null", SPACE,
+                     f"search.max_concurrent_trials={concurrency}", "tracking.wandb.mode=disabled",
+                     "promote.num_prompts=0", *ARMS["tpe_asha"], *extra]
+        pipeline.run_sweep(str(ROOT / "search_spaces" / "tiny.yaml"), name=name, num_samples=trials,
+                           overrides=overrides, trial_fn=Synthetic(per_epoch, every, 1000 + seed, SHIFT))
+    return root / name
 
 
 def _link(src: str, dst: str) -> None:
@@ -276,6 +309,11 @@ def report(args, results: dict, per_epoch: int, every: int, best: float) -> None
                         for arm in args.arms}}
     if {"tpe_asha", "tpe_asha_stock"} <= set(args.arms):
         out["tpe_asha_vs_stock"] = paired_tests(regret["tpe_asha"], regret["tpe_asha_stock"])
+    for arm in WARM:
+        if {arm, "tpe_asha"} <= set(args.arms):
+            cold = statistics.median(match["tpe_asha"])
+            out[f"{arm}_vs_cold"] = {"ratio_of_medians": statistics.median(match[arm]) / cold if cold else math.nan,
+                                     **paired_tests(_capped(match[arm]), _capped(match["tpe_asha"]))}
     grid = [per_epoch * 4 * args.trials * k // 40 for k in range(1, 41)]
     out["curves"] = {"tokens": grid, **{arm: [round(statistics.median(_regret_at(results[arm][s]["points"], g)
                                                                       for s in seeds), 5) for g in grid]
@@ -296,7 +334,18 @@ def report(args, results: dict, per_epoch: int, every: int, best: float) -> None
         print(f"\ntpe_asha against tpe_asha_stock, final regret paired over seeds: lower on {t['lower']}, higher on "
               f"{t['higher']}, tied on {t['ties']}; median difference {t['median_diff']:+.4f}; one-sided sign test "
               f"p = {t['sign_p']:.3g}, Wilcoxon p = {t['wilcoxon_p']:.3g}")
+    for arm in WARM:
+        if f"{arm}_vs_cold" in out:
+            t = out[f"{arm}_vs_cold"]
+            print(f"\n{arm} against tpe_asha (cold), compute_to_match: median ratio {t['ratio_of_medians']:.3f} "
+                  f"(target <= 0.5); lower on {t['lower']}, higher on {t['higher']}, tied on {t['ties']} seeds; "
+                  f"one-sided sign test p = {t['sign_p']:.3g}, Wilcoxon p = {t['wilcoxon_p']:.3g}")
     print(json.dumps(_finite(out)))
+
+
+def _capped(values: list[float]) -> list[float]:
+    """Never matched (inf) as a number above every reached one, so paired tests can rank it."""
+    return [min(v, 1e9) for v in values]
 
 
 def _regret_at(points: list, tokens: int) -> float:
