@@ -171,3 +171,23 @@ def test_a_warm_start_that_cannot_be_read_exits_2_before_any_trial(tmp_path, cap
     err = capsys.readouterr().err
     assert "search.warm_start:" in err and "not a sweep directory" in err and "Traceback" not in err
     assert not (tmp_path / "new" / layout.TRIALS_DIR).exists()
+
+
+def test_a_bucket_sweep_warm_starts_from_its_driver_files(s3_server, tmp_path, monkeypatch):
+    from tuner import state, storage
+
+    monkeypatch.setenv("TUNER_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "old"
+    earlier_sweep(folder, TRIALS[:2])
+    state.SweepState(load_spec(folder / layout.SPEC_FILE).fingerprint()).save(folder)
+    uri = f"s3://{s3_server['bucket']}/sweeps/old"
+    for name in (layout.SPEC_FILE, layout.STATE_FILE):
+        storage.upload(folder / name, f"{uri}/{name}")
+    storage.upload(folder / layout.TRIALS_DIR, f"{uri}/{layout.TRIALS_DIR}")
+    spec = load_spec(TINY_PATH, [NO_BASELINE, SPACE, f"search.warm_start={uri}", f"storage={tmp_path / 'new'}"])
+    priors = warmstart.load(spec)
+    assert sorted(t.user_attrs[warmstart.SOURCE_TRIAL] for t in priors.trials) == ["old00000", "old00001"]
+    assert priors.queued == [TRIALS[0][0], TRIALS[1][0]]
+    missing = load_spec(TINY_PATH, [NO_BASELINE, SPACE, f"search.warm_start=s3://{s3_server['bucket']}/nothing"])
+    with pytest.raises(UserError, match="no sweep there"):
+        warmstart.load(missing)
