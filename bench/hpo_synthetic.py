@@ -22,6 +22,8 @@ seeds (a seed is the sampler's seed and the curve noise's):
   its own seed), which runs first, once per seed, and whose tokens are not counted: it stands for
   last week's sweep. Its trials are TPE's priors and its best 3 configs run first.
   `tpe_asha_warm_priors`: the same with `search.warm_start_top_k=0` (the priors alone).
+  `tpe_asha_warm_full`, `tpe_asha_warm_full_priors`: the same from a TPE sweep that trained every
+  trial to its end (no ASHA), whose best trials are the ones best at the end of training.
 
 The learning-curve family (`curve`), with T the train split's tokens per epoch and t the tokens
 a trial has trained on (reports every `train.report_every_tokens`, each instant):
@@ -92,8 +94,14 @@ ARMS = {
     "grid_asha": ["search.sampler=grid", "scheduler.type=asha", GRID],
     "tpe_asha_warm": ["search.sampler=tpe", "scheduler.type=asha"],
     "tpe_asha_warm_priors": ["search.sampler=tpe", "scheduler.type=asha", "search.warm_start_top_k=0"],
+    "tpe_asha_warm_full": ["search.sampler=tpe", "scheduler.type=asha"],
+    "tpe_asha_warm_full_priors": ["search.sampler=tpe", "scheduler.type=asha", "search.warm_start_top_k=0"],
 }
-WARM = ("tpe_asha_warm", "tpe_asha_warm_priors")
+# A warm arm → the arm its earlier sweep ran, on the shifted task.
+WARM = {"tpe_asha_warm": "tpe_asha", "tpe_asha_warm_priors": "tpe_asha", "tpe_asha_warm_full": "tpe",
+        "tpe_asha_warm_full_priors": "tpe"}
+SOURCES = {"tpe_asha": ["search.sampler=tpe", "scheduler.type=asha"],
+           "tpe": ["search.sampler=tpe", "scheduler.type=none"]}
 SHIFT = (np.log10(2.0), 0.03)  # the source task's move: log10 of the best rate's factor, the best warm-up's
 NOISE = 0.01
 
@@ -151,7 +159,7 @@ def run_arm(arm: str, seed: int, trials: int, concurrency: int, root: Path, temp
                  f"search.max_concurrent_trials={concurrency}", "tracking.wandb.mode=disabled",
                  "promote.num_prompts=0", *ARMS[arm], *extra]
     if arm in WARM:
-        source = source_sweep(seed, trials, concurrency, root, template, per_epoch, every, extra)
+        source = source_sweep(WARM[arm], seed, trials, concurrency, root, template, per_epoch, every, extra)
         overrides.append(f"search.warm_start={source}")
     with stock_optuna(arm == "tpe_asha_stock"):
         start = time.perf_counter()
@@ -161,17 +169,17 @@ def run_arm(arm: str, seed: int, trials: int, concurrency: int, root: Path, temp
     return {"seconds": seconds, "reports": reports(result.sweep_dir)}
 
 
-def source_sweep(seed: int, trials: int, concurrency: int, root: Path, template: Path, per_epoch: int, every: int,
-                 extra: list[str]) -> Path:
-    """The warm arms' earlier sweep: `tpe_asha` on the shifted task with its own seed, run once per seed."""
+def source_sweep(kind: str, seed: int, trials: int, concurrency: int, root: Path, template: Path, per_epoch: int,
+                 every: int, extra: list[str]) -> Path:
+    """A warm arm's earlier sweep (`SOURCES[kind]`) on the shifted task with its own seed, run once per seed."""
     from tuner import pipeline
 
-    name = f"source-{seed}"
+    name = f"source-{kind}-{seed}"
     if not (root / name).exists():
         shutil.copytree(template / "data", root / name / "data", copy_function=_link)
         overrides = [f"storage={root / name}", f"search.seed={1000 + seed}", "search.baseline=null", SPACE,
                      f"search.max_concurrent_trials={concurrency}", "tracking.wandb.mode=disabled",
-                     "promote.num_prompts=0", *ARMS["tpe_asha"], *extra]
+                     "promote.num_prompts=0", *SOURCES[kind], *extra]
         pipeline.run_sweep(str(ROOT / "search_spaces" / "tiny.yaml"), name=name, num_samples=trials,
                            overrides=overrides, trial_fn=Synthetic(per_epoch, every, 1000 + seed, SHIFT))
     return root / name
