@@ -92,9 +92,9 @@ ARMS = {
     "gp_asha": ["search.sampler=gp", "scheduler.type=asha"],
     "nsga2_asha": ["search.sampler=nsga2", "search.n_startup_trials=10", "scheduler.type=asha"],
     "grid_asha": ["search.sampler=grid", "scheduler.type=asha", GRID],
-    "tpe_asha_warm": ["search.sampler=tpe", "scheduler.type=asha"],
+    "tpe_asha_warm": ["search.sampler=tpe", "scheduler.type=asha", "search.warm_start_top_k=3"],
     "tpe_asha_warm_priors": ["search.sampler=tpe", "scheduler.type=asha", "search.warm_start_top_k=0"],
-    "tpe_asha_warm_full": ["search.sampler=tpe", "scheduler.type=asha"],
+    "tpe_asha_warm_full": ["search.sampler=tpe", "scheduler.type=asha", "search.warm_start_top_k=3"],
     "tpe_asha_warm_full_priors": ["search.sampler=tpe", "scheduler.type=asha", "search.warm_start_top_k=0"],
 }
 # A warm arm → the arm its earlier sweep ran, on the shifted task.

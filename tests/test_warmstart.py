@@ -55,7 +55,8 @@ def test_contains_follows_optuna_distributions():
 
 def test_priors_hold_the_values_this_space_contains_with_the_states_told(tmp_path):
     source = earlier_sweep(tmp_path / "old", TRIALS)
-    spec = load_spec(TINY_PATH, [NO_BASELINE, SPACE, f"search.warm_start={source}", f"storage={tmp_path / 'new'}"])
+    spec = load_spec(TINY_PATH, [NO_BASELINE, SPACE, f"search.warm_start={source}", "search.warm_start_top_k=3",
+                                 f"storage={tmp_path / 'new'}"])
     priors = warmstart.load(spec)
     by_source = {t.user_attrs[warmstart.SOURCE_TRIAL]: t for t in priors.trials}
     assert len(priors.trials) == 5
@@ -71,6 +72,8 @@ def test_priors_hold_the_values_this_space_contains_with_the_states_told(tmp_pat
 
 
 def test_top_k_skips_configs_already_queued_and_stops_at_k(tmp_path):
+    source = earlier_sweep(tmp_path / "default", TRIALS)
+    assert warmstart.load(load_spec(TINY_PATH, [NO_BASELINE, SPACE, f"search.warm_start={source}"])).queued == []
     source = earlier_sweep(tmp_path / "old", TRIALS)
     spec = load_spec(TINY_PATH, [NO_BASELINE, SPACE, f"search.warm_start={source}", "search.warm_start_top_k=1",
                                  "search.baseline={learning_rate: 1.0e-3, per_device_train_batch_size: 16}",
@@ -83,7 +86,7 @@ def test_a_parameter_held_fixed_there_carries_its_fixed_value(tmp_path):
     spec = load_spec(TINY_PATH, [NO_BASELINE, 
         "search.space={learning_rate: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}, "
         "weight_decay: {type: float, low: 0.0, high: 0.1}, warmup_ratio: {type: float, low: 0.05, high: 0.1}}",
-        f"search.warm_start={source}", f"storage={tmp_path / 'new'}"])
+        f"search.warm_start={source}", "search.warm_start_top_k=3", f"storage={tmp_path / 'new'}"])
     priors = warmstart.load(spec)
     assert [t.params for t in priors.trials] == [{"learning_rate": 1e-3, "weight_decay": 0.01},
                                                  {"learning_rate": 3e-4, "weight_decay": 0.01}]
@@ -184,7 +187,8 @@ def test_a_bucket_sweep_warm_starts_from_its_driver_files(s3_server, tmp_path, m
     for name in (layout.SPEC_FILE, layout.STATE_FILE):
         storage.upload(folder / name, f"{uri}/{name}")
     storage.upload(folder / layout.TRIALS_DIR, f"{uri}/{layout.TRIALS_DIR}")
-    spec = load_spec(TINY_PATH, [NO_BASELINE, SPACE, f"search.warm_start={uri}", f"storage={tmp_path / 'new'}"])
+    spec = load_spec(TINY_PATH, [NO_BASELINE, SPACE, f"search.warm_start={uri}", "search.warm_start_top_k=3",
+                                 f"storage={tmp_path / 'new'}"])
     priors = warmstart.load(spec)
     assert sorted(t.user_attrs[warmstart.SOURCE_TRIAL] for t in priors.trials) == ["old00000", "old00001"]
     assert priors.queued == [TRIALS[0][0], TRIALS[1][0]]

@@ -152,7 +152,8 @@ class SearchSpec:
     # An earlier sweep (its directory or bucket URI): its ended trials become the study's priors where
     # this space holds their values, and its best warm_start_top_k configs run first (after enqueue).
     warm_start: str | None = None
-    warm_start_top_k: int = 3
+    # 0 by default: under ASHA, last sweep's best run first set the rungs' bar (bench/RESULTS.md)
+    warm_start_top_k: int = 0
     max_failures: int = 2  # retries of a crashed trial, each from its latest checkpoint
     trial_timeout: float | str | None = None  # a trial that runs longer ends as timed_out: "90s", "30m", "2h"
     stall_timeout: float | str | None = "2h"  # a trial silent this long (no report) ends as stalled; null: off

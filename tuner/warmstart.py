@@ -6,7 +6,9 @@ enters the new study as the finished trial its own searcher told (COMPLETE at it
 with its reports, FAIL), holding only the parameters the new space searches and whose values the
 new distributions contain: a parameter the earlier sweep held fixed carries its fixed value. TPE
 (and GP) then model the new search from its first trial. Its best `search.warm_start_top_k`
-configs that fit the new space whole run first, after the baseline and `search.enqueue`.
+configs that fit the new space whole run first, after the baseline and `search.enqueue` (none by
+default: measured on bench/hpo_synthetic.py, last sweep's best run first under ASHA set every
+rung's bar at the old optimum, and the search did worse than a cold one).
 
 Everything is read and checked before any trial starts: a sweep that cannot be read, one that
 optimised another metric, or one from which no parameter carries over is refused with the reason.
