@@ -109,7 +109,7 @@ def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | 
 def _drive(spec: Spec, saved: str, address: str | None, trial_fn: Callable | None, force: bool,
            restart_search: bool) -> SweepResult:
     """Everything a sweep does, under its lock."""
-    _quiet_libraries()
+    quiet_libraries()
     sweep_dir = spec.sweep_dir
     layout.remove_temporaries(sweep_dir)
     progress = state.begin(spec, _saved_spec(sweep_dir), force, _name_of(trial_fn))
@@ -307,7 +307,7 @@ def saved_plan(spec: Spec) -> Plan | None:
     return make_plan(spec, train_tokens) if train_tokens is not None else None
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Progress bars and warnings from the libraries drown our own progress lines. From the command
     line their log lines go to sweep.log (and the terminal with -v); from Python they are silenced."""
     import datasets

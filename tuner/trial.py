@@ -348,6 +348,17 @@ def counting_trainer():
     return CountingTrainer
 
 
+def trial_model(spec: Spec, model_path: str, hyper: dict[str, Any]):
+    """The base model as a trial trains it: its first blocks frozen, LoRA-wrapped where the trial says
+    so. Shared with `lrfind`, whose range test must train the very model a trial would."""
+    model = model_lib.load_model(model_path, spec.model.revision, int(hyper["freeze_layers"]),
+                                 spec.model.token_env, spec.model.trust_remote_code, reuse=True,
+                                 code_revision=spec.model.code_revision)
+    if hyper["use_lora"]:
+        model = model_lib.with_lora(model, hyper, spec.model.lora_target_modules)
+    return model
+
+
 def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_from: str | None,
            workdir: str | Path | None) -> dict[str, Any]:
     spec = ctx.spec
@@ -359,11 +370,7 @@ def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_fr
     times[C.TIME_DATA] = time.perf_counter() - mark
     workdir = Path(workdir or tempfile.mkdtemp(prefix="tuner-trial-"))
     args = training_arguments(spec, hyper, workdir / "hf")
-    model = model_lib.load_model(ctx.model_path, spec.model.revision, int(hyper["freeze_layers"]),
-                                 spec.model.token_env, spec.model.trust_remote_code, reuse=True,
-                                 code_revision=spec.model.code_revision)
-    if hyper["use_lora"]:
-        model = model_lib.with_lora(model, hyper, spec.model.lora_target_modules)
+    model = trial_model(spec, ctx.model_path, hyper)
     trainer = counting_trainer()(model=model, args=args, data_collator=collate, train_dataset=train_split,
                                  eval_dataset=validation)
     times[C.TIME_MODEL] = time.perf_counter() - mark - times[C.TIME_DATA]
