@@ -71,3 +71,30 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                                       f"mapping (first on line {seen[key] + 1}); keep one")
                 seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+
+def replace_scalars(text: str, path: list[str], values: dict[str, str]) -> str:
+    """`text` with the scalar values of the keys in `values`, in the mapping at key `path`, replaced by
+    the YAML written in `values`; every other character kept (comments, order, quoting, flow or block
+    style), where a load and dump would lose them. Raises YamlRefused naming what is missing."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    for depth, key in enumerate(path):
+        node = _child(node, key, ".".join(path[:depth + 1]))
+    spans = []
+    for key, value in values.items():
+        child = _child(node, key, ".".join([*path, key]))
+        if not isinstance(child, yaml.ScalarNode):
+            raise YamlRefused(f"line {child.start_mark.line + 1}: {'.'.join([*path, key])} is not a single value")
+        spans.append((child.start_mark.index, child.end_mark.index, value))
+    for start, end, value in sorted(spans, reverse=True):
+        text = text[:start] + value + text[end:]
+    return text
+
+
+def _child(node: Any, key: str, where: str) -> Any:
+    """The value node of `key` in mapping `node`."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+                return value_node
+    raise YamlRefused(f"no {where} mapping entry")
