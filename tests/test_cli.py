@@ -116,7 +116,7 @@ def test_sweep_refuses_to_freeze_more_blocks_than_the_model_has(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The installed command: `tuner`, `python -m tuner`, and the presets shipped inside the package.
 
-COMMANDS = ("sweep", "resume", "validate", "status", "export", "sync", "report")
+COMMANDS = ("sweep", "resume", "validate", "status", "export", "sync", "report", "lr-find")
 
 
 def test_python_m_tuner_validates_a_preset_from_any_directory(tmp_path):

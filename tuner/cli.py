@@ -7,6 +7,8 @@
     tuner export SWEEP_DIR [--format yaml|json]
     tuner sync SWEEP_DIR [--dry-run]
     tuner report SWEEP_DIR
+    tuner lr-find SPEC|PRESET [--set key.path=value ...] [--min-lr LR] [--max-lr LR] [--steps N] [--png]
+                  [--write PATH [--force]]
 
 `sweep` runs the whole pipeline: spec → prepared data → Optuna + ASHA on Ray Tune → leaderboard →
 final evaluation of the best checkpoint → export. SPEC is a YAML file; a name that is not a file is
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tuner import constants as C
 from tuner import secret
 from tuner.errors import UserError
 
@@ -197,6 +200,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    """The learning-rate range test: a plot, suggested bounds and, with --write, a spec that has them;
+    1 when the loss never fell (nothing to suggest)."""
+    from tuner import lrfind
+
+    found = lrfind.find(resolve_spec_path(args.spec), args.set, min_lr=args.min_lr, max_lr=args.max_lr,
+                        steps=args.steps, png_plot=args.png, write=args.write, force=args.force)
+    curve = found.curve
+    ended = "the loss diverged" if curve.stopped_early else "the range ran out"
+    print(f"lr-find: {len(curve.lrs)} steps from {curve.lrs[0]:.2g} to {curve.lrs[-1]:.2g} ({ended}), "
+          f"{curve.tokens:,} training tokens")
+    for kind in ("svg", "png"):
+        if kind in found.paths:
+            print(f"plot: {found.paths[kind]}")
+    if found.suggestion is None:
+        print("no suggestion: the loss never fell; lower --min-lr or give more --steps", file=sys.stderr)
+        return 1
+    print(f"suggested {found.suggestion.describe()}")
+    if "spec" in found.paths:
+        print(f"spec with these bounds: {found.paths['spec']}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on bad arguments too; raising keeps our one-line `tuner: error:` format."""
 
@@ -259,6 +285,24 @@ def parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="(re)build a sweep's report.html")
     report.add_argument("sweep_dir")
     report.set_defaults(run=cmd_report)
+
+    lr_find = commands.add_parser("lr-find", help="a learning-rate range test: plot and bounds for learning_rate")
+    lr_find.add_argument("spec", help=f"the sweep's YAML spec, or a preset: {', '.join(preset_names())}")
+    lr_find.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                         help="override one spec value, e.g. --set data.max_records=1000 (repeatable)")
+    lr_find.add_argument("--min-lr", type=float, default=C.LR_FIND_MIN_LR,
+                         help="the first step's rate (default: %(default)g)")
+    lr_find.add_argument("--max-lr", type=float, default=C.LR_FIND_MAX_LR,
+                         help="the last step's rate (default: %(default)g)")
+    lr_find.add_argument("--steps", type=int, default=C.LR_FIND_STEPS,
+                         help="optimizer steps, one rate each (default: %(default)s); it stops sooner once the loss "
+                              "diverges")
+    lr_find.add_argument("--png", action="store_true", help="also write lr_find.png (needs matplotlib)")
+    lr_find.add_argument("--write", type=Path, metavar="PATH",
+                         help="write a copy of the spec file with search.space.learning_rate's low and high set "
+                              "to the suggestion (the spec itself is never changed)")
+    lr_find.add_argument("--force", action="store_true", help="let --write replace an existing file")
+    lr_find.set_defaults(run=cmd_lr_find)
     return top
 
 

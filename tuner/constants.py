@@ -81,3 +81,6 @@ HYPERPARAMETER_DEFAULTS = {
 }
 # Hyperparameters fixed under `model` (how the model is set up), not under `train`.
 MODEL_HYPERPARAMETERS = ("freeze_layers", "use_lora", "lora_r", "lora_alpha", "lora_dropout")
+
+# `tuner lr-find`'s range by default: Leslie Smith's and fastai's, eight decades in 100 optimizer steps.
+LR_FIND_MIN_LR, LR_FIND_MAX_LR, LR_FIND_STEPS = 1e-7, 10.0, 100

@@ -35,6 +35,9 @@ DATA_DIR = "data"  # prepared data, one folder per fingerprint
 DATA_SUMMARY = "summary.json"  # what preparing did: in each prepared folder, and the sweep's in data/
 TRAIN_DIR = "train"  # Ray Train's runs of data-parallel trials, one per trial
 PROMOTED_DIR = "promoted"  # checkpoints downloaded from a bucket for the final evaluation
+LR_FIND_JSON = "lr_find.json"  # `tuner lr-find`: the range test's curve and suggested bounds
+LR_FIND_SVG = "lr_find.svg"  # its plot of loss against learning rate
+LR_FIND_PNG = "lr_find.png"  # the same plot as a PNG, with --png
 FIRST_EXPERIMENT = "tune"  # Ray Tune's experiment directory of the first run; then tune-2, tune-3, …
 
 # What the driver keeps current in a bucket while the sweep runs: enough for another machine to go
