@@ -14,7 +14,12 @@ TOKENS_SEEN = "tokens_seen"
 TOKENS_PER_S = "tokens_per_s"
 GPU_MEMORY_MB = "gpu_memory_mb"  # peak GPU memory of the trial so far, on GPU only
 MFU = "mfu"  # model FLOPs utilization of the training steps since the last report, on a known GPU only
-REPORT_KEYS = (EVAL_LOSS, TRAIN_LOSS, LEARNING_RATE, EPOCH, STEP, TOKENS_SEEN, TOKENS_PER_S)
+# The costs a multi-objective search (`search.metrics`) can trade against quality, on every report.
+TRAIN_TOKENS_PER_S = "train_tokens_per_s"  # training throughput: the same figure as tokens_per_s, by its own name
+TRAINABLE_PARAMS = "trainable_params"  # parameters with requires_grad: LoRA's rank shows here
+PEAK_MEMORY_MB = "peak_memory_mb"  # GPU: peak allocated memory; CPU: the process's peak resident memory
+COST_KEYS = (TRAIN_TOKENS_PER_S, TRAINABLE_PARAMS, PEAK_MEMORY_MB)
+REPORT_KEYS = (EVAL_LOSS, TRAIN_LOSS, LEARNING_RATE, EPOCH, STEP, TOKENS_SEEN, TOKENS_PER_S, *COST_KEYS)
 
 # Extra keys on a report: how the trial stands after it.
 TRIAL_STATUS = "trial_status"  # "running" until the last report, then one of STATUSES

@@ -43,6 +43,8 @@ METRICS = {
     C.TOKENS_PER_S: "train/tokens_per_s",
     C.GPU_MEMORY_MB: "train/gpu_memory_mb",
     C.MFU: "train/mfu",
+    C.TRAINABLE_PARAMS: "train/trainable_params",
+    C.PEAK_MEMORY_MB: "train/peak_memory_mb",
 }
 PERPLEXITY = "eval/perplexity"
 # The Tracker's calls made from Tune's callbacks (see tuner/background.py).

@@ -22,7 +22,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tuner import constants as C
-from tuner import gpu, space
+from tuner import gpu, memory, space
 from tuner import model as model_lib
 from tuner.context import Reporter, TrialContext
 from tuner.data import trial_splits
@@ -112,7 +112,8 @@ class ReportCallback(TrainerCallback):
     """
 
     def __init__(self, spec: Spec, report: Reporter, max_t: int | None, setup_times: dict[str, float] | None = None,
-                 per_token_flops: float | None = None, peak: float | None = None, gpus: int = 1):
+                 per_token_flops: float | None = None, peak: float | None = None, gpus: int = 1,
+                 trainable: int | None = None):
         self.every = spec.train.report_every_tokens
         self.stop_after = spec.train.stop_after_steps
         self.patience = spec.train.patience
@@ -133,6 +134,7 @@ class ReportCallback(TrainerCallback):
         self.last_tokens = 0
         self.start_step = 0
         self.per_token_flops, self.peak, self.gpus = per_token_flops, peak, gpus
+        self.trainable = trainable  # parameters with requires_grad: a cost a search can trade
 
     def _lap(self, key: str) -> float:
         now = time.perf_counter()
@@ -227,6 +229,9 @@ class ReportCallback(TrainerCallback):
             C.STEP: int(state.global_step),
             C.TOKENS_SEEN: tokens,
             C.TOKENS_PER_S: speed,
+            C.TRAIN_TOKENS_PER_S: speed,
+            C.TRAINABLE_PARAMS: self.trainable if self.trainable is not None else math.nan,
+            C.PEAK_MEMORY_MB: memory.peak_mb(),
             C.START_STEP: self.start_step,
             C.TRIAL_STATUS: status,
             C.FINAL: final,
@@ -253,6 +258,11 @@ def gpu_memory() -> dict[str, float]:
     if not torch.cuda.is_available():
         return {}
     return {C.GPU_MEMORY_MB: torch.cuda.max_memory_allocated() / 2**20}
+
+
+def trainable_parameters(model) -> int:
+    """The parameters the optimizer updates (requires_grad): all of them, or LoRA's adapters alone."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def run_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter,
@@ -377,7 +387,8 @@ def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_fr
     parameters, layers, width = gpu.model_shape(model)
     callback = ReportCallback(spec, lambda metrics, checkpoint: report({**metrics, **used}, checkpoint), ctx.max_t,
                               times, gpu.flops_per_token(parameters, layers, width, ctx.prepared.block_size),
-                              gpu.device_peak(), args.world_size)
+                              gpu.device_peak(), args.world_size, trainable_parameters(model))
+    memory.reset_peak()  # this trial's peak, not the reused worker's earlier trials'
     trainer.add_callback(callback)
     start = time.perf_counter()
     try:

@@ -9,7 +9,7 @@ import math
 from typing import Any, Callable
 
 from tuner import constants as C
-from tuner import space
+from tuner import memory, space
 from tuner.context import Reporter, TrialContext
 
 
@@ -33,8 +33,11 @@ def run_user_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter, 
             raise ValueError(f"trial_fn reported {sorted(metrics)}; every report needs {missing}")
         count[0] += 1
         last.clear()
+        # The costs default to what is known from outside the loop: its own count of trainable
+        # parameters is the loop's to report.
         last.update({C.TRAIN_LOSS: math.nan, C.LEARNING_RATE: 0.0, C.EPOCH: 0.0, C.STEP: count[0],
-                     C.TOKENS_PER_S: 0.0, **metrics, C.START_STEP: start_step, C.TRIAL_STATUS: C.RUNNING,
+                     C.TOKENS_PER_S: 0.0, C.TRAIN_TOKENS_PER_S: metrics.get(C.TOKENS_PER_S, 0.0),
+                     C.TRAINABLE_PARAMS: math.nan, C.PEAK_MEMORY_MB: memory.resident_peak_mb(), **metrics, C.START_STEP: start_step, C.TRIAL_STATUS: C.RUNNING,
                      C.FINAL: False})
         count[0] = int(last[C.STEP])
         if not all(math.isfinite(float(last[k])) for k in (C.EVAL_LOSS, C.TRAIN_LOSS) if k in metrics):
