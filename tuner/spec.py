@@ -134,9 +134,20 @@ class TrainSpec:
 
 
 @dataclass
+class MetricSpec:
+    """One objective of a multi-objective search: a reported key and its direction."""
+
+    name: str  # a reported key: eval_loss, train_tokens_per_s, trainable_params, peak_memory_mb, ...
+    mode: Literal["min", "max"]
+
+
+@dataclass
 class SearchSpec:
-    metric: str = EVAL_LOSS
+    metric: str = EVAL_LOSS  # with `metrics`: the first one's name (ASHA, patience, the ledger use it)
     mode: Literal["min", "max"] = "min"
+    # Two or more objectives: a multi-objective study (TPE or nsga2) whose finished trials form a Pareto
+    # front; the first is `metric` for everything else (ASHA stops trials on it). Default: `metric` alone.
+    metrics: list[MetricSpec] | None = None
     num_samples: int = 8  # trials
     # grid: every combination, in a seeded order, num_samples taken from it; gp: Gaussian process;
     # nsga2: the genetic algorithm NSGA-II
@@ -190,6 +201,17 @@ class GenerateSpec:
 
 
 @dataclass
+class PickSpec:
+    """Which trial a multi-objective sweep promotes: among the trials whose `metric` is within `within`
+    of the best, the best by `then` (each in its mode from search.metrics)."""
+
+    then: str  # a search.metrics name: the cost to minimise (or maximise) among the near-best
+    metric: str | None = None  # a search.metrics name; default: the first
+    within: float | str = "1%"  # "1%": of the best value; a number: in the metric's own units
+    among: Literal["front", "all"] = "front"  # the Pareto front's trials, or every finished trial
+
+
+@dataclass
 class PromoteSpec:
     eval_batch_size: int = 16
     num_prompts: int = 16  # test passages whose continuations are scored (BLEU, ROUGE) and kept in samples.jsonl
@@ -200,6 +222,7 @@ class PromoteSpec:
     evaluate_base: bool = True  # also evaluate the model before fine-tuning, side by side
     top_k: int = 1  # re-evaluate the best k trials on the full validation split before choosing
     keep_best: int = 2  # best checkpoints kept sweep-wide; the others are deleted once they cannot win
+    pick: PickSpec | None = None  # with search.metrics: trade the first metric for a cost; default: its best
 
 
 @dataclass
@@ -268,11 +291,19 @@ class Spec:
         for key in ("origin", "storage", "tracking"):
             data.pop(key)
         data["search"].pop("num_samples")
+        for section, key in OPTIONAL_KEYS:  # unset, they leave the hash of a sweep made before them as it was
+            if data[section].get(key) is None:
+                data[section].pop(key, None)
         return data
 
     def fingerprint(self) -> str:
         """A hash of `decisive()`: a resumed sweep must have the same."""
         return hashlib.sha256(json.dumps(self.decisive(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# Keys added after sweeps were made with tuner: left out of `decisive()` while unset.
+OPTIONAL_KEYS = (("search", "metrics"), ("promote", "pick"))
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsga2", "random")  # Optuna's samplers of several objectives
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,6 +486,12 @@ def _convert(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
                             f"it, or {fix}")
             return None
         return _build(hint, value, path, problems)
+    if origin is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        if not isinstance(value, list):
+            keys = ", ".join(f.name for f in dataclasses.fields(typing.get_args(hint)[0]))
+            problems.append(f"{path}: got {value!r}, expected a list of mappings with keys {keys}")
+            return None
+        return [_build(typing.get_args(hint)[0], item, f"{path}[{i}]", problems) for i, item in enumerate(value)]
     if origin is list and typing.get_origin(typing.get_args(hint)[0]) is dict:
         if not isinstance(value, list) or not value or not all(isinstance(v, dict) and v for v in value):
             problems.append(f"{path}: got {value!r}, expected a list of mappings, one per config, e.g. "
@@ -565,6 +602,7 @@ def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
     if spec.search is not None:
         if spec.search.space is not None:  # an empty `space:` is reported already
             _check_space(spec, raw, problems)
+            _check_metrics(spec.search, raw, problems)
             _check_search(spec, problems)
             if spec.search.sampler == "grid":
                 _check_grid(spec.search, raw, problems)
@@ -580,6 +618,7 @@ def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
     if spec.promote is not None:
         _check_promote(spec.promote, problems)
         _check_promote_against(spec, problems)
+        _check_pick(spec, problems)
     if spec.tracking is not None and spec.tracking.wandb is not None:
         _check_wandb(spec.tracking.wandb, problems)
     if isinstance(spec.storage, str) and "://" in spec.storage:
@@ -889,6 +928,42 @@ def _check_warm_start(search: SearchSpec, problems: list[str]) -> None:
                         "whatever came before; warm starts inform a model: use sampler tpe or gp, or drop warm_start")
 
 
+def _check_metrics(search: SearchSpec, raw: dict[str, Any], problems: list[str]) -> None:
+    """`search.metrics`: two or more reported keys, each once, on a sampler of several objectives.
+    The first becomes `search.metric` and `search.mode`, which ASHA, patience, the ledger and
+    promotion read; a `metric` or `mode` also written must agree with it."""
+    if search.metrics is None:
+        return
+    entries = [m for m in search.metrics if m is not None]
+    if len(search.metrics) < 2:
+        problems.append(f"search.metrics: got {len(search.metrics)} entry; a multi-objective search needs at least "
+                        "2: add one, e.g. {name: trainable_params, mode: min}, or use search.metric and "
+                        "search.mode for one")
+    seen: set[str] = set()
+    for i, entry in enumerate(search.metrics):
+        if entry is None or entry.name is None:
+            continue
+        if entry.name not in REPORT_KEYS:
+            problems.append(f"search.metrics[{i}].name: got {entry.name!r}, expected a reported key: "
+                            f"{', '.join(REPORT_KEYS)}")
+        elif entry.name in seen:
+            problems.append(f"search.metrics[{i}].name: {entry.name!r} is listed twice; list each metric once")
+        seen.add(entry.name)
+    if search.sampler not in MULTI_OBJECTIVE_SAMPLERS:
+        problems.append(f"search.sampler: got {search.sampler!r} with search.metrics; a multi-objective search "
+                        f"takes sampler {', '.join(MULTI_OBJECTIVE_SAMPLERS)}: use tpe or nsga2")
+    first = entries[0] if len(entries) == len(search.metrics) and entries else None
+    if first is None or first.name not in REPORT_KEYS or first.mode not in ("min", "max"):
+        return  # reported already
+    given = raw.get("search") or {}
+    for key in ("metric", "mode"):
+        if key in given and given[key] != getattr(first, key if key == "mode" else "name"):
+            problems.append(f"search.{key}: got {given[key]!r} with search.metrics, whose first entry has "
+                            f"{key if key == 'mode' else 'name'} {getattr(first, key if key == 'mode' else 'name')!r}; "
+                            f"drop search.{key}: the first of search.metrics is the search's {key}")
+    search.metric, search.mode = first.name, first.mode
+
+
 def _check_grid(search: SearchSpec, raw: dict[str, Any], problems: list[str]) -> None:
     """A grid sweep runs each point once: num_samples is the grid's point count (and the baseline's)
     unless the spec asks for fewer (the first ones of the seeded order), never more. Sized once the
@@ -985,6 +1060,43 @@ def _check_promote_against(spec: Spec, problems: list[str]) -> None:
         problems.append(f"promote.top_k: got {top_k} with search.metric {spec.search.metric!r}; the re-evaluation "
                         f"on the full validation split measures {EVAL_LOSS}: set promote.top_k to 1 or search "
                         f"on {EVAL_LOSS}")
+
+
+def _check_pick(spec: Spec, problems: list[str]) -> None:
+    """`promote.pick` chooses among the objectives of `search.metrics`, by names it lists."""
+    pick = spec.promote.pick
+    if pick is None:
+        return
+    metrics = spec.search.metrics if spec.search is not None else None
+    if not metrics:
+        problems.append("promote.pick: set without search.metrics; it trades one objective for another: list "
+                        "them in search.metrics, or drop promote.pick to promote the best by search.metric")
+        return
+    names = [m.name for m in metrics if m is not None]
+    for key in ("metric", "then"):
+        value = getattr(pick, key)
+        if value is not None and value not in names:
+            problems.append(f"promote.pick.{key}: got {value!r}, expected one of search.metrics: {', '.join(names)}")
+    if pick.then is not None and pick.then == (pick.metric or (names[0] if names else None)):
+        problems.append(f"promote.pick.then: got {pick.then!r}, the metric the pick starts from; name another "
+                        "of search.metrics to choose by among the near-best")
+    if pick.within is not None and tolerance(pick.within) is None:
+        problems.append(f"promote.pick.within: got {pick.within!r}, expected a percentage of the best value such as "
+                        "'1%', or a number >= 0 in the metric's own units")
+    top_k = spec.promote.top_k
+    if isinstance(top_k, int) and not isinstance(top_k, bool) and top_k > 1:
+        problems.append(f"promote.top_k: got {top_k} with promote.pick; the pick chooses the trial to promote: "
+                        "set promote.top_k to 1")
+
+
+def tolerance(within: float | str) -> tuple[float, bool] | None:
+    """`promote.pick.within` as (amount, relative): '1%' is (0.01, True), 0.05 is (0.05, False); None
+    when it is neither a percentage nor a number >= 0."""
+    relative = isinstance(within, str) and within.strip().endswith("%")
+    number = as_number(within.strip()[:-1] if relative else within)  # type: ignore[union-attr]
+    if number is None or number < 0:
+        return None
+    return (number / 100, True) if relative else (number, False)
 
 
 def _check_wandb(wandb: WandbSpec, problems: list[str]) -> None:
