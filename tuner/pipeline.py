@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from tuner import constants as C
 from tuner import data, layout, lock, mirror, model, records, restore, results, secret, space, state, storage
-from tuner import live, logs, report, study, tracking, warmstart
+from tuner import live, logs, pareto, report, study, tracking, warmstart
 from tuner.background import Background
 from tuner.context import TrialContext
 from tuner.errors import UserError, first_line
@@ -173,7 +173,8 @@ def _check_study(spec: Spec, progress: state.SweepState, restart_search: bool) -
         study.set_aside(spec.sweep_dir, progress.sweep_id)
         ended = [r for r in records.load_all(spec.sweep_dir, spec.location) if r.ended]
         count = study.rebuild(study.live_path(spec.sweep_dir, progress.sweep_id), spec.name, progress.sweep_id,
-                              spec.search.metric, spec.search.mode, space.distributions(spec), ended)
+                              spec.search.metric, spec.search.mode, space.distributions(spec), ended,
+                              pareto.objectives(spec))
         log.info("optuna: a new study rebuilt from the records of %d finished trials", count)
 
 

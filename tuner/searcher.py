@@ -39,7 +39,9 @@ class TruthfulOptunaSearch(OptunaSearch):
     Ray's tells Optuna every ended trial is COMPLETE with its last value: that teaches TPE from
     early-rung losses and counts failures as results. Here scheduler stops are PRUNED (with their
     intermediate values, by tokens seen), failed, diverged and cut-off trials FAIL, and a completed
-    trial's value is its best report, the checkpoint promotion would take.
+    trial's value is its best report, the checkpoint promotion would take. With several objectives
+    (Optuna prunes none of those, and takes no intermediate values) a completed trial's values are
+    those of its best report on the first objective, the others from that same report.
 
     `limit` caps the trials this experiment suggests in all: a restored experiment whose dead driver
     finished trials after Tune's last snapshot keeps their records, so it suggests that many fewer.
@@ -57,30 +59,64 @@ class TruthfulOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr(study.RAY_TRIAL_ID, trial_id)
         return params
 
+    @property
+    def multi(self) -> bool:
+        """Several objectives (`search.metrics`): Optuna takes no intermediate values for them."""
+        return isinstance(self.metric, list)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        value = result.get(self.metric)
-        if result.get(C.REPEAT) or trial_id in self._completed_trials:
+        if result.get(C.REPEAT) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return  # a closing copy of a report already told, or a trial told already
-        if trial_id in self._ot_trials and records.finite(value):
+        if self.multi:
+            self._keep_best(trial_id, result)
+            return
+        value = result.get(self.metric)
+        if records.finite(value):
             self._ot_trials[trial_id].report(value, int(result[C.TOKENS_SEEN]))
+
+    def _keep_best(self, trial_id: str, result: dict) -> None:
+        """Several objectives: the values of the trial's best report on the first so far, kept on the
+        study's trial (a user attribute: it outlives this driver), where `trial.report` would keep one."""
+        first = result.get(self.metric[0])
+        if not records.finite(first):
+            return
+        ot_trial = self._ot_trials[trial_id]
+        kept = self._frozen(ot_trial).user_attrs.get(study.BEST_VALUES)
+        if kept is None or records.better(first, kept[0], self.mode[0]):
+            ot_trial.set_user_attr(study.BEST_VALUES, study.values_of(result, self.metric))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
         status = classify(result, error)
-        frozen = self._frozen(ot_trial)
-        if result and result.get(C.TOKENS_SEEN) not in frozen.intermediate_values:
-            self.on_trial_result(trial_id, result)  # a stopping report skips on_trial_result
-            frozen = self._frozen(ot_trial)
-        finite = [v for v in frozen.intermediate_values.values() if math.isfinite(v)]
+        if result:
+            self._tell_last(trial_id, ot_trial, result)  # a stopping report skips on_trial_result
+        value = self._best_value(ot_trial)
         ot_trial.set_user_attr("status", status)
-        state = study.final_state(status, bool(finite))
+        state = study.final_state(status, value is not None)
         if state == optuna.trial.TrialState.COMPLETE:
-            self._ot_study.tell(ot_trial, min(finite) if self.mode == "min" else max(finite))
+            self._ot_study.tell(ot_trial, value)
         else:
             self._ot_study.tell(ot_trial, state=state)
         self._completed_trials.add(trial_id)
+
+    def _tell_last(self, trial_id: str, ot_trial, result: dict) -> None:
+        """The trial's last report, unless told already (one objective: its tokens have a value)."""
+        if self.multi or result.get(C.TOKENS_SEEN) not in self._frozen(ot_trial).intermediate_values:
+            self.on_trial_result(trial_id, result)
+
+    def _best_value(self, ot_trial) -> float | list[float] | None:
+        """What a completed trial tells Optuna: its best report's value (several objectives: that
+        report's values); None when it reported no finite one."""
+        frozen = self._frozen(ot_trial)
+        if self.multi:
+            kept = frozen.user_attrs.get(study.BEST_VALUES)
+            return kept if kept is not None and all(records.finite(v) for v in kept) else None
+        finite = [v for v in frozen.intermediate_values.values() if math.isfinite(v)]
+        if not finite:
+            return None
+        return min(finite) if self.mode == "min" else max(finite)
 
     def _frozen(self, ot_trial) -> optuna.trial.FrozenTrial:
         """The one trial as stored: reading the study's every trial grew with the sweep, at each end."""
@@ -172,9 +208,12 @@ def make(spec: Spec, live: Path, sweep_id: str, queue_baseline: bool, limit: int
     if not distributions:
         return None
     queued = [dict(p) for p in [*queued_configs(spec), *warmstart.queued(live, spec.name)]] if queue_baseline else []
+    metrics = spec.search.metrics
     searcher: Searcher = TruthfulOptunaSearch(
         space=space.ConditionalSpace(spec) if space.is_conditional(spec) else distributions,
-        metric=spec.search.metric, mode=spec.search.mode, points_to_evaluate=queued or None,
+        # several objectives: lists, which OptunaSearch makes a study of as many directions
+        metric=[m.name for m in metrics] if metrics else spec.search.metric,
+        mode=[m.mode for m in metrics] if metrics else spec.search.mode, points_to_evaluate=queued or None,
         sampler=sampler(spec), study_name=spec.name, storage=optuna.storages.RDBStorage(study.url(live)),
         limit=limit, sweep_id=sweep_id)
     study.claim(live, spec.name, sweep_id)

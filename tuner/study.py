@@ -26,6 +26,8 @@ from tuner.errors import UserError
 log = logging.getLogger("tuner")
 SWEEP_ID = "sweep_id"  # the study's user attribute naming the sweep that owns it
 RAY_TRIAL_ID = "ray_trial_id"  # a study trial's user attribute: the Tune trial it is
+# Several objectives: a study trial's user attribute, the values of its best report on the first so far
+BEST_VALUES = "best_values"
 
 
 def live_path(sweep_dir: Path, sweep_id: str) -> Path:
@@ -126,34 +128,56 @@ def set_aside(sweep_dir: Path, sweep_id: str) -> None:
 
 
 def rebuild(path: Path, name: str, sweep_id: str, metric: str, mode: str, distributions: dict[str, Any],
-            ended: Iterable[Any]) -> int:
+            ended: Iterable[Any], objectives: list[tuple[str, str]] | None = None) -> int:
     """A new study holding the ended trials of the records, with the states and values the searcher
-    would have told: what `--restart-search` keeps. Returns how many trials it holds."""
+    would have told: what `--restart-search` keeps. `objectives` (several, `search.metrics`) make
+    it a study of as many directions. Returns how many trials it holds."""
     import optuna
 
-    study = optuna.create_study(study_name=name, storage=url(path), load_if_exists=True,
-                                direction="minimize" if mode == "min" else "maximize")
+    directions = ["minimize" if m == "min" else "maximize" for _, m in objectives or [(metric, mode)]]
+    study = optuna.create_study(study_name=name, storage=url(path), load_if_exists=True, directions=directions)
     study.set_user_attr(SWEEP_ID, sweep_id)
     trials = [as_trial(record, record.params, distributions, metric,
-                       {RAY_TRIAL_ID: record.trial_id, "status": record.status}) for record in ended]
+                       {RAY_TRIAL_ID: record.trial_id, "status": record.status}, objectives) for record in ended]
     study.add_trials(trials)
     return len(trials)
 
 
 def as_trial(record: Any, params: dict[str, Any], distributions: dict[str, Any], metric: str,
-             user_attrs: dict[str, Any]) -> Any:
+             user_attrs: dict[str, Any], objectives: list[tuple[str, str]] | None = None) -> Any:
     """An ended trial record as the finished Optuna trial the searcher would have told, holding the
-    `params` that `distributions` name: COMPLETE at its best value, PRUNED with its reports by tokens
-    seen, or FAIL."""
+    `params` that `distributions` name: COMPLETE at its best value (several `objectives`: its best
+    report's values), PRUNED with its reports by tokens seen (several: none), or FAIL."""
     import optuna
 
     dists = {k: distributions[k] for k in params if k in distributions}
-    values = {int(h[C.TOKENS_SEEN]): float(h[metric])
-              for h in record.history if h.get(C.TOKENS_SEEN) is not None and records.finite(h.get(metric))}
-    state = final_state(record.status, records.finite(record.best_metric))
-    value = float(record.best_metric) if state == optuna.trial.TrialState.COMPLETE else None
-    return optuna.trial.create_trial(params={k: params[k] for k in dists}, distributions=dists, value=value,
-                                     state=state, intermediate_values=values, user_attrs=user_attrs)
+    told = _told(record, metric, objectives)
+    attrs = told.pop("attrs")
+    state = final_state(record.status, told["values"] is not None)
+    if state != optuna.trial.TrialState.COMPLETE:
+        told["values"] = None
+    return optuna.trial.create_trial(params={k: params[k] for k in dists}, distributions=dists, state=state,
+                                     user_attrs={**user_attrs, **attrs}, **told)
+
+
+def _told(record: Any, metric: str, objectives: list[tuple[str, str]] | None) -> dict[str, Any]:
+    """A record's values, intermediate values and user attributes as the searcher told them."""
+    if objectives:
+        from tuner import pareto
+
+        values = pareto.values(record, objectives)
+        report = pareto.best_report(record, objectives[0][0])
+        kept = values_of(report, [n for n, _ in objectives]) if report is not None else None
+        return {"values": list(values) if values else None, "attrs": {BEST_VALUES: kept} if kept else {}}
+    intermediate = {int(h[C.TOKENS_SEEN]): float(h[metric])
+                    for h in record.history if h.get(C.TOKENS_SEEN) is not None and records.finite(h.get(metric))}
+    value = [float(record.best_metric)] if records.finite(record.best_metric) else None
+    return {"values": value, "intermediate_values": intermediate, "attrs": {}}
+
+
+def values_of(report: dict[str, Any], metrics: list[str]) -> list[float | None]:
+    """A report's values of several objectives, as a study's user attribute keeps them (None: not finite)."""
+    return [float(report[m]) if records.finite(report.get(m)) else None for m in metrics]
 
 
 def final_state(status: str, finite: bool) -> Any:
@@ -221,7 +245,8 @@ def close_running(path: Path, name: str) -> None:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if RAY_TRIAL_ID not in trial.user_attrs:
             continue
-        state = optuna.trial.TrialState.PRUNED if trial.intermediate_values else optuna.trial.TrialState.FAIL
+        reported = trial.intermediate_values or trial.user_attrs.get(BEST_VALUES)
+        state = optuna.trial.TrialState.PRUNED if reported else optuna.trial.TrialState.FAIL
         study.tell(trial.number, state=state)
 
 

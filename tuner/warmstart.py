@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner import builtin, layout, mirror, records, space, storage, study
+from tuner import builtin, layout, mirror, pareto, records, space, storage, study
 from tuner.errors import UserError
 from tuner.spec import SEARCHABLE, Spec, check_point, condition_holds, conditions, fixed_value, load_spec
 
@@ -98,6 +98,14 @@ def _check_objective(spec: Spec, earlier: Spec, where: str) -> None:
         raise UserError(f"{where}: that sweep optimised {earlier.search.metric} ({earlier.search.mode}), this one "
                         f"{spec.search.metric} ({spec.search.mode}); its values cannot inform this search: "
                         "warm-start from a sweep with the same search.metric and mode")
+    if pareto.objectives(earlier) != pareto.objectives(spec):
+        raise UserError(f"{where}: that sweep's objectives (search.metrics) were {_objectives(earlier)}, this one's "
+                        f"{_objectives(spec)}; its values cannot inform this search: warm-start from a sweep with the "
+                        "same search.metrics")
+
+
+def _objectives(spec: Spec) -> str:
+    return ", ".join(f"{name} ({mode})" for name, mode in pareto.objectives(spec)) or "none (one metric)"
 
 
 def _priors(spec: Spec, earlier: Spec, ended: list[records.TrialRecord], source: str, where: str) -> Priors:
@@ -111,7 +119,8 @@ def _priors(spec: Spec, earlier: Spec, ended: list[records.TrialRecord], source:
             carried[name] += 1
         if params:
             trials.append(study.as_trial(record, params, distributions, spec.search.metric,
-                                         {SOURCE_TRIAL: record.trial_id, "status": record.status}))
+                                         {SOURCE_TRIAL: record.trial_id, "status": record.status},
+                                         pareto.objectives(spec)))
     left = {name: _why_not(earlier, name, distributions[name]) for name, count in carried.items() if not count}
     if not trials:
         raise UserError(f"{where}: no parameter carries over: " + "; ".join(f"{n} ({w})" for n, w in left.items())
