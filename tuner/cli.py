@@ -4,7 +4,7 @@
     tuner resume SWEEP_DIR|STORAGE_URI [--num-samples N] [--address ADDR] [--force] [--restart-search]
     tuner validate SPEC|PRESET [--set key.path=value ...] [--address ADDR]
     tuner status SWEEP_DIR|STORAGE_URI [--watch]
-    tuner export SWEEP_DIR [--format yaml|json]
+    tuner export SWEEP_DIR [--format yaml|json] [--trial ID]
     tuner sync SWEEP_DIR [--dry-run]
     tuner report SWEEP_DIR
     tuner lr-find SPEC|PRESET [--set key.path=value ...] [--min-lr LR] [--max-lr LR] [--steps N] [--png]
@@ -121,13 +121,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Leaderboard, driver, disk, report and W&B state: safe while the sweep runs."""
-    from tuner import layout, lock, results, tracking
+    from tuner import layout, lock, pareto, results, tracking
     from tuner.pipeline import load_sweep_spec
 
     if args.watch:
         return watch(args.sweep_dir)
     spec = load_sweep_spec(args.sweep_dir)
-    rows = results.leaderboard(args.sweep_dir, spec.search.mode, spec.name)
+    rows = results.leaderboard(args.sweep_dir, spec.search.mode, spec.name, objectives=pareto.objectives(spec))
     holder = lock.read_holder(Path(args.sweep_dir))
     print(f"sweep {spec.name}: {args.sweep_dir}")
     print(f"driver: {holder.describe()}" if holder else "driver: none running")
@@ -168,12 +168,20 @@ def watch(sweep: str) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Print best/config.yaml (or JSON): the spec that retrains the winner."""
+    """Print best/config.yaml (or JSON): the spec that retrains the winner. With --trial, export that
+    trial (one of the Pareto front, say) to exports/ID/ first, and print its config."""
     from tuner.export import read_best_config
     from tuner.layout import BEST_DIR
     from tuner.pipeline import load_sweep_spec
 
-    load_sweep_spec(args.sweep_dir)
+    spec = load_sweep_spec(args.sweep_dir)
+    if args.trial is not None:
+        from tuner.promotion import export_trial
+
+        folder = export_trial(spec, args.trial)
+        print(f"exported trial {args.trial}: {folder} (config.yaml, model/)", file=sys.stderr)
+        print(read_best_config(folder.parent, args.format, folder.name), end="")
+        return 0
     if not (Path(args.sweep_dir) / BEST_DIR / "config.yaml").exists():
         raise UserError(f"{args.sweep_dir}: no best config yet; the sweep exports one when it ends")
     print(read_best_config(args.sweep_dir, args.format), end="")
@@ -275,6 +283,8 @@ def parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="print the best config of a finished sweep")
     export.add_argument("sweep_dir")
     export.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    export.add_argument("--trial", metavar="ID", help="export this trial's best checkpoint and config to "
+                        "SWEEP_DIR/exports/ID/ (e.g. one on the Pareto front), and print its config")
     export.set_defaults(run=cmd_export)
 
     sync = commands.add_parser("sync", help="upload a sweep's offline W&B runs")

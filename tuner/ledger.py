@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ray import tune
 
 from tuner import constants as C
-from tuner import layout, records, results, retention, storage, tune_hooks
+from tuner import layout, pareto, records, results, retention, storage, tune_hooks
 from tuner.deadline import Deadlines
 from tuner.errors import UserError
 from tuner.interrupt import Interrupt, format_seconds
@@ -52,6 +52,7 @@ class TrialLedger(tune.Callback):
         self.sweep_dir, self.location = spec.sweep_dir, spec.location
         self.scheme = storage.scheme(spec.location)
         self.plan, self.metric, self.mode = plan, spec.search.metric, spec.search.mode
+        self.objectives = pareto.objectives(spec)  # several (search.metrics): the front keeps its checkpoints
         self.max_failures = spec.search.max_failures
         # promote.top_k re-evaluates that many checkpoints, and the baseline trial's is evaluated too
         self.keep_best = max(spec.promote.keep_best, spec.promote.top_k)
@@ -348,8 +349,8 @@ class TrialLedger(tune.Callback):
         if now < self.board_due:
             self.board_stale = True
             return
-        results.write_csv(results.leaderboard(self.sweep_dir, self.mode, None, self.records.values()),
-                          self.sweep_dir / layout.LEADERBOARD)
+        results.write_csv(results.leaderboard(self.sweep_dir, self.mode, None, self.records.values(),
+                                              self.objectives), self.sweep_dir / layout.LEADERBOARD)
         self.board_due, self.board_stale = time.monotonic() + LEADERBOARD_EVERY, False
 
     def _continued_dirs(self, record: TrialRecord) -> list[str]:
@@ -365,7 +366,8 @@ class TrialLedger(tune.Callback):
         them again, so it goes."""
         found = list(self.records.values())
         baseline = results.baseline_record(found, self.baseline)
-        for record in retention.beyond_keep(found, self.keep_best, self.mode, baseline):
+        front = pareto.front_ids(found, self.objectives) if self.objectives else set()
+        for record in retention.beyond_keep(found, self.keep_best, self.mode, baseline, front):
             retention.drop_checkpoint(record, self.location)
             self._write(record)
 

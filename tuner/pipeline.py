@@ -136,7 +136,7 @@ def _drive(spec: Spec, saved: str, address: str | None, trial_fn: Callable | Non
     try:
         with live.showing(live.Source(spec, plan, time.time())):
             search(spec, ctx, plan, address, tracker, progress, restart_search)
-        board = results.leaderboard(sweep_dir, spec.search.mode, spec.name)
+        board = results.leaderboard(sweep_dir, spec.search.mode, spec.name, objectives=pareto.objectives(spec))
         results.write_csv(board, sweep_dir / layout.LEADERBOARD)
         if already_exported(spec, board, progress):
             log.info("sweep %s: its best of %d trials was promoted and exported already", spec.name, len(board))

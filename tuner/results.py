@@ -10,30 +10,45 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tuner import constants as C
-from tuner import layout, records, storage, study
+from tuner import layout, pareto, records, storage, study
 from tuner.records import TrialRecord
 
 FIRST = ("trial_id", "status", "rung")
 LAST = ("best_eval_loss", "best_metric", "best_step", "reports", "retries", "restarted_from_step_0",
         "micro_batch", "accumulation", "checkpoint_deleted", "tokens_seen", "train_seconds",
         "node_id", "gpu_ids", "optuna_trial", "optuna_state", "log_file")
+PARETO = "pareto"  # the column saying a trial is on the Pareto front (several objectives only)
 
 
 def leaderboard(sweep_dir: Path, mode: str = "min", study_name: str | None = None,
-                found: Iterable[TrialRecord] | None = None) -> list[dict[str, Any]]:
-    """One row per trial, best first: status, every sampled hyperparameter, and what it reached."""
+                found: Iterable[TrialRecord] | None = None,
+                objectives: pareto.Objectives | None = None) -> list[dict[str, Any]]:
+    """One row per trial, best first: status, every sampled hyperparameter, and what it reached.
+    With several `objectives`: each one's value (the trial's best report on the first) and
+    whether the trial is on the Pareto front."""
     ranked = records.ranked(records.load_all(sweep_dir) if found is None else found, mode)
     params = sorted({name for r in ranked for name in r.params})
     states = study.states(sweep_dir, study_name)
+    on_front = pareto.front_ids(ranked, objectives) if objectives else set()
     rows = []
     for r in ranked:  # the fields by name: a record's whole copy (its history) is not needed here
         row = {key: getattr(r, key, None) for key in FIRST}
         row.update({name: r.params.get(name) for name in params})
+        if objectives:
+            row.update(objective_columns(r, objectives, r.trial_id in on_front))
         row.update({key: getattr(r, key, None) for key in LAST})
         row["optuna_trial"], row["optuna_state"] = states.get(r.trial_id, (None, None))
         row["train_seconds"] = round(float(r.train_seconds or 0), 2)
         rows.append(row)
     return rows
+
+
+def objective_columns(record: TrialRecord, objectives: pareto.Objectives, on_front: bool) -> dict[str, Any]:
+    """A trial's `objective_<name>` values and its `pareto` flag, for the leaderboard."""
+    values = pareto.values(record, objectives)
+    row: dict[str, Any] = {f"objective_{name}": values[i] if values else None for i, (name, _) in enumerate(objectives)}
+    row[PARETO] = on_front
+    return row
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:

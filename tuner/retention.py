@@ -32,12 +32,14 @@ def prune_ended(record: TrialRecord, location: str, skip: Iterable[str] = ()) ->
 
 
 def beyond_keep(found: Iterable[TrialRecord], keep: int, mode: str,
-                baseline: TrialRecord | None) -> list[TrialRecord]:
+                baseline: TrialRecord | None, front: Iterable[str] = ()) -> list[TrialRecord]:
     """Ended trials whose best checkpoint can no longer be among the `keep` best (the baseline's is
-    kept regardless): their checkpoints can go."""
+    kept regardless, and with several objectives those of the Pareto `front`'s trials, which
+    `promote.pick` and `export --trial` may take): their checkpoints can go."""
+    spared = set(front)
     kept = [r for r in found if r.promotable and r is not baseline and r.best_checkpoint
             and not r.checkpoint_deleted]
-    return records.ranked(kept, mode, by_checkpoint=True)[keep:]
+    return [r for r in records.ranked(kept, mode, by_checkpoint=True)[keep:] if r.trial_id not in spared]
 
 
 def drop_checkpoint(record: TrialRecord, location: str) -> None:
