@@ -247,6 +247,18 @@ def prepared_train_tokens(spec: Spec) -> int | None:
     return prepared["blocks"]["train"] * prepared["block_size"]
 
 
+def find_prepared(spec: Spec) -> Prepared:
+    """The data a run of the sweep prepared, without preparing any: the spec's own, else the one
+    prepared data set the sweep holds (its files may have changed since)."""
+    folder = spec.sweep_dir / layout.DATA_DIR
+    own = folder / fingerprint(spec)
+    found = [own] if (own / "prepared.json").is_file() else [p.parent for p in folder.glob("*/prepared.json")]
+    if len(found) != 1:
+        raise UserError(f"{folder}: {'no' if not found else 'more than one'} prepared data set for the spec; "
+                        f"run `tuner resume {spec.sweep_dir}` to prepare it")
+    return read_prepared(found[0])
+
+
 def fingerprint(spec: Spec) -> str:
     """A hash of everything that decides the prepared data: data settings, tokenizer, source files.
     `num_proc` decides only how fast: the same data is reused whatever it is."""

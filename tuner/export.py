@@ -41,10 +41,11 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def best_config(spec: Spec, record: TrialRecord) -> dict[str, Any]:
-    """A complete, valid spec that retrains the winner: `<name>-best`, nothing left to sample."""
+def best_config(spec: Spec, record: TrialRecord, suffix: str = "best") -> dict[str, Any]:
+    """A complete, valid spec that retrains the winner: `<name>-best`, nothing left to sample (an
+    exported trial's: `<name>-<trial id>`)."""
     data = copy.deepcopy(spec.to_dict())
-    name = spec.name if spec.name.endswith("-best") else f"{spec.name}-best"
+    name = spec.name if spec.name.endswith(f"-{suffix}") else f"{spec.name}-{suffix}"
     data["name"] = name
     data["storage"] = None
     for key, value in record.params.items():
@@ -79,13 +80,39 @@ def write_best(spec: Spec, record: TrialRecord, metrics: dict[str, Any],
 
 def _fill_best(out: Path, spec: Spec, record: TrialRecord, metrics: dict[str, Any],
                samples: list[dict[str, Any]], model, tokenizer_path: str) -> None:
+    header = (f"# tuner sweep {spec.sweep_dir.name}/{BEST_DIR}/config.yaml  (from the folder holding "
+              f"the sweep)\n# The best trial of sweep {spec.name!r}, fixed.\n")
+    _fill_model(out, spec, record, model, tokenizer_path, header)
+    final = {"trial_id": record.trial_id, "checkpoint": record.best_checkpoint,
+             "step": int(records.checkpoint_step(record)),
+             "search_" + spec.search.metric: records.checkpoint_metric(record), **metrics}
+    (out / "final_eval.json").write_text(json.dumps(final, indent=2))
+    with open(out / "samples.jsonl", "w") as f:
+        for row in samples:
+            f.write(json.dumps(row) + "\n")
+
+
+def write_trial(spec: Spec, record: TrialRecord, model, tokenizer_path: str) -> Path:
+    """`tuner export --trial ID`: exports/ID/ with the trial's config.yaml, training_args.json and
+    model/ (and adapter/ for LoRA), as `best/` holds them for the promoted trial (a trial of the
+    Pareto front the pick did not take, say). Written whole, in one step, like `best/`."""
+    target = spec.sweep_dir / layout.EXPORTS_DIR / record.trial_id
+    header = (f"# tuner sweep {spec.sweep_dir.name}/{layout.EXPORTS_DIR}/{record.trial_id}/config.yaml  (from "
+              f"the folder holding the sweep)\n# Trial {record.trial_id} of sweep {spec.name!r}, fixed.\n")
+    with layout.staged_dir(target) as out:
+        _fill_model(out, spec, record, model, tokenizer_path, header, record.trial_id)
+    return target
+
+
+def _fill_model(out: Path, spec: Spec, record: TrialRecord, model, tokenizer_path: str, header: str,
+                suffix: str = "best") -> None:
+    """config.yaml, training_args.json, model/ (LoRA merged into the weights) and, for a LoRA trial,
+    adapter/ (peft's adapter alone)."""
     from transformers import AutoTokenizer
 
     from tuner.trial import training_arguments  # the Trainer's module: imported where a model is written
 
-    config = best_config(spec, record)
-    header = (f"# tuner sweep {spec.sweep_dir.name}/{BEST_DIR}/config.yaml  (from the folder holding "
-              f"the sweep)\n# The best trial of sweep {spec.name!r}, fixed.\n")
+    config = best_config(spec, record, suffix)
     (out / "config.yaml").write_text(to_yaml(config, header))
     hyper = space.resolve(spec, record.params)
     # `TrainingArguments(**json.load(f))` takes it as it is: where the winner stopped (not a field of
@@ -100,17 +127,10 @@ def _fill_best(out: Path, spec: Spec, record: TrialRecord, metrics: dict[str, An
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     (out / "model" / "tuner_config.yaml").write_text(to_yaml(config))  # the spec travels with the model
-    final = {"trial_id": record.trial_id, "checkpoint": record.best_checkpoint,
-             "step": int(records.checkpoint_step(record)),
-             "search_" + spec.search.metric: records.checkpoint_metric(record), **metrics}
-    (out / "final_eval.json").write_text(json.dumps(final, indent=2))
-    with open(out / "samples.jsonl", "w") as f:
-        for row in samples:
-            f.write(json.dumps(row) + "\n")
 
 
-def read_best_config(sweep_dir: Path, fmt: str = "yaml") -> str:
-    path = Path(sweep_dir) / BEST_DIR / "config.yaml"
+def read_best_config(sweep_dir: Path, fmt: str = "yaml", folder: str = BEST_DIR) -> str:
+    path = Path(sweep_dir) / folder / "config.yaml"
     text = path.read_text()
     if fmt == "json":
         import yaml

@@ -28,6 +28,7 @@ LOGS_DIR = "logs"  # one log file per trial
 STUDY_DB = "optuna.db"  # a consistent copy of the live Optuna study (see `study`)
 LEADERBOARD = "leaderboard.csv"
 BEST_DIR = "best"  # the promoted trial: config.yaml, model/, final_eval.json, samples.jsonl
+EXPORTS_DIR = "exports"  # `tuner export --trial ID`: exports/ID/ holds that trial's config.yaml and model/
 REPORT_FILE = "report.html"
 SWEEP_LOG = "sweep.log"  # every log line of the sweep's drivers, at debug level
 WANDB_DIR = "wandb"  # offline W&B runs, for `tuner sync`

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner import export, layout, model, promote, records, results, state, storage, tracking
+from tuner import data, export, layout, model, pareto, promote, records, results, state, storage, tracking
 from tuner.context import TrialContext
-from tuner.errors import first_line
+from tuner.errors import UserError, first_line
 from tuner.records import TrialRecord
 from tuner.spec import Spec
 
@@ -44,7 +44,7 @@ def already_exported(spec: Spec, board: list[dict[str, Any]], progress: state.Sw
         return False
     if progress.exported_trials == len(board):
         return True
-    best = results.best_records(spec.sweep_dir, spec.search.mode)
+    best = candidates(spec)
     exported = json.loads(final.read_text())
     return bool(best) and (best[0].trial_id, best[0].best_checkpoint) == (exported["trial_id"], exported["checkpoint"])
 
@@ -107,6 +107,32 @@ def _result(spec: Spec, board: list[dict[str, Any]], best: TrialRecord | None, f
         "report": sweep_dir / layout.REPORT_FILE})
 
 
+def export_trial(spec: Spec, trial_id: str) -> Path:
+    """`tuner export --trial ID`: the trial's best checkpoint and config in exports/ID/ (a trial of
+    the Pareto front, say, beside the promoted one in best/). Refuses a trial the sweep does not
+    have, or one whose best checkpoint is gone or was never kept."""
+    found = {r.trial_id: r for r in records.load_all(spec.sweep_dir, spec.location)}
+    record = found.get(trial_id)
+    if record is None:
+        raise UserError(f"--trial {trial_id}: no such trial in {spec.sweep_dir}; its trials are "
+                        f"{', '.join(sorted(found)) or 'none yet'} (see leaderboard.csv)")
+    if not record.promotable or not record.best_checkpoint or record.checkpoint_deleted:
+        why = ("its checkpoint was deleted (promote.keep_best keeps the best ones and the Pareto front's)"
+               if record.checkpoint_deleted else f"it has no checkpoint to export ({record.status})")
+        raise UserError(f"--trial {trial_id}: {why}; export a trial with a checkpoint, e.g. one marked on the "
+                        "Pareto front in leaderboard.csv")
+    model_path = model.resolve(spec.model.name_or_path)
+    try:
+        checkpoint = fetch(layout.resolve(record.best_checkpoint, spec.location),
+                           spec.sweep_dir / layout.PROMOTED_DIR / record.trial_id)
+        loaded = promote.load_checkpoint(checkpoint, spec.model.trust_remote_code, lambda: model.load_model(
+            model_path, spec.model.revision, token_env=spec.model.token_env,
+            trust_remote_code=spec.model.trust_remote_code, code_revision=spec.model.code_revision))
+    except promote.UnreadableCheckpoint as exc:
+        raise UserError(f"--trial {trial_id}: its checkpoint cannot be read ({exc}); export another trial") from None
+    return export.write_trial(spec, record, loaded, data.find_prepared(spec).tokenizer_path)
+
+
 def fetch(checkpoint: str, local: Path) -> str:
     """A local directory holding `checkpoint` (downloaded when it lives in a bucket)."""
     if not storage.is_uri(checkpoint):
@@ -120,21 +146,35 @@ def fetch(checkpoint: str, local: Path) -> str:
     return str(local)
 
 
+def candidates(spec: Spec) -> list[TrialRecord]:
+    """Promotable trials with a checkpoint, the one to promote first: the best by search.metric,
+    or, with `promote.pick`, the pick among the near-best by its cost (see `pareto.pick`)."""
+    found = results.best_records(spec.sweep_dir, spec.search.mode)
+    pick = spec.promote.pick
+    if pick is None or not found:
+        return found
+    ordered = pareto.pick(found, records.load_all(spec.sweep_dir), pareto.objectives(spec), pick)
+    log.info("promote: promote.pick takes trial %s: %s within %s of the best, then the best %s (among %s)",
+             ordered[0].trial_id, pick.metric or spec.search.metric, pick.within, pick.then,
+             "the Pareto front" if pick.among == "front" else "every finished trial")
+    return ordered
+
+
 def _evaluate_best_readable(spec: Spec, ctx: TrialContext, baseline: TrialRecord | None,
                             ) -> tuple[TrialRecord, tuple, dict[str, Any] | None]:
     """The final evaluation of the best trial whose checkpoint can be read, best first (re-ranked on
     the whole validation split when `promote.top_k` > 1): a missing or corrupt checkpoint falls back
     to the next best, and says so. Returns the record, the evaluation and the re-ranking, if any."""
     sweep_dir = spec.sweep_dir
-    candidates = results.best_records(sweep_dir, spec.search.mode)
+    ordered = candidates(spec)
 
     def locate(record: TrialRecord) -> str:
         checkpoint = layout.resolve(record.best_checkpoint, spec.location)
         return fetch(checkpoint, sweep_dir / layout.PROMOTED_DIR / record.trial_id)
 
     selection = None
-    if spec.promote.top_k > 1 and len(candidates) > 1:
-        candidates, selection = promote.rerank(candidates, locate, ctx.prepared, spec.promote,
+    if spec.promote.top_k > 1 and len(ordered) > 1:
+        ordered, selection = promote.rerank(ordered, locate, ctx.prepared, spec.promote,
                                                spec.model.trust_remote_code, lambda: model.load_model(
                                                    ctx.model_path, spec.model.revision, token_env=spec.model.token_env,
                                                    trust_remote_code=spec.model.trust_remote_code,
@@ -151,7 +191,7 @@ def _evaluate_best_readable(spec: Spec, ctx: TrialContext, baseline: TrialRecord
         except promote.UnreadableCheckpoint as exc:
             log.warning("promote: the baseline trial's checkpoint is unreadable (%s)", exc)
     skipped = []
-    for record in candidates:
+    for record in ordered:
         try:
             checkpoint = locate(record)
             return record, promote.final_evaluation(checkpoint, ctx.model_path, ctx.prepared, spec.promote,
