@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tuner import constants as C
-from tuner import layout, records, results
+from tuner import layout, pareto, records, results
 from tuner.plan import make_plan
 from tuner.records import TrialRecord
 from tuner.spec import Spec
@@ -39,13 +39,14 @@ def write_report(spec: Spec) -> Path:
     found = records.load_all(sweep_dir)
     final = _read_json(sweep_dir / layout.BEST_DIR / "final_eval.json")
     samples = _read_jsonl(sweep_dir / layout.BEST_DIR / "samples.jsonl")
-    board = results.leaderboard(sweep_dir, spec.search.mode, spec.name, found)
+    board = results.leaderboard(sweep_dir, spec.search.mode, spec.name, found, pareto.objectives(spec))
     summary = _read_json(sweep_dir / layout.DATA_DIR / layout.DATA_SUMMARY)
     rungs = make_plan(spec, train_tokens(sweep_dir, summary)).rungs  # none without ASHA
     body = "\n".join([
         _section("curves", "Learning curves", learning_curves(found, spec.search.metric, rungs)),
         _section("importances", "Hyperparameter importances", importances_html(sweep_dir, spec)),
         _section("parallel", "Parallel coordinates", parallel_coordinates(found, spec)),
+        *([_section("pareto", "Pareto front", pareto_front(found, spec))] if spec.search.metrics else []),
         _section("leaderboard", "Leaderboard", leaderboard_table(board, spec)),
         _section("final", "Final evaluation", final_html(final, samples, spec.search.metric)),
         _section("data", "Data", data_html(summary)),
@@ -246,6 +247,38 @@ def parallel_coordinates(found: list[TrialRecord], spec: Spec) -> str:
             + _svg(parts, "parallel"))
 
 
+def pareto_front(found: list[TrialRecord], spec: Spec) -> str:
+    """The completed trials on the first two objectives, those on the Pareto front (of all the
+    objectives) highlighted and, with two objectives, joined by the front's staircase."""
+    objectives = pareto.objectives(spec)
+    points = {r.trial_id: v for r in found if r.status == C.COMPLETED and (v := pareto.values(r, objectives))}
+    if not points:
+        return '<p class="empty">No trial has completed with a value for every objective yet.</p>'
+    on_front = pareto.front(points, [mode for _, mode in objectives])
+    (x_name, x_mode), (y_name, y_mode) = objectives[:2]
+    x = Axis(min(v[0] for v in points.values()), max(v[0] for v in points.values()), PAD, WIDTH - 16)
+    y = Axis(min(v[1] for v in points.values()), max(v[1] for v in points.values()), HEIGHT - PAD, 16)
+    parts = _frame(x, y, f"{x_name} ({x_mode})", f"{y_name} ({y_mode})")
+    if len(objectives) == 2:
+        stairs = sorted(points[t] for t in on_front)
+        path = " ".join(f"{x(a):.1f},{y(b):.1f}" for a, b in stairs)
+        parts.append(f'<polyline class="front-line" points="{path}" fill="none" stroke="{PALETTE[1]}" '
+                     'stroke-width="1.5" stroke-dasharray="5 3"/>')
+    for trial_id, value in sorted(points.items(), key=lambda item: item[0] in on_front):  # the front on top
+        kind, radius, colour = ("front-point", 6, PALETTE[1]) if trial_id in on_front else ("trial-point", 4, "#999")
+        label = ", ".join(f"{name} {_fmt(v)}" for (name, _), v in zip(objectives, value))
+        parts.append(f'<circle class="{kind}" data-trial="{trial_id}" cx="{x(value[0]):.1f}" cy="{y(value[1]):.1f}" '
+                     f'r="{radius}" fill="{colour}"><title>{trial_id}: {html.escape(label)}</title></circle>')
+    rows = "".join(f"<tr><td>{t}</td>" + "".join(f"<td>{_fmt(v)}</td>" for v in points[t]) + "</tr>"
+                   for t in sorted(on_front, key=lambda t: points[t]))
+    head = "".join(f"<th>{html.escape(name)} ({mode})</th>" for name, mode in objectives)
+    more = " (on every objective: a point may look dominated in these two)" if len(objectives) > 2 else ""
+    return (f"<p>{len(points)} completed trials on {html.escape(x_name)} and {html.escape(y_name)}; the "
+            f"{len(on_front)} on the Pareto front{more} are highlighted. `tuner export SWEEP_DIR --trial ID` "
+            "exports any of them.</p>" + _svg(parts, "pareto")
+            + f'<table id="pareto-table"><thead><tr><th>trial</th>{head}</tr></thead><tbody>{rows}</tbody></table>')
+
+
 def _shade(fraction: float) -> str:
     """Dark blue (best) to orange (worst)."""
     start, end = (8, 29, 88), (253, 174, 97)
@@ -268,12 +301,14 @@ def importances(sweep_dir: Path, spec: Spec) -> dict[str, dict[str, float]]:
         return {}
     evaluators = {"fANOVA": optuna.importance.FanovaImportanceEvaluator(seed=0),
                   "PED-ANOVA": optuna.importance.PedAnovaImportanceEvaluator()}
+    # several objectives (search.metrics): the importances for the first, which ASHA ranks by too
+    target = (lambda trial: trial.values[0]) if len(study.directions) > 1 else None
     out = {}
     for name, evaluator in evaluators.items():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                shares = dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+                shares = dict(optuna.importance.get_param_importances(study, evaluator=evaluator, target=target))
             except (ImportError, ValueError, RuntimeError, ZeroDivisionError) as exc:
                 log.info("report: %s importances not computed (%s)", name, exc)
                 continue
@@ -314,7 +349,9 @@ def leaderboard_table(board: list[dict[str, Any]], spec: Spec) -> str:
     if not board:
         return '<p class="empty">No trials yet.</p>'
     params = [n for n in spec.search.space if any(n in row for row in board)]
-    columns = ["trial_id", "status", *params, "best_metric", "best_step", "reports", "tokens_seen", "optuna_state"]
+    objectives = [c for c in board[0] if c.startswith("objective_") or c == results.PARETO]  # several objectives
+    columns = ["trial_id", "status", *params, *objectives, "best_metric", "best_step", "reports", "tokens_seen",
+               "optuna_state"]
     head = "".join(f'<th data-col="{i}">{html.escape(c)}</th>' for i, c in enumerate(columns))
     body = "".join("<tr>" + "".join(f'<td data-value="{html.escape(str(row.get(c)))}">{html.escape(_fmt(row.get(c)))}</td>'
                                     for c in columns) + "</tr>" for row in board)
