@@ -59,6 +59,7 @@ def inputs(tmp_path_factory) -> Path:
 MODEL = "model.name_or_path={inputs}/model"
 PINNED = ["model.trust_remote_code=true", "model.revision=" + "ab12" * 10]
 GOOD = "data.path={inputs}/good.jsonl"
+METRICS = "search.metrics=[{name: eval_loss, mode: min}, {name: trainable_params, mode: min}]"
 
 # In README's order. id (the row), command, overrides, substrings of the message: field, bad value, fix.
 ROWS = [
@@ -91,6 +92,21 @@ ROWS = [
                  ["search.metric: got 'accuracy'", "expected a reported key: eval_loss"], id="unreported-metric"),
     pytest.param("validate", ["search.mode=minimize"],
                  ["search.mode: got 'minimize'", "expected one of 'min', 'max'"], id="bad-mode"),
+    pytest.param("validate", ["search.metrics=[{name: eval_loss, mode: min}]"],
+                 ["search.metrics: got 1 entry", "needs at least 2", "or use search.metric and search.mode for one"],
+                 id="one-objective-in-metrics"),
+    pytest.param("validate", ["search.metrics=[{name: eval_loss, mode: min}, {name: eval_loss, mode: max}]"],
+                 ["search.metrics[1].name: 'eval_loss' is listed twice", "list each metric once"],
+                 id="objective-listed-twice"),
+    pytest.param("validate", [METRICS, "search.metric=train_loss"],
+                 ["search.metric: got 'train_loss' with search.metrics, whose first entry has name 'eval_loss'",
+                  "drop search.metric"], id="metric-and-metrics-disagree"),
+    pytest.param("validate", [METRICS, "search.sampler=grid"],
+                 ["search.sampler: got 'grid' with search.metrics", "use tpe or nsga2"],
+                 id="several-objectives-on-grid"),
+    pytest.param("validate", [METRICS, "promote.top_k=1", "promote.pick={then: peak_memory_mb}"],
+                 ["promote.pick.then: got 'peak_memory_mb', expected one of search.metrics: eval_loss, "
+                  "trainable_params"], id="pick-naming-no-objective"),
     pytest.param("validate", ["scheduler.max_t=8192"],
                  ["scheduler.grace_period: got 16384", "max_t=8192", "lower grace_period or raise max_t"],
                  id="grace-period-above-max-t"),

@@ -142,7 +142,7 @@ def test_unknown_preset_exits_2_naming_the_presets(tmp_path, monkeypatch, capsys
     assert main(["validate", "nosuch"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("tuner: error: ")
-    assert "'nosuch' does not exist" in err and "gpt2-wikitext, tiny" in err
+    assert "'nosuch' does not exist" in err and "gpt2-wikitext, lora-pareto, tiny" in err
 
 
 def test_a_local_file_wins_over_the_preset_of_the_same_name(tmp_path, monkeypatch, capsys):
