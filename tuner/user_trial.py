@@ -37,8 +37,8 @@ def run_user_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter, 
         # parameters is the loop's to report.
         last.update({C.TRAIN_LOSS: math.nan, C.LEARNING_RATE: 0.0, C.EPOCH: 0.0, C.STEP: count[0],
                      C.TOKENS_PER_S: 0.0, C.TRAIN_TOKENS_PER_S: metrics.get(C.TOKENS_PER_S, 0.0),
-                     C.TRAINABLE_PARAMS: math.nan, C.PEAK_MEMORY_MB: memory.resident_peak_mb(), **metrics, C.START_STEP: start_step, C.TRIAL_STATUS: C.RUNNING,
-                     C.FINAL: False})
+                     C.TRAINABLE_PARAMS: math.nan, C.PEAK_MEMORY_MB: memory.resident_peak_mb(), **metrics,
+                     C.START_STEP: start_step, C.TRIAL_STATUS: C.RUNNING, C.FINAL: False})
         count[0] = int(last[C.STEP])
         if not all(math.isfinite(float(last[k])) for k in (C.EVAL_LOSS, C.TRAIN_LOSS) if k in metrics):
             report({**last, C.EVAL_LOSS: math.nan, C.TRIAL_STATUS: C.DIVERGED, C.FINAL: True}, None)
