@@ -195,3 +195,23 @@ def test_a_bucket_sweep_warm_starts_from_its_driver_files(s3_server, tmp_path, m
     missing = load_spec(TINY_PATH, [NO_BASELINE, SPACE, f"search.warm_start=s3://{s3_server['bucket']}/nothing"])
     with pytest.raises(UserError, match="no sweep there"):
         warmstart.load(missing)
+
+
+def test_a_multi_objective_sweep_warm_starts_a_study_of_as_many_directions(tmp_path):
+    metrics = "search.metrics=[{name: eval_loss, mode: min}, {name: trainable_params, mode: min}]"
+    folder = tmp_path / "old"
+    earlier_sweep(folder, [], [metrics])
+    for i, (params, loss, size) in enumerate([(TRIALS[0][0], 2.0, 900), (TRIALS[1][0], 2.5, 300)]):
+        report = {C.EVAL_LOSS: loss, "trainable_params": size, C.TOKENS_SEEN: 96, C.STEP: 1}
+        records.save(TrialRecord(trial_id=f"old{i:05d}", status=C.COMPLETED, params=params, reports=1,
+                                 history=[report], best_metric=loss, best_eval_loss=loss, best_step=1), folder)
+    spec = load_spec(TINY_PATH, [NO_BASELINE, SPACE, metrics, f"search.warm_start={folder}",
+                                 f"storage={tmp_path / 'new'}"])
+    live = tmp_path / "live.db"
+    warmstart.prepare(spec, live, "sweep-id")
+    found = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{live}")
+    assert len(found.directions) == 2
+    assert sorted(t.values for t in found.trials) == [[2.0, 900.0], [2.5, 300.0]]
+    single = load_spec(TINY_PATH, [NO_BASELINE, SPACE, f"search.warm_start={folder}"])
+    with pytest.raises(UserError, match="that sweep's objectives"):
+        warmstart.load(single)

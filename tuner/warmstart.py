@@ -192,8 +192,9 @@ def prepare(spec: Spec, live: Path, sweep_id: str) -> Priors | None:
     priors = load(spec)
     import optuna
 
+    modes = [mode for _, mode in pareto.objectives(spec)] or [spec.search.mode]
     found = optuna.create_study(study_name=spec.name, storage=study.url(live), load_if_exists=True,
-                                direction="minimize" if spec.search.mode == "min" else "maximize")
+                                directions=["minimize" if mode == "min" else "maximize" for mode in modes])
     found.set_user_attr(study.SWEEP_ID, found.user_attrs.get(study.SWEEP_ID, sweep_id))
     added = {t.user_attrs.get(SOURCE_TRIAL) for t in found.get_trials(deepcopy=False)}
     found.add_trials([t for t in priors.trials if t.user_attrs[SOURCE_TRIAL] not in added])  # a killed driver's
