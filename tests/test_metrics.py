@@ -1,4 +1,4 @@
-"""BLEU and ROUGE against values worked out by hand on small fixed examples."""
+"""BLEU, ROUGE and exact match against values worked out by hand on small fixed examples."""
 
 from __future__ import annotations
 
@@ -36,6 +36,13 @@ def test_rouge_f1_by_hand():
 def test_rouge_averages_over_pairs():
     scores = metrics.rouge(["the cat sat", "dogs bark"], ["the cat sat", "a bird sings"])
     assert scores == {"rouge1": pytest.approx(0.5), "rouge2": pytest.approx(0.5), "rougeL": pytest.approx(0.5)}
+
+
+def test_exact_match_is_the_share_of_equal_pairs_after_normalising_case_and_spaces():
+    hypotheses = ["Paris", "  the  Cat\n", "Paris.", "Lyon"]
+    references = ["paris", "the cat", "Paris", "Lyon is"]
+    assert metrics.exact_match(hypotheses, references) == pytest.approx(2 / 4)
+    assert metrics.exact_match(["a"], ["a"]) == 1.0
 
 
 def test_unpaired_inputs_are_refused():

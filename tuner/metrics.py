@@ -3,7 +3,8 @@
 The final evaluation prompts a model with the first tokens of test passages and compares what it
 writes with the passages' next tokens. Scores follow each library's convention, so they compare with
 published numbers: BLEU from sacrebleu (corpus-level, 0–100, its default `13a` tokenization), ROUGE-1,
-ROUGE-2 and ROUGE-L from rouge-score (F1 averaged over the pairs, 0–1).
+ROUGE-2 and ROUGE-L from rouge-score (F1 averaged over the pairs, 0–1). Exact match (instruction
+data: does the answer equal the completion?) is the share of pairs equal once normalized, 0–1.
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ def rouge(hypotheses: list[str], references: list[str]) -> dict[str, float]:
         for name, score in scorer.score(reference, hypothesis).items():
             totals[name] += score.fmeasure
     return {name: total / len(hypotheses) for name, total in totals.items()}
+
+
+def exact_match(hypotheses: list[str], references: list[str]) -> float:
+    """The share of hypotheses equal to their reference, both lower-cased with runs of whitespace
+    collapsed and the ends stripped: "Paris." matches " paris.\n", "Paris" does not."""
+    _check_pairs(hypotheses, references)
+    return sum(_normal(h) == _normal(r) for h, r in zip(hypotheses, references)) / len(hypotheses)
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
 
 
 def _check_pairs(hypotheses: list[str], references: list[str]) -> None:
