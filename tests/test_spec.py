@@ -507,7 +507,64 @@ def test_domain_rule_non_hyperparameter_train_fields():
 def test_metric_must_be_a_reported_key():
     raw = base()
     raw["search"]["metric"] = "accuracy"
-    fails(raw, "search.metric: got 'accuracy', expected a reported key", "eval_loss")
+    fails(raw, "search.metric: got 'accuracy', expected a reported key", "eval_loss", "eval_rougeL",
+          "with search.metric_fn a key of its result")
+
+
+@pytest.mark.parametrize("metric", ["eval_bleu", "eval_rouge1", "eval_rouge2", "eval_rougeL"])
+def test_a_generation_metric_is_maximised_unless_the_spec_says(metric):
+    raw = base()
+    raw["search"]["metric"] = metric
+    assert validate(raw).search.mode == "max"
+    raw["search"]["mode"] = "min"
+    fails(raw, f"search.mode: got 'min' with search.metric {metric!r}, where higher is better",
+          "set mode: max, or leave mode out")
+
+
+def test_exact_match_needs_instruction_or_chat_data():
+    raw = base()
+    raw["search"].update(metric="eval_exact_match")
+    fails(raw, "search.metric: got 'eval_exact_match' on plain text", "use eval_rougeL or eval_bleu")
+    for columns in ({"prompt_column": "q", "completion_column": "a"}, {"messages_column": "messages"}):
+        raw["data"] = {"path": "corpus.jsonl", **columns}
+        assert validate(raw).search.mode == "max"
+
+
+def test_a_metric_fn_key_needs_its_prefix_and_a_mode():
+    raw = base()
+    raw["search"].update(metric="eval_token_accuracy", metric_fn="tests.metric_helpers:token_accuracy")
+    fails(raw, "search.mode: missing with search.metric 'eval_token_accuracy' (a metric_fn key)",
+          "higher is better (mode: max) or lower (mode: min)")
+    raw["search"]["mode"] = "max"
+    spec = validate(raw)
+    assert (spec.search.metric_fn, spec.search.mode) == ("tests.metric_helpers:token_accuracy", "max")
+    raw["search"]["metric"] = "token_accuracy"
+    fails(raw, "search.metric: got 'token_accuracy' with search.metric_fn", "set search.metric: eval_token_accuracy")
+
+
+def test_a_metric_fn_from_python_stands_in_for_the_specs():
+    raw = base()
+    raw["search"].update(metric="eval_accuracy", mode="max")
+    fails(raw, "search.metric: got 'eval_accuracy'")
+    assert validate(raw, metric_fn=print).search.metric == "eval_accuracy"
+    assert validate(raw, saved=True).search.metric == "eval_accuracy"  # a sweep's own spec, read back
+    raw["search"]["metric_fn"] = "tests.metric_helpers:token_accuracy"
+    assert validate(raw).search.metric_fn == "tests.metric_helpers:token_accuracy"
+    with pytest.raises(SpecError, match="search.metric_fn: got 'tests.metric_helpers:token_accuracy' and a "
+                                        "metric_fn from Python too; give one"):
+        validate(raw, metric_fn=print)
+
+
+def test_a_saved_specs_metric_fn_is_not_imported():
+    raw = base()
+    raw["search"].update(metric="eval_accuracy", mode="max", metric_fn="not_here.metrics:accuracy")
+    fails(raw, "search.metric_fn: got 'not_here.metrics:accuracy', but module 'not_here.metrics' cannot be imported")
+    assert validate(raw, saved=True).search.metric_fn == "not_here.metrics:accuracy"
+
+
+@pytest.mark.parametrize("key", ["num_prompts", "prompt_tokens", "reference_tokens", "max_new_tokens"])
+def test_the_metric_sample_needs_at_least_one(key):
+    fails(base(search={**BASE["search"], "metric_sample": {key: 0}}), f"search.metric_sample.{key}: got 0, expected >= 1")
 
 
 def test_metric_other_reported_key_accepted():
@@ -913,10 +970,13 @@ def test_fp16_without_a_gpu_is_refused():
     assert spec.train.precision == "fp16"
 
 
-def test_promote_top_k_needs_the_loss_as_metric():
+def test_promote_top_k_needs_a_metric_it_can_measure_again():
     raw = base(promote={"top_k": 3})
     raw.setdefault("search", {})["metric"] = "train_loss"
-    fails(raw, "promote.top_k: got 3", "set promote.top_k to 1")
+    fails(raw, "promote.top_k: got 3", "not a training figure", "set promote.top_k to 1")
+    for metric in ("eval_loss", "eval_rougeL"):
+        raw["search"]["metric"] = metric
+        assert validate(raw).promote.top_k == 3
 
 
 @pytest.mark.parametrize("key, value, expected", [

@@ -20,6 +20,13 @@ TRAINABLE_PARAMS = "trainable_params"  # parameters with requires_grad: LoRA's r
 PEAK_MEMORY_MB = "peak_memory_mb"  # GPU: peak allocated memory; CPU: the process's peak resident memory
 COST_KEYS = (TRAIN_TOKENS_PER_S, TRAINABLE_PARAMS, PEAK_MEMORY_MB)
 REPORT_KEYS = (EVAL_LOSS, TRAIN_LOSS, LEARNING_RATE, EPOCH, STEP, TOKENS_SEEN, TOKENS_PER_S, *COST_KEYS)
+# Generation metrics a report carries when search.metric asks for one: the continuations of a fixed
+# sample of validation prompts (search.metric_sample), scored as the final evaluation scores the test's.
+# Higher is better for each. Exact match needs instruction or chat data (an answer to match).
+EVAL_BLEU, EVAL_EXACT_MATCH = "eval_bleu", "eval_exact_match"
+GENERATION_METRICS = (EVAL_BLEU, "eval_rouge1", "eval_rouge2", "eval_rougeL", EVAL_EXACT_MATCH)
+CUSTOM_METRIC = "eval_custom"  # a metric_fn's plain number, when search.metric is a built-in key
+METRIC_PREFIX = "eval_"  # every report key a metric_fn adds starts with it
 
 # Extra keys on a report: how the trial stands after it.
 TRIAL_STATUS = "trial_status"  # "running" until the last report, then one of STATUSES
@@ -30,6 +37,7 @@ MICRO_BATCH = "micro_batch"  # the per-device batch the trial actually trained w
 ACCUMULATION = "accumulation"  # the gradient accumulation it actually used (doubled after an OOM)
 REPEAT = "repeat_report"  # True on a closing copy of the last report (not counted again)
 START_STEP = "start_step"  # the global step this run of the trial started from (0, or its checkpoint's)
+TRIAL_ERROR = "trial_error"  # why a trial that reports itself failed (a bad metric_fn) ended so
 
 # Where this run of the trial spent its time so far, in seconds (each report carries the running totals).
 TIME_START = "time_start_s"  # worker process start and imports: the first trial of a worker only
@@ -65,7 +73,8 @@ LOST = "lost"
 STATUSES = (COMPLETED, STOPPED_ASHA, STOPPED_PATIENCE, STOPPED_BUDGET, DIVERGED, OOM, FAILED, TIMED_OUT, STALLED)
 UNFINISHED = (RUNNING, PENDING)  # a record in any other status has ended
 # Statuses a trial reports itself on its last report (with a NaN metric): never counted as a report.
-ABORTED = (DIVERGED, OOM)
+# FAILED: a metric_fn that raised or returned no finite number (not retried: it would fail again).
+ABORTED = (DIVERGED, OOM, FAILED)
 # Statuses whose checkpoints may be promoted: the trial trained normally up to its last report.
 PROMOTABLE = (COMPLETED, STOPPED_ASHA, STOPPED_PATIENCE, STOPPED_BUDGET, TIMED_OUT, STALLED)
 

@@ -23,6 +23,7 @@ class TrialContext:
     model_path: str  # what from_pretrained takes for the base model
     max_t: int | None = None  # ASHA's max_t in tokens: a trial reaching it has completed
     trial_fn: Callable | None = None  # the user's own training loop, in place of `run_trial`
+    metric_fn: Callable | None = None  # run_sweep(metric_fn=...): the user's metric, in place of search.metric_fn
     workers_have_cuda: bool = False  # data-parallel trials use nccl when true, else gloo
     driver_node: str | None = None  # the Ray node that prepared the data; others copy it locally
     # Trials that had ended when a resumed driver's predecessor died, each with its last report: Tune's

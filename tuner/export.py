@@ -63,7 +63,7 @@ def best_config(spec: Spec, record: TrialRecord, suffix: str = "best") -> dict[s
         "step": step, "seed": spec.train.seed, "git_commit": git_commit(),
         "versions": versions(),
     }
-    validate(copy.deepcopy(data))  # an export that does not validate is a bug: fail here, not later
+    validate(copy.deepcopy(data), saved=True)  # an export that does not validate is a bug: fail here, not later
     return data
 
 

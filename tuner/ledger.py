@@ -248,13 +248,16 @@ class TrialLedger(tune.Callback):
         redone = bool(record.history) and result.get(C.STEP, 0) <= record.history[-1][C.STEP]
         if result.get(C.TRIAL_STATUS) not in C.ABORTED and not result.get(C.REPEAT) and not redone:
             record.reports += 1
-            record.history.append({**{k: result.get(k) for k in C.REPORT_KEYS}, "reported_at": time.time()})
+            record.history.append({**{k: result.get(k) for k in C.REPORT_KEYS}, **added_metrics(result),
+                                   "reported_at": time.time()})
             if records.better(value, record.best_metric, self.mode):  # with a checkpoint or not
                 record.best_metric, record.best_eval_loss = value, result.get(C.EVAL_LOSS)
                 record.best_step = result.get(C.STEP)
             if self.tracker is not None:
                 self.tracker.trial_reported(trial.trial_id, result)
         record.node_id, record.gpu_ids = result.get(C.NODE_ID), result.get(C.GPU_IDS)
+        if result.get(C.TRIAL_ERROR):  # a trial that failed itself (a bad metric_fn) says why
+            record.error = str(result[C.TRIAL_ERROR])
         for key in (C.MICRO_BATCH, C.ACCUMULATION):  # what it trained with (an OOM halves the batch)
             if result.get(key) is not None:
                 setattr(record, key, result[key])
@@ -286,7 +289,9 @@ class TrialLedger(tune.Callback):
         report is tracked at every report, checkpoint or not: only promotion needs one.)"""
         record.checkpoint_step = result.get(C.STEP)  # where a resume of this trial goes on from
         value, record.pending_value = record.pending_value, None
-        if records.better(value, records.checkpoint_metric(record), self.mode):
+        # As good as the best is enough: of two equal scores Tune keeps the newer checkpoint and deletes
+        # the older (ties are common with a generation metric: a ROUGE of 0 at several reports).
+        if records.finite(value) and not records.better(records.checkpoint_metric(record), value, self.mode):
             record.best_checkpoint, record.best_checkpoint_metric = path, value
             record.best_checkpoint_step = result.get(C.STEP)
 
@@ -381,6 +386,13 @@ class TrialLedger(tune.Callback):
         return (f"trial {trial_id}: {record.status}{rung}, {record.reports} reports | "
                 f"{len(done)}/{self.plan.num_samples} finished ({stopped} stopped by ASHA), "
                 f"{max(running, 0)} running, {best_text}")
+
+
+def added_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """A report's figures beyond the standard keys (generation metrics, a metric_fn's): kept in the
+    history, so the report's curves and W&B can show the metric searched on."""
+    return {k: v for k, v in result.items() if k.startswith(C.METRIC_PREFIX) and k not in C.REPORT_KEYS
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _error_text(trial) -> str:

@@ -29,8 +29,9 @@ SPEC_FILE = layout.SPEC_FILE
 
 
 def resolve_spec(spec_or_path: Spec | str | Path | dict, overrides: list[str] | None = None,
-                 name: str | None = None, num_samples: int | None = None) -> Spec:
-    """Load and validate a spec, with `--set`, `--name` and `--num-samples` applied on top."""
+                 name: str | None = None, num_samples: int | None = None, metric_fn: Callable | None = None) -> Spec:
+    """Load and validate a spec, with `--set`, `--name` and `--num-samples` applied on top (and a
+    Python `metric_fn` in place of search.metric_fn)."""
     extra = list(overrides or [])
     if name is not None:
         extra.append(f"name={name}")
@@ -40,7 +41,7 @@ def resolve_spec(spec_or_path: Spec | str | Path | dict, overrides: list[str] | 
         spec_or_path = spec_or_path.to_dict()
         if spec_or_path.get("origin") is None:
             spec_or_path.pop("origin")
-    return load_spec(spec_or_path, extra)
+    return load_spec(spec_or_path, extra, metric_fn=metric_fn)
 
 
 def check_model(spec: Spec) -> None:
@@ -80,7 +81,7 @@ def check_plan(spec: Spec, plan: Plan) -> None:
 def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | None = None,
               name: str | None = None, num_samples: int | None = None, address: str | None = None,
               trial_fn: Callable | None = None, force: bool = False, restart_search: bool = False,
-              command: str = "sweep") -> SweepResult:
+              command: str = "sweep", metric_fn: Callable | None = None) -> SweepResult:
     """Run a whole sweep and return its leaderboard, best trial, final evaluation and export paths.
 
     Run again on the same sweep directory, it resumes: an experiment whose driver died is restored,
@@ -93,9 +94,14 @@ def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | 
     trial's hyperparameters and calls `report(metrics, checkpoint_dir)` with at least `eval_loss` and
     `tokens_seen`; a checkpoint is a directory `from_pretrained` can load. `trial_fn(config, report,
     checkpoint)` also gets the checkpoint to go on from when the trial restarts (else None).
+
+    `metric_fn(model, tokenizer, sample)`, when given, is called in each trial at every report, as
+    `search.metric_fn` names one in a spec: it returns a number (reported as search.metric) or a
+    dict of them (each key prefixed `eval_`), and search.metric names the one to optimise.
     """
     _log_handler()
-    spec = resolve_spec(spec_or_path, overrides, name, num_samples)
+    spec = resolve_spec(spec_or_path, overrides, name, num_samples, metric_fn)
+    check_metric_fn(spec, trial_fn, metric_fn)
     # spec.yaml names no local path: the sweep is wherever its directory is (`resume DIR`), moved or not
     saved = to_yaml(replace(spec, storage=spec.storage if storage.is_uri(spec.storage) else None))
     sweep_dir = spec.sweep_dir
@@ -103,11 +109,20 @@ def run_sweep(spec_or_path: Spec | str | Path | dict, *, overrides: list[str] | 
         spec.storage = str(sweep_dir)  # absolute: trials run in other working directories
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with lock.hold(sweep_dir, spec.location, command), logs.to_file(sweep_dir):
-        return _drive(spec, saved, address, trial_fn, force, restart_search)
+        return _drive(spec, saved, address, trial_fn, force, restart_search, metric_fn)
+
+
+def check_metric_fn(spec: Spec, trial_fn: Callable | None, metric_fn: Callable | None) -> None:
+    """A metric_fn is called by the built-in Trainer loop; a trial_fn reports its own figures."""
+    if trial_fn is not None and (metric_fn is not None or spec.search.metric_fn is not None):
+        raise UserError("metric_fn: given with trial_fn, whose loop the sweep does not evaluate; compute the "
+                        "metric in trial_fn and report it (report({..., 'eval_x': value}, ...)), or drop trial_fn")
+    if metric_fn is not None and not callable(metric_fn):
+        raise UserError(f"metric_fn: got {metric_fn!r}, expected a function of (model, tokenizer, sample)")
 
 
 def _drive(spec: Spec, saved: str, address: str | None, trial_fn: Callable | None, force: bool,
-           restart_search: bool) -> SweepResult:
+           restart_search: bool, metric_fn: Callable | None = None) -> SweepResult:
     """Everything a sweep does, under its lock."""
     quiet_libraries()
     sweep_dir = spec.sweep_dir
@@ -128,7 +143,8 @@ def _drive(spec: Spec, saved: str, address: str | None, trial_fn: Callable | Non
         log.warning("%s", warning)
     log.info("plan:\n  %s", plan.describe().replace("\n", "\n  "))
 
-    ctx = TrialContext(spec, prepared, model.resolve(spec.model.name_or_path), plan.max_t, trial_fn)
+    ctx = TrialContext(spec, prepared, model.resolve(spec.model.name_or_path), plan.max_t, trial_fn,
+                       metric_fn=metric_fn)
     # W&B's calls for each trial run off Tune's event loop: a slow W&B server never holds a trial up.
     tracker = Background(tracking.Tracker(spec), queued=tracking.TRIAL_CALLS)
     board: list[dict[str, Any]] = []
@@ -190,10 +206,10 @@ def _upload_results(spec: Spec, progress: state.SweepState) -> None:
 
 def resume_sweep(sweep: str | Path, *, address: str | None = None, force: bool = False,
                  num_samples: int | None = None, restart_search: bool = False,
-                 trial_fn: Callable | None = None) -> SweepResult:
+                 trial_fn: Callable | None = None, metric_fn: Callable | None = None) -> SweepResult:
     """Go on with the sweep in `sweep` (its directory, or its bucket URI), under the spec saved there.
     From a bucket, on a machine that has none of its files, they are fetched first. A sweep whose
-    trials ran a user's `trial_fn` goes on with the same function."""
+    trials ran a user's `trial_fn` or `metric_fn` goes on with the same function."""
     if storage.is_uri(str(sweep)):
         spec = _bucket_spec(str(sweep))
     else:
@@ -202,7 +218,7 @@ def resume_sweep(sweep: str | Path, *, address: str | None = None, force: bool =
             raise UserError(f"{sweep}: not a sweep directory (no {layout.STATE_FILE}); give the directory "
                             "`tuner sweep` printed, e.g. runs/tiny")
     return run_sweep(spec, num_samples=num_samples, address=address, force=force, restart_search=restart_search,
-                     trial_fn=trial_fn, command="resume")
+                     trial_fn=trial_fn, command="resume", metric_fn=metric_fn)
 
 
 def _bucket_spec(uri: str) -> Spec:
@@ -214,7 +230,7 @@ def _bucket_spec(uri: str) -> Spec:
     except OSError as exc:
         raise UserError(f"{uri}: no sweep there ({first_line(exc)}); give the storage URI the sweep ran with, "
                         "e.g. s3://bucket/sweeps/tiny") from None
-    spec = resolve_spec(_yaml(text), [f"storage={uri.rstrip('/')}"])
+    spec = load_spec(_yaml(text), [f"storage={uri.rstrip('/')}"], saved=True)
     if not state.is_sweep_dir(spec.sweep_dir):
         mirror.pull(spec.location, spec.sweep_dir)
         log.info("sweep %s: its driver files fetched from %s into %s", spec.name, uri, spec.sweep_dir)
@@ -325,7 +341,7 @@ def quiet_libraries() -> None:
 def _saved_spec(sweep_dir: Path) -> Spec | None:
     """The spec an earlier run saved in the sweep directory, if it still reads (to name what changed)."""
     try:
-        return load_spec(sweep_dir / SPEC_FILE) if (sweep_dir / SPEC_FILE).is_file() else None
+        return load_spec(sweep_dir / SPEC_FILE, saved=True) if (sweep_dir / SPEC_FILE).is_file() else None
     except UserError:
         return None
 
@@ -337,7 +353,7 @@ def load_sweep_spec(sweep_dir: str | Path) -> Spec:
     if not path.is_file():
         raise UserError(f"{sweep_dir}: not a sweep directory (no {SPEC_FILE}); give the directory "
                         "`tuner sweep` printed, e.g. runs/tiny")
-    spec = load_spec(path)
+    spec = load_spec(path, saved=True)  # to read it; a run validates it again, metric_fn and all
     if not storage.is_uri(spec.storage):
         spec.storage = str(Path(sweep_dir).resolve())
     return spec

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from tuner import metrics, records
@@ -141,10 +142,14 @@ def continuations(model, prompts: list[list[int]], settings: PromoteSpec, pad_to
 
 
 def assess(model, tokenizer, test: list[list[int]], pairs: list[tuple[list[int], list[int]]],
-           settings: PromoteSpec, labels: list[list[int]] | None = None) -> tuple[dict[str, float], list[str]]:
+           settings: PromoteSpec, labels: list[list[int]] | None = None,
+           custom: Callable[[Any], dict[str, float]] | None = None) -> tuple[dict[str, float], list[str]]:
     """One model's figures on the test split (loss, perplexity, BLEU, ROUGE-1/2/L of its
-    continuations against the references) and the continuations themselves."""
+    continuations against the references, exact match for instruction data's answers, and
+    `custom`'s: a metric_fn's) and the continuations themselves."""
     figures: dict[str, Any] = evaluate(model, test, settings.eval_batch_size, labels)
+    if custom is not None:
+        figures.update(custom(model))
     if not pairs:
         return figures, []
     written = continuations(model, [prompt for prompt, _ in pairs], settings, tokenizer.pad_token_id)
@@ -152,6 +157,8 @@ def assess(model, tokenizer, test: list[list[int]], pairs: list[tuple[list[int],
     references = [tokenizer.decode(reference, skip_special_tokens=True) for _, reference in pairs]
     figures["bleu"] = metrics.bleu(texts, references)
     figures.update(metrics.rouge(texts, references))
+    if labels is not None:  # instruction or chat data: each reference is an answer
+        figures["exact_match"] = metrics.exact_match(texts, references)
     return figures, texts
 
 
@@ -164,12 +171,27 @@ def generation_settings(settings: PromoteSpec, count: int) -> dict[str, Any]:
             **asdict(settings.generate)}
 
 
+@dataclass
+class Rescore:
+    """How `rerank` scores a checkpoint when the search's metric is not the loss: `measure(model)`
+    gives the figures (a generation metric's or a metric_fn's, on a validation sample larger than the
+    search's), of which `metric` is compared in `mode`; `prompts` says how many prompts."""
+
+    metric: str
+    mode: str
+    measure: Callable[[Any], dict[str, float]]
+    prompts: int
+
+
 def rerank(candidates: list[Any], locate: Callable[[Any], str], prepared: Prepared,
            settings: PromoteSpec, trust_remote_code: bool = False, load_base: Callable[[], Any] | None = None,
-           ) -> tuple[list[Any], dict[str, Any]]:
-    """`promote.top_k`: the best k trials' checkpoints scored again on the whole validation split, so a
-    lucky score on the search's validation sample does not win. Returns the candidates in their new
-    order (the others after them, as they were) and what the re-evaluation found."""
+           rescore: Rescore | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """`promote.top_k`: the best k trials' checkpoints scored again on the whole validation split (and
+    with `rescore`, by the search's own metric on a larger validation sample), so a lucky score on
+    the search's validation sample does not win. Returns the candidates in their new order (the
+    others after them, as they were) and what the re-evaluation found."""
+    from tuner.trial_metrics import MetricFnError  # it builds on this module
+
     top, rest = candidates[:settings.top_k], candidates[settings.top_k:]
     validation, labels = split_tokens(prepared, "validation")
     scored = []
@@ -181,15 +203,27 @@ def rerank(candidates: list[Any], locate: Callable[[Any], str], prepared: Prepar
                         record.trial_id, exc)
             continue
         total, count = token_loss(model, validation, settings.eval_batch_size, labels)
-        scored.append((total / count, record))
+        entry = {"trial_id": record.trial_id, "search_metric": records.checkpoint_metric(record),
+                 "validation_loss": total / count}
+        if rescore is not None:
+            try:
+                entry["validation_metric"] = rescore.measure(model)[rescore.metric]
+            except MetricFnError as exc:  # it worked in the trials: here, say so and keep the search's order
+                log.warning("promote: re-ranking by %s failed (%s); the search's order stands", rescore.metric, exc)
+                return candidates, {"top_k": settings.top_k, "error": str(exc), "changed": False,
+                                    "search_winner": top[0].trial_id, "chosen": top[0].trial_id, "candidates": []}
+        scored.append((entry, record))
         del model
-    scored.sort(key=lambda pair: pair[0])
+    key = "validation_loss" if rescore is None else "validation_metric"
+    sign = -1 if rescore is not None and rescore.mode == "max" else 1
+    scored.sort(key=lambda pair: sign * pair[0][key])
     order = [record for _, record in scored] + rest
     selection = {"top_k": settings.top_k, "split": "validation", "blocks": len(validation),
                  "search_winner": top[0].trial_id if top else None,
                  "chosen": order[0].trial_id if order else None,
-                 "candidates": [{"trial_id": r.trial_id, "search_metric": records.checkpoint_metric(r), "validation_loss": loss}
-                                for loss, r in scored]}
+                 "candidates": [entry for entry, _ in scored]}
+    if rescore is not None:
+        selection.update(metric=rescore.metric, prompts=rescore.prompts)
     selection["changed"] = selection["chosen"] != selection["search_winner"]
     return order, selection
 
@@ -197,14 +231,16 @@ def rerank(candidates: list[Any], locate: Callable[[Any], str], prepared: Prepar
 def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, settings: PromoteSpec,
                      revision: str | None = None, token_env: str | None = None,
                      trust_remote_code: bool = False, baseline_checkpoint: str | None = None,
-                     code_revision: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
+                     code_revision: str | None = None, custom: Callable[[Any, Any, list], dict[str, float]] | None = None,
+                     ) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
     """The promoted checkpoint, the base model and the baseline trial's checkpoint, each scored the
     same way on the full test split and the same prompts (A/B).
 
     Returns the metrics (the tuned model's loss and perplexity at the top, each model's figures under
     `tuned`, `base`, `baseline`), the samples (prompt, reference and each model's continuation) and
     the loaded tuned model (for export). A checkpoint holds its own copy of any remote code (Trainer
-    saves it beside the weights); the base model's comes pinned by `code_revision`.
+    saves it beside the weights); the base model's comes pinned by `code_revision`. `custom(model,
+    tokenizer, pairs)`: a metric_fn's figures for each model, on the same test prompts.
     """
     def load_base():
         return model_lib.load_model(base_model, revision, token_env=token_env, trust_remote_code=trust_remote_code,
@@ -217,7 +253,13 @@ def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, setti
     pairs = (instruction_passages(instructions, settings, prepared.block_size) if instructions is not None
              else passages(test, settings))
     log.info("promote: evaluating %s on %d test blocks and %d prompts", checkpoint, len(test), len(pairs))
-    figures, texts = assess(model, tokenizer, test, pairs, settings, labels)
+    found: list[str] = []  # the metric_fn's figures, named as the final evaluation names them
+
+    def scorer(model) -> dict[str, float]:
+        figures = custom(model, tokenizer, pairs)
+        found[:] = sorted(set(found) | set(figures))
+        return figures
+    figures, texts = assess(model, tokenizer, test, pairs, settings, labels, scorer if custom else None)
     metrics: dict[str, Any] = {key: figures[key] for key in ("eval_loss", "perplexity", "num_test_tokens")}
     metrics["tuned"] = figures
     written = {"tuned": texts}
@@ -233,9 +275,12 @@ def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, setti
             log.warning("promote: the %s model could not be read (%s)", name, exc)
             metrics[name] = {"unavailable": str(exc)}
             continue
-        metrics[name], written[name] = assess(other, tokenizer, test, pairs, settings, labels)
+        metrics[name], written[name] = assess(other, tokenizer, test, pairs, settings, labels,
+                                              scorer if custom else None)
         del other
     metrics["generation"] = generation_settings(settings, len(pairs))
+    if found:
+        metrics["custom_metrics"] = found
     rows = [{"prompt": tokenizer.decode(prompt, skip_special_tokens=True),
              "reference": tokenizer.decode(reference, skip_special_tokens=True),
              **{name: texts[i] for name, texts in written.items() if texts}}

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tuner import data, export, layout, model, pareto, promote, records, results, state, storage, tracking
+from tuner import trial_metrics
+from tuner.constants import EVAL_LOSS
 from tuner.context import TrialContext
 from tuner.errors import UserError, first_line
 from tuner.records import TrialRecord
@@ -178,12 +180,8 @@ def _evaluate_best_readable(spec: Spec, ctx: TrialContext, baseline: TrialRecord
                                                spec.model.trust_remote_code, lambda: model.load_model(
                                                    ctx.model_path, spec.model.revision, token_env=spec.model.token_env,
                                                    trust_remote_code=spec.model.trust_remote_code,
-                                                   code_revision=spec.model.code_revision))
-        log.info("promote: the best %d trials re-evaluated on the whole validation split (%d blocks): %s",
-                 len(selection["candidates"]), selection["blocks"], ", ".join(
-                     f"{c['trial_id']} {c['validation_loss']:.4f}" for c in selection["candidates"]))
-        log.info("promote: %s", f"the choice changed from {selection['search_winner']} to {selection['chosen']}"
-                 if selection["changed"] else f"the choice stands: {selection['chosen']}")
+                                                   code_revision=spec.model.code_revision), _rescore(spec, ctx))
+        _log_selection(selection)
     baseline_checkpoint = None
     if baseline is not None and baseline.best_checkpoint and not baseline.checkpoint_deleted:
         try:
@@ -197,7 +195,8 @@ def _evaluate_best_readable(spec: Spec, ctx: TrialContext, baseline: TrialRecord
             return record, promote.final_evaluation(checkpoint, ctx.model_path, ctx.prepared, spec.promote,
                                                     spec.model.revision, spec.model.token_env,
                                                     spec.model.trust_remote_code, baseline_checkpoint,
-                                                    spec.model.code_revision), selection
+                                                    spec.model.code_revision,
+                                                    trial_metrics.final_scorer(spec, ctx.metric_fn)), selection
         except promote.UnreadableCheckpoint as exc:  # not the base model's errors: those are not the checkpoint's
             skipped.append(f"  {record.trial_id}: {exc}")
             log.warning("promote: the checkpoint of trial %s is missing or unreadable (%s); promoting the "
@@ -206,6 +205,27 @@ def _evaluate_best_readable(spec: Spec, ctx: TrialContext, baseline: TrialRecord
                         for r in records.load_all(sweep_dir)]
     reason = "no readable checkpoint" if skipped else f"no trial finished with a finite {spec.search.metric}"
     raise SweepFailed(f"{reason}; nothing to promote or export:\n" + "\n".join(lines))
+
+
+def _rescore(spec: Spec, ctx: TrialContext) -> promote.Rescore | None:
+    """The re-ranking by the search's metric, where it is not the loss (a generation metric, a metric_fn's)."""
+    if spec.search.metric == EVAL_LOSS or not trial_metrics.wanted(spec, ctx.metric_fn):
+        return None
+    tokenizer = model.load_tokenizer(ctx.prepared.tokenizer_path)
+    return trial_metrics.rescore(spec, ctx.prepared, tokenizer, ctx.metric_fn)
+
+
+def _log_selection(selection: dict[str, Any]) -> None:
+    if selection.get("error"):
+        return  # rerank said why already
+    metric = selection.get("metric")
+    where = (f"by {metric} on {selection['prompts']} validation prompts" if metric
+             else f"on the whole validation split ({selection['blocks']} blocks)")
+    log.info("promote: the best %d trials re-evaluated %s: %s", len(selection["candidates"]), where, ", ".join(
+        f"{c['trial_id']} {c['validation_metric' if metric else 'validation_loss']:.4f}"
+        for c in selection["candidates"]))
+    log.info("promote: %s", f"the choice changed from {selection['search_winner']} to {selection['chosen']}"
+             if selection["changed"] else f"the choice stands: {selection['chosen']}")
 
 
 def _summary(spec: Spec, best: TrialRecord, final: dict[str, Any], best_dir: Path) -> None:

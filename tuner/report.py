@@ -364,7 +364,7 @@ def final_html(final: dict[str, Any] | None, samples: list[dict[str, Any]], metr
     if not final:
         return '<p class="empty">The sweep has not promoted a model yet.</p>'
     rows = results.ab_rows(final)
-    figures = [f for f in results.AB_FIGURES if any(f[0] in row for _, row in rows)]
+    figures = results.ab_figures(final, rows)
     parts = [f"<p>Trial {html.escape(str(final.get('trial_id')))} at step {final.get('step')}, on the whole "
              f"test split ({final.get('num_test_tokens')} tokens).</p>"]
     head = "".join(f"<th>{label}</th>" for _, label, _ in figures)
@@ -381,7 +381,9 @@ def final_html(final: dict[str, Any] | None, samples: list[dict[str, Any]], metr
     if selection:
         verdict = (f"changed the choice from {selection['search_winner']} to {selection['chosen']}"
                    if selection["changed"] else "kept the search's choice")
-        parts.append(f"<p>Re-evaluating the best {selection['top_k']} on the whole validation split {verdict}.</p>")
+        where = (f"by {selection['metric']} on {selection.get('prompts')} validation prompts" if selection.get("metric")
+                 else "on the whole validation split")
+        parts.append(f"<p>Re-evaluating the best {selection['top_k']} {html.escape(where)} {verdict}.</p>")
     if samples:
         models = [m for m in ("base", "baseline", "tuned") if any(m in s for s in samples)]
         head = "".join(f"<th>{c}</th>" for c in ("prompt", "reference", *models))

@@ -150,7 +150,7 @@ def _trained(tokens: int | None, step: int | None, steps: str) -> str:
 
 AB_MODELS = ("base", "baseline", "tuned")
 AB_FIGURES = (("perplexity", "perplexity", "{:.2f}"), ("bleu", "BLEU", "{:.2f}"), ("rouge1", "ROUGE-1", "{:.3f}"),
-              ("rouge2", "ROUGE-2", "{:.3f}"), ("rougeL", "ROUGE-L", "{:.3f}"))
+              ("rouge2", "ROUGE-2", "{:.3f}"), ("rougeL", "ROUGE-L", "{:.3f}"), ("exact_match", "exact match", "{:.3f}"))
 
 
 def ab_rows(final: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -159,15 +159,23 @@ def ab_rows(final: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             if isinstance(final.get(name), dict) and "perplexity" in final[name]]
 
 
+def ab_figures(final: dict[str, Any], rows: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, str, str]]:
+    """The A/B table's columns: (key, label, format) of the figures some model has, a metric_fn's last."""
+    custom = [(key, key, "{:.4g}") for key in final.get("custom_metrics", [])]
+    return [f for f in (*AB_FIGURES, *custom) if any(f[0] in row for _, row in rows)]
+
+
 def ab_lines(final: dict[str, Any]) -> list[str]:
     """The final evaluation's A/B table as text lines, for the terminal."""
     rows = ab_rows(final)
     if not rows:
         return []
-    figures = [f for f in AB_FIGURES if any(f[0] in row for _, row in rows)]
-    lines = [f"{'':<9}" + "".join(f"{label:>12}" for _, label, _ in figures)]
+    figures = ab_figures(final, rows)
+    widths = [max(12, len(label) + 2) for _, label, _ in figures]  # a metric_fn's names may be long
+    lines = [f"{'':<9}" + "".join(f"{label:>{w}}" for (_, label, _), w in zip(figures, widths))]
     for name, row in rows:
-        cells = "".join(f"{fmt.format(row[key]) if key in row else '-':>12}" for key, _, fmt in figures)
+        cells = "".join(f"{fmt.format(row[key]) if key in row else '-':>{w}}"
+                        for (key, _, fmt), w in zip(figures, widths))
         lines.append(f"{name:<9}{cells}")
     return lines
 

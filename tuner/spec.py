@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import copy
+import importlib
 import dataclasses
 import difflib
 import hashlib
@@ -24,8 +25,9 @@ from typing import Any, Literal
 import yaml
 
 from tuner import grid, limits, secret, yamlfile
-from tuner.constants import EVAL_LOSS, HYPERPARAMETER_DEFAULTS, MODEL_HYPERPARAMETERS, REPORT_KEYS
-from tuner.errors import UserError
+from tuner.constants import (EVAL_EXACT_MATCH, EVAL_LOSS, GENERATION_METRICS, HYPERPARAMETER_DEFAULTS,
+                             METRIC_PREFIX, MODEL_HYPERPARAMETERS, REPORT_KEYS)
+from tuner.errors import UserError, first_line
 
 
 class SpecError(UserError):
@@ -142,12 +144,30 @@ class MetricSpec:
 
 
 @dataclass
+class MetricSampleSpec:
+    """The validation prompts a generation metric (search.metric: eval_rougeL, ...) or a metric_fn is
+    computed on at every report: a fixed sample drawn with train.seed, the same for every trial. It
+    runs at every report, so it is small; decoding follows promote.generate (greedy by default)."""
+
+    num_prompts: int = 8  # validation prompts: text passages, or instruction/chat records
+    prompt_tokens: int = 16  # plain text: a passage's first k tokens prompt (instruction prompts are whole)
+    reference_tokens: int = 16  # the next m tokens (instruction data: the completion's first m) are the reference
+    max_new_tokens: int = 16  # what the model may write after each prompt
+
+
+@dataclass
 class SearchSpec:
-    metric: str = EVAL_LOSS  # with `metrics`: the first one's name (ASHA, patience, the ledger use it)
-    mode: Literal["min", "max"] = "min"
+    # a reported key, a generation metric (eval_bleu, eval_rouge1/2/L, eval_exact_match) or a metric_fn key;
+    # with `metrics`: the first one's name (ASHA, patience, the ledger use it)
+    metric: str = EVAL_LOSS
+    mode: Literal["min", "max"] = "min"  # left out: max for a generation metric, else min
     # Two or more objectives: a multi-objective study (TPE or nsga2) whose finished trials form a Pareto
     # front; the first is `metric` for everything else (ASHA stops trials on it). Default: `metric` alone.
     metrics: list[MetricSpec] | None = None
+    # A user's metric, "package.module:function", called at every report with (model, tokenizer, sample);
+    # it returns a number (reported as search.metric) or a dict of them (each key prefixed eval_).
+    metric_fn: str | None = None
+    metric_sample: MetricSampleSpec = field(default_factory=MetricSampleSpec)
     num_samples: int = 8  # trials
     # grid: every combination, in a seeded order, num_samples taken from it; gp: Gaussian process;
     # nsga2: the genetic algorithm NSGA-II
@@ -294,6 +314,7 @@ class Spec:
         for section, key in OPTIONAL_KEYS:  # unset, they leave the hash of a sweep made before them as it was
             if data[section].get(key) is None:
                 data[section].pop(key, None)
+        _drop_unused_metric_keys(data["search"])
         return data
 
     def fingerprint(self) -> str:
@@ -304,6 +325,14 @@ class Spec:
 # Keys added after sweeps were made with tuner: left out of `decisive()` while unset.
 OPTIONAL_KEYS = (("search", "metrics"), ("promote", "pick"))
 MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsga2", "random")  # Optuna's samplers of several objectives
+
+
+def _drop_unused_metric_keys(search: dict[str, Any]) -> None:
+    """search.metric_fn and search.metric_sample, unused (no metric_fn, the sample at its defaults),
+    leave the hash as it was before they existed: a sweep started then resumes without --force."""
+    if search.get("metric_fn") is None and search.get("metric_sample") == dataclasses.asdict(MetricSampleSpec()):
+        search.pop("metric_fn", None)
+        search.pop("metric_sample", None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,8 +402,10 @@ def is_distribution(entry: Any) -> bool:
 # Loading.
 
 
-def load_spec(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Spec:
-    """Read a spec (a YAML path or an already-parsed mapping), apply `--set` overrides, validate."""
+def load_spec(source: str | Path | dict[str, Any], overrides: list[str] | None = None, *,
+              metric_fn: Any = None, saved: bool = False) -> Spec:
+    """Read a spec (a YAML path or an already-parsed mapping), apply `--set` overrides, validate
+    (`metric_fn`, `saved`: see `validate`)."""
     if isinstance(source, dict):
         raw = copy.deepcopy(source)
     else:
@@ -393,7 +424,7 @@ def load_spec(source: str | Path | dict[str, Any], overrides: list[str] | None =
                         "`name`, `model` and `data`")
     for item in overrides or []:
         apply_override(raw, item)
-    return validate(raw)
+    return validate(raw, metric_fn=metric_fn, saved=saved)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -416,12 +447,18 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
                         "brackets, e.g. --set search.space.weight_decay=\"{type: float, low: 0, high: 0.1}\"") from None
 
 
-def validate(raw: dict[str, Any]) -> Spec:
+def validate(raw: dict[str, Any], *, metric_fn: Any = None, saved: bool = False) -> Spec:
+    """The spec built from `raw`, or SpecError listing every problem. `metric_fn`: a function passed
+    in Python (run_sweep(metric_fn=...)), which stands in for search.metric_fn. `saved`: a sweep's
+    own spec read back (status, report, export): its metric_fn is not imported, and a metric a
+    Python metric_fn reported is taken as it is."""
     problems: list[str] = []
     secret.check_spec(raw, problems)
     spec = _build(Spec, raw, "", problems)
     if spec is not None:  # None only when `raw` is not a mapping
         _check_rules(spec, raw, problems)
+        if spec.search is not None:
+            _check_metric(spec, raw, problems, metric_fn, saved)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise SpecError(f"the spec has {len(problems)} problem{'s' * (len(problems) > 1)}:\n{lines}")
@@ -883,9 +920,6 @@ def _check_value(name: str, value: Any, path: str, problems: list[str]) -> None:
 
 def _check_search(spec: Spec, problems: list[str]) -> None:
     search = spec.search
-    if search.metric not in REPORT_KEYS:
-        problems.append(f"search.metric: got {search.metric!r}, expected a reported key: "
-                        f"{', '.join(REPORT_KEYS)}")
     _at_least(search.num_samples, 1, "search.num_samples", problems)
     if search.max_concurrent_trials is not None:
         _at_least(search.max_concurrent_trials, 1, "search.max_concurrent_trials", problems)
@@ -1053,13 +1087,89 @@ def _check_promote(promote: PromoteSpec, problems: list[str]) -> None:
 
 
 def _check_promote_against(spec: Spec, problems: list[str]) -> None:
-    """The re-ranking on the whole validation split measures the loss, nothing else."""
+    """The re-ranking re-measures the loss on the whole validation split, and a generation metric or
+    a metric_fn's on a larger validation sample; training figures (train_loss, ...) it cannot."""
     top_k = spec.promote.top_k
     if (spec.search is not None and isinstance(top_k, int) and not isinstance(top_k, bool) and top_k > 1
-            and spec.search.metric != EVAL_LOSS):
+            and spec.search.metric in REPORT_KEYS and spec.search.metric != EVAL_LOSS):
         problems.append(f"promote.top_k: got {top_k} with search.metric {spec.search.metric!r}; the re-evaluation "
-                        f"on the full validation split measures {EVAL_LOSS}: set promote.top_k to 1 or search "
-                        f"on {EVAL_LOSS}")
+                        f"measures {EVAL_LOSS}, the generation metrics and metric_fn's keys, not a training "
+                        f"figure: set promote.top_k to 1 or search on one of those")
+
+
+def _check_metric(spec: Spec, raw: dict[str, Any], problems: list[str], metric_fn: Any, saved: bool) -> None:
+    """What search.metric may name: a reported key, a generation metric, or a key of the metric_fn's
+    result (with a metric_fn, in the spec or from Python). Its direction: left out, a generation
+    metric is maximised (a higher ROUGE is better: `mode: min` would hunt for the worst model),
+    and a metric_fn's must be said, as tuner cannot know it."""
+    search = spec.search
+    metric, given = search.metric, "mode" in (raw.get("search") or {})
+    if search.metric_fn is not None and metric_fn is not None:
+        problems.append(f"search.metric_fn: got {search.metric_fn!r} and a metric_fn from Python too; give one")
+    if isinstance(search.metric_fn, str) and not saved:
+        check_metric_fn_path(search.metric_fn, problems)
+    if search.metric_sample is not None:
+        for key in ("num_prompts", "prompt_tokens", "reference_tokens", "max_new_tokens"):
+            _at_least(getattr(search.metric_sample, key), 1, f"search.metric_sample.{key}", problems)
+    if not isinstance(metric, str):
+        return
+    custom = search.metric_fn is not None or metric_fn is not None or saved
+    if metric in GENERATION_METRICS:
+        _check_generation_metric(spec, given, problems)
+    elif metric not in REPORT_KEYS and not custom:
+        problems.append(f"search.metric: got {metric!r}, expected a reported key ({', '.join(REPORT_KEYS)}), "
+                        f"a generation metric ({', '.join(GENERATION_METRICS)}), or with search.metric_fn a key "
+                        "of its result")
+    elif metric not in REPORT_KEYS and not metric.startswith(METRIC_PREFIX):
+        problems.append(f"search.metric: got {metric!r} with search.metric_fn; its keys are reported with the "
+                        f"prefix {METRIC_PREFIX}: set search.metric: {METRIC_PREFIX}{metric}")
+    elif metric not in REPORT_KEYS and not given:
+        problems.append(f"search.mode: missing with search.metric {metric!r} (a metric_fn key); say whether "
+                        "higher is better (mode: max) or lower (mode: min)")
+
+
+def _check_generation_metric(spec: Spec, given: bool, problems: list[str]) -> None:
+    """A generation metric is higher-better: max unless said, and `min` refused. Exact match needs an
+    answer to match: instruction or chat data."""
+    search, data = spec.search, spec.data
+    if not given:
+        search.mode = "max"
+    elif search.mode == "min":
+        problems.append(f"search.mode: got 'min' with search.metric {search.metric!r}, where higher is better; "
+                        "set mode: max, or leave mode out (max is taken for generation metrics)")
+    if (search.metric == EVAL_EXACT_MATCH and data is not None and data.prompt_column is None
+            and data.messages_column is None):
+        problems.append(f"search.metric: got {EVAL_EXACT_MATCH!r} on plain text (no data.prompt_column or "
+                        "data.messages_column); exact match compares answers with completions: use eval_rougeL "
+                        "or eval_bleu, or instruction data")
+
+
+def check_metric_fn_path(path: str, problems: list[str]) -> None:
+    """search.metric_fn names an importable module and a callable in it, before any trial starts."""
+    try:
+        import_callable(path)
+    except ValueError as exc:
+        problems.append(f"search.metric_fn: {exc}")
+
+
+def import_callable(path: str) -> Any:
+    """The function `package.module:function` names; ValueError saying what is wrong with it."""
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"got {path!r}, expected package.module:function (e.g. mypkg.metrics:accuracy)")
+    try:
+        found: Any = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 (any error importing the user's module means: not importable)
+        raise ValueError(f"got {path!r}, but module {module_name!r} cannot be imported ({first_line(exc)}); "
+                         "install it or put its folder on PYTHONPATH where the sweep runs") from None
+    for part in attribute.split("."):
+        if not hasattr(found, part):
+            raise ValueError(f"got {path!r}, but {module_name} has no {attribute!r}; name a function defined there")
+        found = getattr(found, part)
+    if not callable(found):
+        raise ValueError(f"got {path!r}, which is a {type(found).__name__}, not a function; name a function "
+                         "that takes (model, tokenizer, sample)")
+    return found
 
 
 def _check_pick(spec: Spec, problems: list[str]) -> None:

@@ -111,6 +111,9 @@ def report_metrics(report: dict[str, Any]) -> dict[str, float]:
     """One report as W&B metrics, with perplexity; keys a report lacks are left out."""
     metrics = {name: report[key] for key, name in METRICS.items()
                if isinstance(report.get(key), (int, float)) and not isinstance(report.get(key), bool)}
+    metrics.update({f"eval/{key[len(C.METRIC_PREFIX):]}": value for key, value in report.items()  # eval_rougeL ...
+                    if key.startswith(C.METRIC_PREFIX) and key not in METRICS
+                    and isinstance(value, (int, float)) and not isinstance(value, bool)})
     loss = report.get(C.EVAL_LOSS)
     if isinstance(loss, (int, float)) and math.isfinite(loss):
         metrics[PERPLEXITY] = math.exp(loss) if loss < 700 else math.inf

@@ -17,17 +17,18 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from transformers import TrainerCallback
 
 from tuner import constants as C
-from tuner import gpu, memory, space
+from tuner import gpu, memory, records, space
 from tuner import model as model_lib
 from tuner.context import Reporter, TrialContext
 from tuner.data import trial_splits
 from tuner.errors import first_line
 from tuner.spec import Spec
+from tuner.trial_metrics import MetricFnError, TrialMetrics, wanted
 
 log = logging.getLogger("tuner")
 
@@ -104,7 +105,9 @@ def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 class ReportCallback(TrainerCallback):
     """Every `report_every_tokens` tokens, at the end, or at `stop_after_steps`: log, evaluate, save
-    and report at one step. Stops the trial at once on a NaN or inf loss.
+    and report at one step. Stops the trial at once on a NaN or inf loss. With `measure` (a generation
+    metric or a metric_fn), each evaluation adds its figures, and the trial's best report, patience and
+    which checkpoints are written follow that search.metric in search.mode (else the eval_loss).
 
     A checkpoint is written only where it can matter: at a report the trial goes on from (a retry or
     a resumed driver restarts there) and at a last report that is the trial's best so far (it may be
@@ -113,8 +116,14 @@ class ReportCallback(TrainerCallback):
 
     def __init__(self, spec: Spec, report: Reporter, max_t: int | None, setup_times: dict[str, float] | None = None,
                  per_token_flops: float | None = None, peak: float | None = None, gpus: int = 1,
-                 trainable: int | None = None):
+                 trainable: int | None = None, measure: Callable[[Any], dict[str, float]] | None = None):
         self.every = spec.train.report_every_tokens
+        # A generation metric or a metric_fn's key decides in its mode; otherwise the loss, lower better
+        searched = spec.search.metric not in C.REPORT_KEYS
+        self.metric, self.mode = (spec.search.metric, spec.search.mode) if searched else (C.EVAL_LOSS, "min")
+        self.measure = measure
+        self.extra: dict[str, float] = {}  # the last evaluation's figures beyond the loss
+        self.best_loss: float | None = None
         self.stop_after = spec.train.stop_after_steps
         self.patience = spec.train.patience
         self.stale = 0  # reports since the best one
@@ -127,7 +136,7 @@ class ReportCallback(TrainerCallback):
         self.learning_rate: float | None = None
         self.diverged = False
         self.reports = 0
-        self.best: float | None = None
+        self.best: float | None = None  # the search metric's best report so far
         self.times = {key: 0.0 for key in C.TIME_KEYS} | (setup_times or {})
         self.mark = time.perf_counter()  # where the part being timed began
         self.interval_train = 0.0  # training-step seconds since the last report
@@ -180,6 +189,10 @@ class ReportCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self._lap(C.TIME_EVAL)
         self.eval_loss = float((metrics or {}).get("eval_loss", math.nan))
+        self.extra = {}
+        if math.isfinite(self.eval_loss) and self.measure is not None:
+            self.extra = self.measure(kwargs["model"])  # MetricFnError ends the trial (see run_trial)
+            self._lap(C.TIME_EVAL)
         if not math.isfinite(self.eval_loss):
             self.diverged = True
             control.should_training_stop = True
@@ -188,15 +201,24 @@ class ReportCallback(TrainerCallback):
             control.should_training_stop = True  # our own early stopping: no checkpoint save per evaluation
             control.should_save = False  # not better than the trial's best, which stays promotable
             self._send(state, None, C.STOPPED_PATIENCE, True)
-        elif self._ends(state) and self.best is not None and self.eval_loss >= self.best:
+        elif self._ends(state) and self.best is not None and not self._improves():
             control.should_save = False  # the trial's earlier best is the one that can be promoted
             self._send(state, None, C.COMPLETED if self._is_last(state) else C.RUNNING, self._is_last(state))
         elif self._ends(state):
             args.save_only_model = True
 
+    def _value(self) -> float | None:
+        """This evaluation's search metric (the loss, or a figure `measure` added)."""
+        if self.metric == C.EVAL_LOSS:
+            return self.eval_loss
+        return self.extra.get(self.metric)
+
+    def _improves(self) -> bool:
+        return records.better(self._value(), self.best, self.mode)
+
     def _out_of_patience(self) -> bool:
         """This report is the `patience`-th in a row not better than the trial's best."""
-        return (self.patience is not None and self.best is not None and self.eval_loss >= self.best
+        return (self.patience is not None and self.best is not None and not self._improves()
                 and self.stale + 1 >= self.patience)
 
     def on_save(self, args, state, control, **kwargs):
@@ -211,7 +233,7 @@ class ReportCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.diverged:
-            self.eval_loss = math.nan
+            self.eval_loss, self.extra = math.nan, {}
             self._send(state, None, C.DIVERGED, True)
 
     def _send(self, state, checkpoint: Path | None, status: str, final: bool) -> None:
@@ -238,12 +260,17 @@ class ReportCallback(TrainerCallback):
             **dict(self.times),
             **({C.MFU: utilization} if utilization is not None else {}),
             **gpu_memory(),
+            **self.extra,
         }
+        metrics.setdefault(self.metric, math.nan)  # Tune refuses a report without the searched metric
         if status != C.DIVERGED:
             self.reports += 1
-            loss = metrics[C.EVAL_LOSS]
-            self.stale = 0 if self.best is None or loss < self.best else self.stale + 1
-            self.best = loss if self.best is None else min(self.best, loss)
+            value = metrics.get(self.metric)
+            improved = self.best is None or records.better(value, self.best, self.mode)
+            self.stale = 0 if improved else self.stale + 1
+            self.best = value if improved else self.best
+            self.best_loss = min(self.best_loss, metrics[C.EVAL_LOSS]) if self.best_loss is not None \
+                else metrics[C.EVAL_LOSS]
         self.losses = []
         if final:
             self.ended_as = status
@@ -275,7 +302,19 @@ def run_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter,
     that runs out of memory too, the trial ends with status `oom`, without raising.
     """
     hyper = space.resolve(ctx.spec, params)
-    once = ReportOnce(report)
+    once = ReportOnce(report, ctx.spec.search.metric)
+    try:
+        return _train_or_halve(hyper, ctx, once, resume_from, workdir)
+    except MetricFnError as exc:  # the user's function: it would fail the same way again, so no retry
+        log.error("tuner: %s", exc)
+        once.end(C.FAILED, hyper, str(exc))
+        return {"status": C.FAILED, "best_eval_loss": None, "reports": once.reports, "tokens_seen": once.tokens,
+                "train_seconds": 0.0, "hyperparameters": hyper, "error": str(exc)}
+
+
+def _train_or_halve(hyper: dict[str, Any], ctx: TrialContext, once: ReportOnce, resume_from: str | None,
+                    workdir: str | Path | None) -> dict[str, Any]:
+    """`_train`, and once more with half the micro-batch after a CUDA out-of-memory (see `run_trial`)."""
     try:
         return _train(hyper, ctx, once, resume_from, workdir)
     except oom_error() as exc:
@@ -317,8 +356,9 @@ def free_cuda() -> None:
 class ReportOnce:
     """Passes reports on, each step once: a restart after an OOM does not repeat a report."""
 
-    def __init__(self, report: Reporter):
+    def __init__(self, report: Reporter, metric: str = C.EVAL_LOSS):
         self.report, self.step, self.tokens, self.reports, self.last = report, -1, 0, 0, {}
+        self.metric = metric  # the searched one: every report carries it, NaN on the last of one that ends so
 
     def __call__(self, metrics: dict[str, Any], checkpoint: str | None) -> None:
         if metrics[C.STEP] <= self.step and metrics[C.TRIAL_STATUS] not in C.ABORTED and not metrics[C.FINAL]:
@@ -328,12 +368,14 @@ class ReportOnce:
             self.reports += 1
         self.report(metrics, checkpoint)
 
-    def end(self, status: str, hyper: dict[str, Any]) -> None:
-        """The trial's last report when it cannot go on: a NaN metric and its status."""
+    def end(self, status: str, hyper: dict[str, Any], error: str | None = None) -> None:
+        """The trial's last report when it cannot go on: a NaN metric, its status and why."""
         self.report({**{k: self.last.get(k, 0.0) for k in C.REPORT_KEYS}, C.EVAL_LOSS: math.nan,
-                     C.STEP: max(self.step, 0), C.TOKENS_SEEN: self.tokens, C.TRIAL_STATUS: status, C.FINAL: True,
+                     self.metric: math.nan, C.STEP: max(self.step, 0), C.TOKENS_SEEN: self.tokens,
+                     C.TRIAL_STATUS: status, C.FINAL: True,
                      C.MICRO_BATCH: int(hyper["per_device_train_batch_size"]),
-                     C.ACCUMULATION: int(hyper["gradient_accumulation_steps"])}, None)
+                     C.ACCUMULATION: int(hyper["gradient_accumulation_steps"]),
+                     **({C.TRIAL_ERROR: error} if error else {})}, None)
 
 
 @functools.lru_cache(maxsize=1)
@@ -381,13 +423,16 @@ def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_fr
     workdir = Path(workdir or tempfile.mkdtemp(prefix="tuner-trial-"))
     args = training_arguments(spec, hyper, workdir / "hf")
     model = trial_model(spec, ctx.model_path, hyper)
+    extra = (TrialMetrics(spec, ctx.prepared, model_lib.load_tokenizer(ctx.prepared.tokenizer_path), ctx.metric_fn)
+             if wanted(spec, ctx.metric_fn) else None)
     trainer = counting_trainer()(model=model, args=args, data_collator=collate, train_dataset=train_split,
                                  eval_dataset=validation)
     times[C.TIME_MODEL] = time.perf_counter() - mark - times[C.TIME_DATA]
     parameters, layers, width = gpu.model_shape(model)
     callback = ReportCallback(spec, lambda metrics, checkpoint: report({**metrics, **used}, checkpoint), ctx.max_t,
                               times, gpu.flops_per_token(parameters, layers, width, ctx.prepared.block_size),
-                              gpu.device_peak(), args.world_size, trainable_parameters(model))
+                              gpu.device_peak(), args.world_size, trainable_parameters(model),
+                              extra.measure if extra is not None else None)
     memory.reset_peak()  # this trial's peak, not the reused worker's earlier trials'
     trainer.add_callback(callback)
     start = time.perf_counter()
@@ -400,7 +445,7 @@ def _train(hyper: dict[str, Any], ctx: TrialContext, report: Reporter, resume_fr
                                f"tensors, so it was refused, not loaded ({first_line(exc)})") from None
     finally:
         shutil.rmtree(workdir / "hf", ignore_errors=True)
-    return {"status": callback.ended_as or C.COMPLETED, "best_eval_loss": callback.best,
+    return {"status": callback.ended_as or C.COMPLETED, "best_eval_loss": callback.best_loss,
             "reports": callback.reports, "tokens_seen": int(trainer.state.num_input_tokens_seen),
             "train_seconds": time.perf_counter() - start, "hyperparameters": hyper}
 
