@@ -975,8 +975,8 @@ def _check_metrics(search: SearchSpec, raw: dict[str, Any], problems: list[str])
                         "search.mode for one")
     seen: set[str] = set()
     for i, entry in enumerate(search.metrics):
-        if entry is None or entry.name is None:
-            continue
+        if entry is None or not isinstance(entry.name, str):
+            continue  # missing or of the wrong type: reported already
         if entry.name not in REPORT_KEYS:
             problems.append(f"search.metrics[{i}].name: got {entry.name!r}, expected a reported key: "
                             f"{', '.join(REPORT_KEYS)}")
@@ -1182,7 +1182,7 @@ def _check_pick(spec: Spec, problems: list[str]) -> None:
         problems.append("promote.pick: set without search.metrics; it trades one objective for another: list "
                         "them in search.metrics, or drop promote.pick to promote the best by search.metric")
         return
-    names = [m.name for m in metrics if m is not None]
+    names = [m.name for m in metrics if m is not None and isinstance(m.name, str)]
     for key in ("metric", "then"):
         value = getattr(pick, key)
         if value is not None and value not in names:
