@@ -39,7 +39,7 @@ from typing import Any
 from tuner import constants as C
 from tuner import layout, yamlfile
 from tuner.errors import UserError
-from tuner.report import PALETTE, Axis, _fmt, _frame, _svg
+from tuner.charts import PALETTE, Axis, frame, label, plot
 from tuner.spec import Spec, SpecError, as_number, is_distribution, load_spec
 
 log = logging.getLogger("tuner")
@@ -340,29 +340,29 @@ STYLE = ("<style>text{font:11px sans-serif;fill:#333}.axis{stroke:#333}.grid{str
 def svg(curve: Curve, suggestion: Suggestion | None) -> str:
     """Loss against learning rate (log axis): each step's loss, the smoothed curve, the suggested
     bounds as a band. A standalone file: its styles are inside it."""
-    from tuner.report import HEIGHT, PAD, WIDTH
+    from tuner.charts import HEIGHT, PAD, WIDTH
 
     points = [(lr, loss) for lr, loss in zip(curve.lrs, curve.losses) if math.isfinite(loss)]
     if not points:
-        return _svg([STYLE, f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}">no finite loss</text>'], "lr-find")
+        return plot([STYLE, f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}">no finite loss</text>'], "lr-find")
     smoothed = suggestion.smoothed if suggestion else smooth_both_ways([loss for _, loss in points], SMOOTHING)
     top = max(smoothed[0], *smoothed) * 1.05  # the diverging tail is cut at the top
     x = Axis(points[0][0], points[-1][0], PAD, WIDTH - 16, log_scale=True)
     y = Axis(min(loss for _, loss in points), top, HEIGHT - PAD, 16)
-    parts = [STYLE, *_frame(x, y, "learning rate", "training loss", lambda v: f"{v:.0e}")]
+    parts = [STYLE, *frame(x, y, "learning rate", "training loss", lambda v: f"{v:.0e}")]
     if suggestion:
         parts.append(f'<rect class="band" x="{x(suggestion.low):.1f}" y="16" width="'
                      f'{max(0.0, x(suggestion.high) - x(suggestion.low)):.1f}" height="{HEIGHT - PAD - 16}"/>')
         for name, lr in (("steepest", suggestion.steepest), ("minimum", suggestion.minimum)):
             parts.append(f'<line class="mark" data-mark="{name}" x1="{x(lr):.1f}" y1="16" x2="{x(lr):.1f}" '
                          f'y2="{HEIGHT - PAD}" stroke="{PALETTE[3]}"/><text x="{x(lr) + 4:.1f}" y="28">'
-                         f'{name} {_fmt(lr)}</text>')
+                         f'{name} {label(lr)}</text>')
     parts.append(_line("loss", points, x, y, top, PALETTE[0], 'stroke-opacity=".45"'))
     parts.append(_line("smoothed", list(zip((lr for lr, _ in points), smoothed)), x, y, top, PALETTE[1],
                        'stroke-width="2"'))
     title = html.escape(suggestion.describe() if suggestion else "no suggestion: the loss never fell")
     parts.append(f'<text x="{PAD}" y="12">{title}</text>')
-    return _svg(parts, "lr-find")
+    return plot(parts, "lr-find")
 
 
 def _line(name: str, points: list[tuple[float, float]], x: Axis, y: Axis, top: float, color: str,

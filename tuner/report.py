@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tuner import constants as C
-from tuner import layout, pareto, records, results
+from tuner import charts, layout, pareto, records, results
+from tuner.charts import HEIGHT, PAD, PALETTE, WIDTH, Axis
 from tuner.plan import make_plan
 from tuner.records import TrialRecord
 from tuner.spec import Spec
@@ -28,9 +29,6 @@ from tuner.spec import Spec
 log = logging.getLogger("tuner")
 REPORT_FILE = layout.REPORT_FILE
 SECTIONS = ("curves", "importances", "parallel", "leaderboard", "final", "data")
-PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
-           "#9c755f", "#bab0ac")
-WIDTH, HEIGHT, PAD = 760, 360, 56
 
 
 def write_report(spec: Spec) -> Path:
@@ -70,42 +68,6 @@ def train_tokens(sweep_dir: Path, summary: dict[str, Any] | None) -> int | None:
 # Plots: SVG strings.
 
 
-class Axis:
-    """A linear or log map from data values to pixels, with round tick values."""
-
-    def __init__(self, low: float, high: float, start: float, end: float, log_scale: bool = False):
-        self.log = log_scale and low > 0
-        f = math.log10 if self.log else float
-        self.low, self.high = f(low), f(high)
-        if self.high == self.low:
-            self.low, self.high = self.low - 0.5, self.high + 0.5
-        self.start, self.end = start, end
-
-    def __call__(self, value: float) -> float:
-        v = math.log10(value) if self.log else value
-        return self.start + (v - self.low) / (self.high - self.low) * (self.end - self.start)
-
-    def ticks(self, count: int = 5) -> list[float]:
-        if self.log:
-            return [10 ** e for e in range(math.ceil(self.low), math.floor(self.high) + 1)] or [10 ** self.low]
-        span = self.high - self.low
-        step = 10 ** math.floor(math.log10(span / count))
-        step *= next(m for m in (1, 2, 5, 10) if span / (step * m) <= count)
-        first = math.ceil(self.low / step) * step
-        return [first + i * step for i in range(int((self.high - first) / step) + 1)]
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _svg(content: list[str], name: str, width: int = WIDTH, height: int = HEIGHT) -> str:
-    return (f'<svg class="plot" data-plot="{name}" viewBox="0 0 {width} {height}" width="{width}" '
-            f'height="{height}" xmlns="http://www.w3.org/2000/svg" role="img">' + "".join(content) + "</svg>")
-
-
 def _count(value: float) -> str:
     """A tick label for a token count: 65536 reads 65.5k."""
     for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
@@ -114,30 +76,13 @@ def _count(value: float) -> str:
     return f"{value:.0f}"
 
 
-def _frame(x: Axis, y: Axis, x_label: str, y_label: str, x_fmt: Callable[[float], str] = _fmt) -> list[str]:
-    parts = [f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - 16}" y2="{HEIGHT - PAD}" class="axis"/>',
-             f'<line x1="{PAD}" y1="16" x2="{PAD}" y2="{HEIGHT - PAD}" class="axis"/>']
-    for tick in x.ticks():
-        px = x(tick)
-        parts.append(f'<line x1="{px:.1f}" y1="{HEIGHT - PAD}" x2="{px:.1f}" y2="{HEIGHT - PAD + 4}" class="axis"/>'
-                     f'<text x="{px:.1f}" y="{HEIGHT - PAD + 16}" text-anchor="middle">{x_fmt(tick)}</text>')
-    for tick in y.ticks():
-        py = y(tick)
-        parts.append(f'<line x1="{PAD}" y1="{py:.1f}" x2="{WIDTH - 16}" y2="{py:.1f}" class="grid"/>'
-                     f'<text x="{PAD - 6}" y="{py + 4:.1f}" text-anchor="end">{_fmt(tick)}</text>')
-    parts.append(f'<text x="{(PAD + WIDTH) / 2:.0f}" y="{HEIGHT - 14}" text-anchor="middle">{html.escape(x_label)}</text>'
-                 f'<text x="14" y="{HEIGHT / 2:.0f}" transform="rotate(-90 14 {HEIGHT / 2:.0f})" '
-                 f'text-anchor="middle">{html.escape(y_label)}</text>')
-    return parts
-
-
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # The curves' x axes: (history key, view name, axis label, tick format). Tokens first, the default:
 # trials with different batch sizes line up there, and ASHA compares trials there.
-CURVE_VIEWS = ((C.TOKENS_SEEN, "tokens", "training tokens", _count), (C.STEP, "steps", "training step", _fmt))
+CURVE_VIEWS = ((C.TOKENS_SEEN, "tokens", "training tokens", _count), (C.STEP, "steps", "training step", charts.label))
 
 
 def learning_curves(found: list[TrialRecord], metric: str, rungs: list[int]) -> str:
@@ -171,10 +116,10 @@ def _curves_view(reported: list[TrialRecord], metric: str, key: str, name: str, 
     x = Axis(0, max([s for _, _, points in curves for s, _ in points] + rungs), PAD, WIDTH - 16)
     values = [v for _, _, points in curves for _, v in points]
     y = Axis(min(values), max(values), HEIGHT - PAD, 16)
-    parts = _frame(x, y, label, metric, x_fmt) + [_rung_line(x(rung), rung) for rung in rungs]
+    parts = charts.frame(x, y, label, metric, x_fmt) + [_rung_line(x(rung), rung) for rung in rungs]
     for i, record, points in curves:
         parts.extend(_curve(record, points, x, y, PALETTE[i % len(PALETTE)], name))
-    return f'<div class="view" id="curves-{name}">{_svg(parts, f"curves-{name}")}</div>'
+    return f'<div class="view" id="curves-{name}">{charts.plot(parts, f"curves-{name}")}</div>'
 
 
 def _rung_line(px: float, rung: int) -> str:
@@ -192,7 +137,7 @@ def _curve(record: TrialRecord, points: list[tuple[float, float]], x: Axis, y: A
     parts = [(f'<polyline class="curve" data-trial="{record.trial_id}" points="{path}" fill="none" '
               f'stroke="{color}" stroke-width="1.6"><title>{record.trial_id} ({record.status})</title></polyline>')]
     parts.extend(f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="2.5" fill="{color}"><title>{record.trial_id} '
-                 f"{_fmt(s)} {unit}: {v:.4f}</title></circle>" for s, v in points)
+                 f"{charts.label(s)} {unit}: {v:.4f}</title></circle>" for s, v in points)
     if record.status == C.STOPPED_ASHA:
         sx, sy = x(points[-1][0]), y(points[-1][1])
         parts.append(f'<path class="asha-stop" d="M{sx - 5:.1f},{sy - 5:.1f}L{sx + 5:.1f},{sy + 5:.1f}'
@@ -226,7 +171,7 @@ def parallel_coordinates(found: list[TrialRecord], spec: Spec) -> str:
             present = [v for v in values if v is not None]
             axis = Axis(min(present), max(present), HEIGHT - PAD, 24, bool(entry.get("log")))
             axes.append(lambda v, a=axis: a(v))
-            labels.append([(axis(t), _fmt(t)) for t in axis.ticks(4)])
+            labels.append([(axis(t), charts.label(t)) for t in axis.ticks(4)])
     best = [r.best_metric for r in rows]
     sign = 1 if spec.search.mode == "min" else -1
     low, high = min(sign * b for b in best), max(sign * b for b in best)
@@ -244,7 +189,7 @@ def parallel_coordinates(found: list[TrialRecord], spec: Spec) -> str:
                      f'stroke-width="1.8" opacity="0.85"><title>{r.trial_id}: {spec.search.metric} '
                      f"{r.best_metric:.4f}</title></polyline>")
     return (f"<p>{len(rows)} trials with a finite {html.escape(spec.search.metric)}; darker lines are better.</p>"
-            + _svg(parts, "parallel"))
+            + charts.plot(parts, "parallel"))
 
 
 def pareto_front(found: list[TrialRecord], spec: Spec) -> str:
@@ -258,7 +203,7 @@ def pareto_front(found: list[TrialRecord], spec: Spec) -> str:
     (x_name, x_mode), (y_name, y_mode) = objectives[:2]
     x = Axis(min(v[0] for v in points.values()), max(v[0] for v in points.values()), PAD, WIDTH - 16)
     y = Axis(min(v[1] for v in points.values()), max(v[1] for v in points.values()), HEIGHT - PAD, 16)
-    parts = _frame(x, y, f"{x_name} ({x_mode})", f"{y_name} ({y_mode})")
+    parts = charts.frame(x, y, f"{x_name} ({x_mode})", f"{y_name} ({y_mode})")
     if len(objectives) == 2:
         stairs = sorted(points[t] for t in on_front)
         path = " ".join(f"{x(a):.1f},{y(b):.1f}" for a, b in stairs)
@@ -266,16 +211,16 @@ def pareto_front(found: list[TrialRecord], spec: Spec) -> str:
                      'stroke-width="1.5" stroke-dasharray="5 3"/>')
     for trial_id, value in sorted(points.items(), key=lambda item: item[0] in on_front):  # the front on top
         kind, radius, colour = ("front-point", 6, PALETTE[1]) if trial_id in on_front else ("trial-point", 4, "#999")
-        label = ", ".join(f"{name} {_fmt(v)}" for (name, _), v in zip(objectives, value))
+        label = ", ".join(f"{name} {charts.label(v)}" for (name, _), v in zip(objectives, value))
         parts.append(f'<circle class="{kind}" data-trial="{trial_id}" cx="{x(value[0]):.1f}" cy="{y(value[1]):.1f}" '
                      f'r="{radius}" fill="{colour}"><title>{trial_id}: {html.escape(label)}</title></circle>')
-    rows = "".join(f"<tr><td>{t}</td>" + "".join(f"<td>{_fmt(v)}</td>" for v in points[t]) + "</tr>"
+    rows = "".join(f"<tr><td>{t}</td>" + "".join(f"<td>{charts.label(v)}</td>" for v in points[t]) + "</tr>"
                    for t in sorted(on_front, key=lambda t: points[t]))
     head = "".join(f"<th>{html.escape(name)} ({mode})</th>" for name, mode in objectives)
     more = " (on every objective: a point may look dominated in these two)" if len(objectives) > 2 else ""
     return (f"<p>{len(points)} completed trials on {html.escape(x_name)} and {html.escape(y_name)}; the "
             f"{len(on_front)} on the Pareto front{more} are highlighted. `tuner export SWEEP_DIR --trial ID` "
-            "exports any of them.</p>" + _svg(parts, "pareto")
+            "exports any of them.</p>" + charts.plot(parts, "pareto")
             + f'<table id="pareto-table"><thead><tr><th>trial</th>{head}</tr></thead><tbody>{rows}</tbody></table>')
 
 
@@ -336,7 +281,7 @@ def importances_html(sweep_dir: Path, spec: Spec) -> str:
                          f'<rect class="bar" x="200" y="{y}" width="{width:.1f}" height="18" fill="#4e79a7">'
                          f"<title>{html.escape(name)}: {share:.3f}</title></rect>"
                          f'<text x="{206 + width:.1f}" y="{y + 14}">{share:.3f}</text>')
-        blocks.append(f"<h3>{evaluator}</h3>" + _svg(parts, f"importances-{evaluator}", 700, height))
+        blocks.append(f"<h3>{evaluator}</h3>" + charts.plot(parts, f"importances-{evaluator}", 700, height))
     return ("<p>Share of the variation in the objective each hyperparameter explains, over the study's "
             "completed trials (Optuna's evaluators).</p>" + "".join(blocks))
 
@@ -353,7 +298,7 @@ def leaderboard_table(board: list[dict[str, Any]], spec: Spec) -> str:
     columns = ["trial_id", "status", *params, *objectives, "best_metric", "best_step", "reports", "tokens_seen",
                "optuna_state"]
     head = "".join(f'<th data-col="{i}">{html.escape(c)}</th>' for i, c in enumerate(columns))
-    body = "".join("<tr>" + "".join(f'<td data-value="{html.escape(str(row.get(c)))}">{html.escape(_fmt(row.get(c)))}</td>'
+    body = "".join("<tr>" + "".join(f'<td data-value="{html.escape(str(row.get(c)))}">{html.escape(charts.label(row.get(c)))}</td>'
                                     for c in columns) + "</tr>" for row in board)
     return ("<p>Best first; click a column to sort.</p>"
             f'<div class="scroll"><table class="sortable" id="leaderboard-table"><thead><tr>{head}</tr></thead>'
@@ -440,7 +385,7 @@ def length_histogram(histogram: dict[str, Any]) -> str:
                      f'text-anchor="middle" class="tick">{label}</text>')
     parts.append(f'<text x="{(PAD + WIDTH) / 2:.0f}" y="{HEIGHT - 14}" text-anchor="middle">record length '
                  f'(tokens)</text><text x="{PAD}" y="14">records (most: {top})</text>')
-    return "<h3>Record lengths</h3>" + _svg(parts, "lengths")
+    return "<h3>Record lengths</h3>" + charts.plot(parts, "lengths")
 
 
 def _one_line(text: str) -> str:
