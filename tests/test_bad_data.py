@@ -1,4 +1,4 @@
-"""Bad data files through the real CLI, one test per data row of README's "Bad input" table, each
+"""Bad data files through the real CLI, one test per data row of docs/bad-input.md's table, each
 through `validate` (which reads every local file through: `datacheck.check`) and `sweep` (which meets
 the file while it prepares the data: `sources.load`, before any trial).
 
@@ -58,7 +58,7 @@ def inputs(tmp_path_factory) -> Path:
     return root
 
 
-# id (the README row), data.path, substrings of the message: the file, the place, the fix.
+# id (the docs/bad-input.md row), data.path, substrings of the message: the file, the place, the fix.
 ROWS = [
     pytest.param("broken.jsonl", ["{inputs}/broken.jsonl:3: not valid JSON (Expecting ',' delimiter",
                                   "fix or remove that line (JSON lines: one object per line)"],

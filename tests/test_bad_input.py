@@ -1,4 +1,4 @@
-"""Bad input, one test per row of README's "Bad input" table: exit 2, one message, no traceback.
+"""Bad input, one test per row of the table in docs/bad-input.md: exit 2, one message, no traceback.
 
 Each case runs the real CLI (`launch.main`) on search_spaces/tiny.yaml with `--set` overrides. Spec
 problems are found by `validate`, which builds nothing; data and model problems by `sweep` while it
@@ -61,7 +61,7 @@ PINNED = ["model.trust_remote_code=true", "model.revision=" + "ab12" * 10]
 GOOD = "data.path={inputs}/good.jsonl"
 METRICS = "search.metrics=[{name: eval_loss, mode: min}, {name: trainable_params, mode: min}]"
 
-# In README's order. id (the row), command, overrides, substrings of the message: field, bad value, fix.
+# In docs/bad-input.md's order. id (the row), command, overrides, substrings of the message: field, bad value, fix.
 ROWS = [
     # The spec: `validate` finds these without building anything.
     pytest.param("validate", ["train.lerning_rate=1e-4"],
