@@ -150,7 +150,8 @@ def header_lines(view: View) -> list[str]:
     speed = f"{count(view.tokens_per_s)} tok/s" if view.tokens_per_s else "tok/s: measuring"
     eta = f"ETA ≤ {format_seconds(view.eta_s)}" if view.eta_s is not None else "ETA: measuring"
     left = f" · time budget left {format_seconds(view.time_left_s)}" if view.time_left_s is not None else ""
-    return [f"sweep {view.name} · elapsed {format_seconds(view.elapsed_s)}" + (f" · {view.driver}" if view.driver else ""),
+    driver = f" · {view.driver}" if view.driver else ""
+    return [f"sweep {view.name} · elapsed {format_seconds(view.elapsed_s)}{driver}",
             f"trials: {view.finished}/{view.total} finished · {view.running} running · {view.pending} pending · {best}",
             f"tokens: {count(view.tokens)}{budget}{share} · {speed} · {eta}{left}"]
 

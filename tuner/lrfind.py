@@ -38,8 +38,8 @@ from typing import Any
 
 from tuner import constants as C
 from tuner import layout, yamlfile
-from tuner.errors import UserError
 from tuner.charts import PALETTE, Axis, frame, label, plot
+from tuner.errors import UserError
 from tuner.spec import Spec, SpecError, as_number, is_distribution, load_spec
 
 log = logging.getLogger("tuner")

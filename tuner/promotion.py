@@ -14,8 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner import data, export, layout, model, pareto, promote, records, results, state, storage, tracking
-from tuner import trial_metrics
+from tuner import (
+    data,
+    export,
+    layout,
+    model,
+    pareto,
+    promote,
+    records,
+    results,
+    state,
+    storage,
+    tracking,
+    trial_metrics,
+)
 from tuner.constants import EVAL_LOSS
 from tuner.context import TrialContext
 from tuner.errors import UserError, first_line

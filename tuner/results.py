@@ -149,8 +149,9 @@ def _trained(tokens: int | None, step: int | None, steps: str) -> str:
 
 
 AB_MODELS = ("base", "baseline", "tuned")
-AB_FIGURES = (("perplexity", "perplexity", "{:.2f}"), ("bleu", "BLEU", "{:.2f}"), ("rouge1", "ROUGE-1", "{:.3f}"),
-              ("rouge2", "ROUGE-2", "{:.3f}"), ("rougeL", "ROUGE-L", "{:.3f}"), ("exact_match", "exact match", "{:.3f}"))
+AB_FIGURES = (("perplexity", "perplexity", "{:.2f}"), ("bleu", "BLEU", "{:.2f}"),
+              ("rouge1", "ROUGE-1", "{:.3f}"), ("rouge2", "ROUGE-2", "{:.3f}"), ("rougeL", "ROUGE-L", "{:.3f}"),
+              ("exact_match", "exact match", "{:.3f}"))
 
 
 def ab_rows(final: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

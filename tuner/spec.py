@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import codecs
 import copy
-import importlib
 import dataclasses
 import difflib
 import hashlib
+import importlib
 import json
 import math
 import types
@@ -25,8 +25,15 @@ from typing import Any, Literal
 import yaml
 
 from tuner import grid, limits, secret, yamlfile
-from tuner.constants import (EVAL_EXACT_MATCH, EVAL_LOSS, GENERATION_METRICS, HYPERPARAMETER_DEFAULTS,
-                             METRIC_PREFIX, MODEL_HYPERPARAMETERS, REPORT_KEYS)
+from tuner.constants import (
+    EVAL_EXACT_MATCH,
+    EVAL_LOSS,
+    GENERATION_METRICS,
+    HYPERPARAMETER_DEFAULTS,
+    METRIC_PREFIX,
+    MODEL_HYPERPARAMETERS,
+    REPORT_KEYS,
+)
 from tuner.errors import UserError, first_line
 
 
