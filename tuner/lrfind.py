@@ -264,6 +264,7 @@ def starting_point(spec: Spec) -> dict[str, Any]:
             chosen[name] = entry["choices"][len(entry["choices"]) // 2]
         else:
             low, high = as_number(entry["low"]), as_number(entry["high"])
+            assert low is not None and high is not None  # load_spec refuses a bound that is no number
             middle = math.sqrt(low * high) if entry.get("log") else (low + high) / 2
             chosen[name] = math.floor(middle + 0.5) if entry["type"] == "int" else middle
     return chosen
@@ -300,18 +301,19 @@ def measure(spec: Spec, prepared: Any, model_path: str, lrs: list[float]) -> Cur
 
 
 @functools.lru_cache(maxsize=1)
-def _watcher():
+def _watcher() -> Any:
     """The callback that keeps each step's loss and the rate the Trainer says that step ran at, and
     stops the run once it diverges (a factory: transformers is imported only when a test runs)."""
     from transformers import TrainerCallback
 
     class Watch(TrainerCallback):
-        def __init__(self):
+        def __init__(self) -> None:
             self.lrs: list[float] = []
             self.losses: list[float] = []
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if "loss" in (logs or {}):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
+                   **kwargs: Any) -> None:
+            if logs is not None and "loss" in logs:
                 self.lrs.append(float(logs["learning_rate"]))
                 self.losses.append(float(logs["loss"]))
                 if diverged(smooth(self.losses)):
