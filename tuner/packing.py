@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 
@@ -207,7 +206,7 @@ class _Packer:
         self.keep_remainder, self.pairs_path = keep_remainder, pairs
         self.carry: dict[str, np.ndarray] = {}
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> _Packer:
         self.writer.__enter__()
         self.pairs = open(self.pairs_path, "w") if self.pairs_path else None
         return self
@@ -248,7 +247,7 @@ class _BlockWriter:
         self.pending: list[dict[str, np.ndarray]] = []
         self.rows = 0
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> _BlockWriter:
         from datasets.arrow_writer import ArrowWriter
 
         self.writer = ArrowWriter(path=str(self.path), writer_batch_size=self.WRITE_ROWS)
