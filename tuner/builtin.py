@@ -28,7 +28,7 @@ def cache_root() -> Path:
 
 
 def is_builtin(name: str | None) -> bool:
-    return bool(name) and name.startswith(PREFIX)
+    return name is not None and name.startswith(PREFIX)
 
 
 def corpus_path() -> Path:

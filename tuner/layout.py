@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, overload
 
 SPEC_FILE = "spec.yaml"  # the resolved spec the sweep runs under
 STATE_FILE = "sweep.json"  # the sweep's id and its Tune experiments (see `state`)
@@ -141,6 +141,14 @@ def relative(path: str | Path | None, base: str | Path) -> str | None:
     if path == base:
         return "."
     return path[len(base) + 1:] if path.startswith(base + "/") else path
+
+
+@overload
+def resolve(stored: str, base: str | Path) -> str: ...
+@overload
+def resolve(stored: None, base: str | Path) -> None: ...
+@overload
+def resolve(stored: str | None, base: str | Path) -> str | None: ...
 
 
 def resolve(stored: str | None, base: str | Path) -> str | None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tuner import constants as C
 from tuner import lock, records, space
@@ -168,8 +168,10 @@ def render(view: View):
     from rich.text import Text
 
     table = Table(expand=False, show_edge=False, pad_edge=False, header_style="bold")
-    for name, justify in (("trial", "left"), ("status", "left"), ("values", "left"), ("tokens", "right"),
-                          ("last", "right"), ("best", "right"), ("rung", "right")):
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("trial", "left"), ("status", "left"), ("values", "left"), ("tokens", "right"), ("last", "right"),
+        ("best", "right"), ("rung", "right"))
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=name != "values")
     for r in view.rows:
         style = "green" if r["status"] == C.RUNNING else ("dim" if r["status"] != C.COMPLETED else "")

@@ -183,6 +183,7 @@ def _evaluate_best_readable(spec: Spec, ctx: TrialContext, baseline: TrialRecord
     ordered = candidates(spec)
 
     def locate(record: TrialRecord) -> str:
+        assert record.best_checkpoint is not None  # candidates() are promotable: each has a checkpoint
         checkpoint = layout.resolve(record.best_checkpoint, spec.location)
         return fetch(checkpoint, sweep_dir / layout.PROMOTED_DIR / record.trial_id)
 

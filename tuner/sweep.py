@@ -147,6 +147,7 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, sweep_id: str, address
             # this restores Tune's snapshot into the ones built here (Tune's own resume path).
             _tuner_kwargs={"resume_config": tune.ResumeConfig()} if experiment.restore else None,
         )
+        why: str | None
         try:
             with catching(interrupt):
                 tuner.fit()
