@@ -55,6 +55,7 @@ def tokenize_batch(batch: dict[str, list], tokenizer, data: DataSpec) -> dict[st
         return {"input_ids": [ids for ids, _ in rows], "labels": [labels for _, labels in rows]}
     if not data.prompt_column:
         return {"input_ids": tokenizer(batch[data.text_column], add_special_tokens=False)["input_ids"]}
+    assert data.completion_column is not None  # validation: a prompt column comes with a completion column
     prompts = [format_prompt(prompt, tokenizer, data.chat_template) for prompt in batch[data.prompt_column]]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(batch[data.completion_column], add_special_tokens=False)["input_ids"]

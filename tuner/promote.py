@@ -258,6 +258,7 @@ def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, setti
     found: list[str] = []  # the metric_fn's figures, named as the final evaluation names them
 
     def scorer(model) -> dict[str, float]:
+        assert custom is not None  # passed on below only with custom
         figures = custom(model, tokenizer, pairs)
         found[:] = sorted(set(found) | set(figures))
         return figures

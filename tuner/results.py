@@ -130,7 +130,7 @@ def baseline_verdict(baseline: dict[str, Any], metric: str) -> str:
         return f"tuning {verdict} the baseline (trial {baseline['trial_id']}, completed, {score})"
     where = _trained(baseline.get("tokens_seen"), baseline.get("step"), "step {:,}")
     winner = _trained(baseline.get("winner_tokens_seen"), baseline.get("winner_step"), "{:,} steps")
-    ended = ENDED.get(status, str(status)) + (f" at {where}" if where else "")
+    ended = ENDED.get(str(status), str(status)) + (f" at {where}" if where else "")
     against = f", against a winner trained {winner}" if winner else ""
     return (f"tuning {verdict} the baseline (trial {baseline['trial_id']}, {ended}{against}; {score}) "
             "— not like for like")
