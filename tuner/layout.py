@@ -132,6 +132,14 @@ def remove_temporaries(folder: Path) -> None:
 # Stored paths: relative to the sweep, resolved against wherever it is now.
 
 
+@overload
+def relative(path: str | Path, base: str | Path) -> str: ...
+@overload
+def relative(path: None, base: str | Path) -> None: ...
+@overload
+def relative(path: str | Path | None, base: str | Path) -> str | None: ...
+
+
 def relative(path: str | Path | None, base: str | Path) -> str | None:
     """`path` as stored in the sweep's files: relative to `base` (the sweep directory, or its bucket
     URI) when it lies inside it, else unchanged."""
