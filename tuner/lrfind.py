@@ -40,7 +40,7 @@ from tuner import constants as C
 from tuner import layout, yamlfile
 from tuner.charts import PALETTE, Axis, frame, label, plot
 from tuner.errors import UserError
-from tuner.spec import Spec, SpecError, as_number, is_distribution, load_spec
+from tuner.spec import Spec, SpecError, is_distribution, load_spec, to_number
 
 log = logging.getLogger("tuner")
 
@@ -263,8 +263,7 @@ def starting_point(spec: Spec) -> dict[str, Any]:
         elif entry["type"] == "categorical":
             chosen[name] = entry["choices"][len(entry["choices"]) // 2]
         else:
-            low, high = as_number(entry["low"]), as_number(entry["high"])
-            assert low is not None and high is not None  # load_spec refuses a bound that is no number
+            low, high = to_number(entry["low"]), to_number(entry["high"])
             middle = math.sqrt(low * high) if entry.get("log") else (low + high) / 2
             chosen[name] = math.floor(middle + 0.5) if entry["type"] == "int" else middle
     return chosen

@@ -20,7 +20,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import yaml
 
@@ -400,7 +400,7 @@ def condition_holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool
     return True
 
 
-def is_distribution(entry: Any) -> bool:
+def is_distribution(entry: Any) -> TypeGuard[dict[str, Any]]:
     """A space entry is a distribution when it is a mapping with a `type`; anything else is fixed."""
     return isinstance(entry, dict) and "type" in entry
 
@@ -597,6 +597,14 @@ def as_number(value: Any) -> float | None:
     else:
         return None
     return number if math.isfinite(number) else None  # NaN passes every range rule: never a value
+
+
+def to_number(value: Any) -> float:
+    """`as_number` of a value validation has accepted as one; ValueError where it is none."""
+    found = as_number(value)
+    if found is None:
+        raise ValueError(f"{value!r} is not a finite number")
+    return found
 
 
 # Every seed a spec sets (limits.check_seed bounds them).
