@@ -245,7 +245,7 @@ class ReportCallback(TrainerCallback):
         speed = (tokens - self.last_tokens) / self.interval_train if self.interval_train > 0 else 0.0
         # the tokens of every rank of a data-parallel trial, so over every rank's GPU
         utilization = gpu.mfu(speed, self.per_token_flops, self.peak, self.gpus) if self.per_token_flops else None
-        metrics = {
+        metrics: dict[str, Any] = {
             C.EVAL_LOSS: self.eval_loss if self.eval_loss is not None else math.nan,
             C.TRAIN_LOSS: sum(self.losses) / len(self.losses) if self.losses else math.nan,
             C.LEARNING_RATE: self.learning_rate if self.learning_rate is not None else 0.0,
