@@ -154,12 +154,12 @@ class Parts:
             return {}
         slow = sorted(calls, key=lambda c: c[0] - c[1])[:max(1, len(calls) // 100)]
         out: dict[str, float] = {"handler total": sum(e - b for b, e in calls) / len(calls) * 1000}
-        for name, spans in self.spans.items():
-            out[name] = overlap(calls, spans) / len(calls) * 1000
+        for name, part in self.spans.items():
+            out[name] = overlap(calls, part) / len(calls) * 1000
         slow_total = sum(e - b for b, e in slow)
         out["slowest 1%: mean ms"] = slow_total / len(slow) * 1000
-        for name, spans in self.spans.items():
-            out[f"slowest 1%: share in {name}"] = overlap(slow, spans) / slow_total
+        for name, part in self.spans.items():
+            out[f"slowest 1%: share in {name}"] = overlap(slow, part) / slow_total
         return out
 
 
@@ -292,7 +292,8 @@ def main() -> None:
               f"{figures['per_report_ms']['last'][key]:.2f} |")
     print(f"| TPE suggest p50 (ms) | {figures['suggest_ms']['first']:.1f} | {figures['suggest_ms']['last']:.1f} |")
     for key, label in (("wall_ms_per_report", "wall clock per report (ms)"), ("snapshots", "Tune snapshots"),
-                       ("snapshot_ms_mean", "snapshot mean (ms)"), ("snapshot_share", "share of the time in snapshots")):
+                       ("snapshot_ms_mean", "snapshot mean (ms)"),
+                       ("snapshot_share", "share of the time in snapshots")):
         print(f"| {label} | {pace['first'][key]:.3g} | {pace['last'][key]:.3g} |")
     print("\n" + ", ".join(f"{name} {mb:.0f} MB in {n} files" for name, (mb, n) in parts.items() if mb >= 1 or n >= 10))
     print("\n| where the handler's time went (ms per report; slowest 1%: share) | trials 1–100 | last 100 |\n"

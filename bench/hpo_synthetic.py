@@ -249,7 +249,9 @@ def paired_tests(ours: list[float], theirs: list[float]) -> dict:
 
 
 def fmt(stat: dict, digits: int = 3) -> str:
-    show = lambda v: "inf" if not math.isfinite(v) else f"{v:.{digits}f}"
+    def show(v: float) -> str:
+        return "inf" if not math.isfinite(v) else f"{v:.{digits}f}"
+
     return f"{show(stat['median'])} [{show(stat['lo'])}, {show(stat['hi'])}]"
 
 

@@ -82,7 +82,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tuner-lrfind-bench-") as tmp:
         rows = [one_seed(args.spec, seed, args.trials, args.steps, Path(tmp), args.set) for seed in args.seeds]
     ratio = bootstrap([r["ratio"] for r in rows])
-    show = lambda x: f"{x:,.0f}" if math.isfinite(x) else "never"
+
+    def show(x: float) -> str:
+        return f"{x:,.0f}" if math.isfinite(x) else "never"
+
     print(f"Workload: {args.spec} {' '.join(args.set)}, {args.trials} trials per sweep, lr-find {args.steps} "
           f"steps, seeds {args.seeds}, CPU, {time.time() - start:.0f} s\n")
     print("| seed | lr-find bounds | lr-find tokens | full: best | full: tokens | full: tokens to its best | "
@@ -92,11 +95,17 @@ def main() -> None:
         print(f"| {r['seed']} | [{r['low']:.2g}, {r['high']:.2g}] | {r['lrfind_tokens']:,} | {r['full_best']:.4f} | "
               f"{r['full_tokens']:,} | {show(r['full_to_best'])} | {r['narrowed_best']:.4f} | "
               f"{r['narrowed_tokens']:,} | {show(r['narrowed_to_match'])} | {r['ratio']:.3f} |")
-    median = lambda key: statistics.median(r[key] for r in rows)
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
     print(f"\nmedians: full best {median('full_best'):.4f}, narrowed best {median('narrowed_best'):.4f}, "
           f"full tokens {show(median('full_tokens'))}, narrowed tokens {show(median('narrowed_tokens'))}; "
           f"ratio {ratio['median']:.3f} [95% CI {ratio['lo']:.3f}, {ratio['hi']:.3f}]")
-    finite = lambda x: x if not isinstance(x, float) or math.isfinite(x) else "inf"
+
+    def finite(x: object) -> object:
+        return x if not isinstance(x, float) or math.isfinite(x) else "inf"
+
     print(json.dumps({"ratio": {k: finite(v) for k, v in ratio.items()},
                       "seeds": [{k: finite(v) for k, v in r.items()} for r in rows]}))
 

@@ -107,15 +107,20 @@ def main() -> None:
 
     print(f"Workload: {args.spec} {' '.join(args.set)}, {args.trials} trials per sweep, TPE start-up "
           f"{args.startup}, CPU\n")
-    print("| seed | random: best loss | random: tokens | TPE+ASHA: best | TPE+ASHA: tokens | TPE+ASHA: tokens to match | "
-          "random+ASHA: best | random+ASHA: tokens | random+ASHA: tokens to match |")
+    print("| seed | random: best loss | random: tokens | TPE+ASHA: best | TPE+ASHA: tokens | "
+          "TPE+ASHA: tokens to match | random+ASHA: best | random+ASHA: tokens | random+ASHA: tokens to match |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['seed']} | {r['target_loss']:.4f} | {r['random_tokens']:,} | {r['tpe_asha_best']:.4f} | "
               f"{r['tpe_asha_tokens']:,} | {r['tpe_asha_to_match']:.3f} | {r['random_asha_best']:.4f} | "
               f"{r['random_asha_tokens']:,} | {r['random_asha_to_match']:.3f} |")
-    finite = lambda x: x if not isinstance(x, float) or math.isfinite(x) else "inf"
-    show = lambda x: f"{x:.3f}" if math.isfinite(x) else "inf"
+
+    def finite(x: object) -> object:
+        return x if not isinstance(x, float) or math.isfinite(x) else "inf"
+
+    def show(x: float) -> str:
+        return f"{x:.3f}" if math.isfinite(x) else "inf"
+
     for m, stat in match.items():
         print(f"\n{m}: compute_to_match {show(stat['median'])} [95% CI {show(stat['lo'])}, {show(stat['hi'])}] of "
               f"random search's tokens" + (f"; matched by one of its random start-up trials on "

@@ -178,7 +178,8 @@ ROWS = [
     pytest.param("sweep", ["model.name_or_path={inputs}/cross-repo-model", GOOD, *PINNED],
                  ["model.code_revision: got None, but '{inputs}/cross-repo-model' runs code from another repository, "
                   "other/code", "pin model.code_revision to its 40-character commit hash"], id="remote-code-elsewhere"),
-    pytest.param("sweep", ["model.name_or_path={inputs}/two-repo-model", GOOD, *PINNED, "model.code_revision=" + "cd34" * 10],
+    pytest.param("sweep", ["model.name_or_path={inputs}/two-repo-model", GOOD, *PINNED,
+                           "model.code_revision=" + "cd34" * 10],
                  ["runs code from 2 other repositories (a/one, b/two)", "one model.code_revision cannot pin them all"],
                  id="remote-code-two-repositories"),
     pytest.param("sweep", ["model.name_or_path={inputs}/cross-repo-model", GOOD],
@@ -340,7 +341,8 @@ BOUNDS = [
                  ["search.space.warmup_ratio.when.lr_scheduler_type: got 5, but lr_scheduler_type is fixed at "
                   "'linear'"], id="when-value-never-taken"),
     pytest.param([NO_BASELINE, LORA_R % "{use_lora: true}", USE_LORA],
-                 ["search.space.lora_r.when.use_lora: 'use_lora' is declared after 'lora_r'"], id="when-declared-after"),
+                 ["search.space.lora_r.when.use_lora: 'use_lora' is declared after 'lora_r'"],
+                 id="when-declared-after"),
     pytest.param(["search.seed=-1"], ["search.seed: got -1", SEED_RULE, "pick one in that range"], id="seed-negative"),
     pytest.param(["search.seed=4294967296"], ["search.seed: got 4294967296", SEED_RULE], id="seed-too-large"),
     pytest.param(["data.seed=99999999999999999999"], ["data.seed: got 99999999999999999999", SEED_RULE],

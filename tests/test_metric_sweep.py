@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 # Small: 3 trials of one short epoch, a few prompts of a few tokens at each report.
 SMALL = ["data.max_records=600", "train.report_every_tokens=8192", "scheduler.grace_period=8192",
          "search.n_startup_trials=2",
-         "search.space.num_train_epochs={type: int, low: 1, high: 1}", "search.metric_sample.num_prompts=4", "promote.num_prompts=4", "promote.evaluate_base=false",
+         "search.space.num_train_epochs={type: int, low: 1, high: 1}", "search.metric_sample.num_prompts=4",
+         "promote.num_prompts=4", "promote.evaluate_base=false",
          "tracking.wandb.mode=disabled"]
 
 
@@ -43,7 +44,8 @@ def test_a_sweep_maximises_a_generation_metric(ray_runtime, tmp_path, capsys):
 
     sweep_dir = tmp_path / "rouge"
     code = launch.main(["sweep", str(TINY), "--name", "rouge", *_sets(*SMALL, "search.num_samples=3",
-                        "search.metric_sample.num_prompts=8", "search.metric=eval_rougeL", "search.mode=max", "promote.top_k=2", f"storage={sweep_dir}")])
+                        "search.metric_sample.num_prompts=8", "search.metric=eval_rougeL", "search.mode=max",
+                        "promote.top_k=2", f"storage={sweep_dir}")])
     assert code == 0
     found = records.load_all(sweep_dir)
     for record in found:
@@ -59,7 +61,8 @@ def test_a_sweep_maximises_a_generation_metric(ray_runtime, tmp_path, capsys):
     scored = {c["trial_id"]: c["validation_metric"] for c in selection["candidates"]}
     assert final["trial_id"] == selection["chosen"] == max(scored, key=scored.get)
     assert {"perplexity", "bleu", "rouge1", "rouge2", "rougeL"} <= set(final["tuned"])
-    assert final["search_eval_rougeL"] == records.checkpoint_metric(next(r for r in found if r.trial_id == final["trial_id"]))
+    tuned = next(r for r in found if r.trial_id == final["trial_id"])
+    assert final["search_eval_rougeL"] == records.checkpoint_metric(tuned)
     assert "ROUGE-L" in capsys.readouterr().err or "ROUGE-L" in (sweep_dir / "sweep.log").read_text()
     report = (sweep_dir / "report.html").read_text()
     assert "by eval_rougeL on 32 validation prompts" in report

@@ -3,15 +3,13 @@ path that holds no model is named as such."""
 
 from __future__ import annotations
 
-
 import pytest
 
+from tests.conftest import TINY, write_remote_code_model
 from tuner import model
 from tuner.errors import UserError
 from tuner.pipeline import check_model
 from tuner.spec import SpecError, load_spec
-
-from tests.conftest import TINY, write_remote_code_model
 
 COMMIT = "0123456789abcdef" * 2 + "01234567"
 

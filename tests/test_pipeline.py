@@ -76,7 +76,8 @@ def test_leaderboard_rows(tiny_sweep):
     assert len(rows) == 6
     searched = {"learning_rate", "per_device_train_batch_size", "num_train_epochs", "warmup_ratio",
                 "gradient_accumulation_steps", "weight_decay"}
-    assert {"trial_id", "status", "best_eval_loss", "reports", "tokens_seen", "train_seconds"} | searched <= set(rows[0])
+    assert {"trial_id", "status", "best_eval_loss", "reports", "tokens_seen", "train_seconds"} | searched \
+        <= set(rows[0])
     assert all(row["status"] in C.STATUSES for row in rows)
     losses = [float(row["best_eval_loss"]) for row in rows if row["status"] in C.PROMOTABLE]
     assert losses == sorted(losses)  # best first
@@ -223,7 +224,8 @@ def test_reports_without_checkpoints_still_rank_the_trial_and_promotion_takes_it
     for row in result.leaderboard:
         assert row["best_step"] == 3 and row["best_eval_loss"] == pytest.approx(4.0 + row["learning_rate"])
     best = result.best
-    assert best.best_checkpoint_step == 1 and best.best_checkpoint_metric == pytest.approx(5.0 + best.params["learning_rate"])
+    assert best.best_checkpoint_step == 1
+    assert best.best_checkpoint_metric == pytest.approx(5.0 + best.params["learning_rate"])
     assert load_spec(result.paths["config"]).train.stop_after_steps == 1  # the exported checkpoint's step
     assert json.loads(result.paths["final_eval"].read_text())["step"] == 1
 
@@ -335,7 +337,8 @@ def test_only_the_best_checkpoints_remain(tiny_sweep):
     """Each ended trial keeps its best checkpoint only; sweep-wide, the `keep_best` (2) best and the
     baseline trial's, which the final evaluation scores beside the winner."""
     records = load_records(tiny_sweep.sweep_dir)
-    remaining = sorted(str(p.relative_to(tiny_sweep.sweep_dir)) for p in (tiny_sweep.sweep_dir / "tune").glob("*/checkpoint_*"))
+    found = (tiny_sweep.sweep_dir / "tune").glob("*/checkpoint_*")
+    remaining = sorted(str(p.relative_to(tiny_sweep.sweep_dir)) for p in found)
     kept = sorted(r.best_checkpoint for r in records if r.best_checkpoint and not r.checkpoint_deleted)
     best_two = [row["trial_id"] for row in tiny_sweep.leaderboard if row["status"] in C.PROMOTABLE][:2]
     baseline = json.loads(tiny_sweep.paths["final_eval"].read_text())["baseline"]["trial_id"]

@@ -74,8 +74,9 @@ def small_instruction_set(tmp_path):
     rows = [{"question": f"What is {i} plus {i}?", "answer": f" It is {2 * i}."} for i in range(175)]
     path = tmp_path / "qa.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return ["--set", f"storage={tmp_path / 'sweep'}", "--set", f"data.path={path}", "--set", "data.prompt_column=question",
-            "--set", "data.completion_column=answer", "--set", "data.block_size=8"]
+    return ["--set", f"storage={tmp_path / 'sweep'}", "--set", f"data.path={path}",
+            "--set", "data.prompt_column=question", "--set", "data.completion_column=answer",
+            "--set", "data.block_size=8"]
 
 
 def test_validate_warns_when_the_data_is_small_for_the_plan(small_instruction_set, capsys):

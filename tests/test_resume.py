@@ -162,7 +162,8 @@ def test_exactly_num_samples_trials_none_restarted_from_step_0(killed_twice):
 def test_finished_trials_were_not_rerun(killed_twice):
     """A trial that had ended when the driver died was not started again."""
     sweep_dir = killed_twice["dir"]
-    ended_first = {r["trial_id"] for r in killed_twice["runs"][0]["killed"] if r["status"] not in (C.RUNNING, C.PENDING)}
+    ended_first = {r["trial_id"] for r in killed_twice["runs"][0]["killed"]
+                   if r["status"] not in (C.RUNNING, C.PENDING)}
     for record in trial_records.load_all(sweep_dir):
         if record.trial_id in ended_first:
             assert record.resumes == 0 and not record.resumed_from_steps

@@ -8,7 +8,15 @@ import optuna.distributions as od
 import pytest
 
 from tuner.constants import HYPERPARAMETER_DEFAULTS
-from tuner.space import ConditionalSpace, distributions, fixed_values, max_epochs, resolve, searched_names, to_distribution
+from tuner.space import (
+    ConditionalSpace,
+    distributions,
+    fixed_values,
+    max_epochs,
+    resolve,
+    searched_names,
+    to_distribution,
+)
 from tuner.spec import SpecError, validate
 
 BASE = {

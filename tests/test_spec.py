@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuner.spec import (SchedulerSpec, Spec, SpecError, apply_override, load_spec, parse_duration,
-                        to_yaml, validate)
+from tuner.spec import SchedulerSpec, Spec, SpecError, apply_override, load_spec, parse_duration, to_yaml, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -564,7 +563,8 @@ def test_a_saved_specs_metric_fn_is_not_imported():
 
 @pytest.mark.parametrize("key", ["num_prompts", "prompt_tokens", "reference_tokens", "max_new_tokens"])
 def test_the_metric_sample_needs_at_least_one(key):
-    fails(base(search={**BASE["search"], "metric_sample": {key: 0}}), f"search.metric_sample.{key}: got 0, expected >= 1")
+    fails(base(search={**BASE["search"], "metric_sample": {key: 0}}),
+          f"search.metric_sample.{key}: got 0, expected >= 1")
 
 
 def test_metric_other_reported_key_accepted():

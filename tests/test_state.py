@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import TINY
 from tuner import state
 from tuner.errors import UserError
 from tuner.spec import load_spec
-
-from tests.conftest import TINY
 
 
 def spec_at(tmp_path, *overrides):

@@ -87,7 +87,8 @@ def test_a_metric_fn_beside_a_trial_fn_is_refused():
     from tuner.errors import UserError
     from tuner.pipeline import check_metric_fn
 
-    spec = load_spec(TINY, ["search.metric=eval_token_accuracy", "search.metric_fn=tests.metric_helpers:token_accuracy"])
+    spec = load_spec(TINY, ["search.metric=eval_token_accuracy",
+                            "search.metric_fn=tests.metric_helpers:token_accuracy"])
     with pytest.raises(UserError, match="metric_fn: given with trial_fn, whose loop the sweep does not evaluate"):
         check_metric_fn(spec, lambda config, report: None, None)
     with pytest.raises(UserError, match="metric_fn: got 3, expected a function"):

@@ -14,7 +14,6 @@ from importlib import metadata
 from pathlib import Path
 
 import optuna
-import pytest
 
 from tuner import tune_hooks
 

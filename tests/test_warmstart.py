@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import LIGHT_PROMOTE
 from tests.conftest import TINY as TINY_PATH
-from tuner import layout, load_spec, records, run_sweep, space, warmstart
 from tuner import constants as C
+from tuner import layout, load_spec, records, run_sweep, space, warmstart
 from tuner.errors import UserError
 from tuner.records import TrialRecord
 from tuner.spec import SpecError, to_yaml
@@ -41,7 +41,7 @@ TRIALS = [({"learning_rate": 1e-3, "per_device_train_batch_size": 16}, C.COMPLET
 
 
 def test_contains_follows_optuna_distributions():
-    dists = space.distributions(load_spec(TINY_PATH, [NO_BASELINE, 
+    dists = space.distributions(load_spec(TINY_PATH, [NO_BASELINE,
         "search.space={learning_rate: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}, "
         "warmup_ratio: {type: float, low: 0.0, high: 0.2, step: 0.1}, num_train_epochs: {type: int, low: 1, high: 3}, "
         "per_device_train_batch_size: {type: categorical, choices: [8, 16]}}"]))
@@ -83,7 +83,7 @@ def test_top_k_skips_configs_already_queued_and_stops_at_k(tmp_path):
 
 def test_a_parameter_held_fixed_there_carries_its_fixed_value(tmp_path):
     source = earlier_sweep(tmp_path / "old", TRIALS[:2], ["train.weight_decay=0.01"])
-    spec = load_spec(TINY_PATH, [NO_BASELINE, 
+    spec = load_spec(TINY_PATH, [NO_BASELINE,
         "search.space={learning_rate: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}, "
         "weight_decay: {type: float, low: 0.0, high: 0.1}, warmup_ratio: {type: float, low: 0.05, high: 0.1}}",
         f"search.warm_start={source}", "search.warm_start_top_k=3", f"storage={tmp_path / 'new'}"])

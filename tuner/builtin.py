@@ -15,11 +15,12 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 PREFIX = "builtin:"
 CORPUS = "builtin:pydoc-topics"
 TINY_GPT2 = "builtin:tiny-gpt2"
-TINY_CONFIG = {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 256}
+TINY_CONFIG: dict[str, Any] = {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 256}
 TINY_VOCAB = 1024
 
 
@@ -28,7 +29,7 @@ def cache_root() -> Path:
 
 
 def is_builtin(name: str | None) -> bool:
-    return bool(name) and name.startswith(PREFIX)
+    return name is not None and name.startswith(PREFIX)
 
 
 def corpus_path() -> Path:
@@ -65,7 +66,7 @@ def _make_tiny_gpt2(out: Path) -> None:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
                                         eos_token="<|endoftext|>", unk_token="<|endoftext|>",
                                         model_max_length=TINY_CONFIG["n_positions"])
-    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    eos = tokenizer.eos_token_id
     config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos, **TINY_CONFIG)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)

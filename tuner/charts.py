@@ -65,7 +65,8 @@ def frame(x: Axis, y: Axis, x_label: str, y_label: str, x_fmt: Callable[[float],
         py = y(tick)
         parts.append(f'<line x1="{PAD}" y1="{py:.1f}" x2="{WIDTH - 16}" y2="{py:.1f}" class="grid"/>'
                      f'<text x="{PAD - 6}" y="{py + 4:.1f}" text-anchor="end">{label(tick)}</text>')
-    parts.append(f'<text x="{(PAD + WIDTH) / 2:.0f}" y="{HEIGHT - 14}" text-anchor="middle">{html.escape(x_label)}</text>'
+    parts.append(f'<text x="{(PAD + WIDTH) / 2:.0f}" y="{HEIGHT - 14}" text-anchor="middle">'
+                 f'{html.escape(x_label)}</text>'
                  f'<text x="14" y="{HEIGHT / 2:.0f}" transform="rotate(-90 14 {HEIGHT / 2:.0f})" '
                  f'text-anchor="middle">{html.escape(y_label)}</text>')
     return parts

@@ -152,7 +152,7 @@ def clean_batch(batch: dict[str, list], rules: CleanSpec, text_fields: list[str]
         out[messages_field] = []
     for i in range(n):
         changed = dict.fromkeys(RULES, False)
-        fields = []
+        fields: list[Any] = []  # the record's cleaned texts and messages, hashed together
         for name in text_fields:
             text, flags = apply_rules(batch[name][i] or "", rules)
             out[name].append(text)
@@ -168,6 +168,7 @@ def clean_batch(batch: dict[str, list], rules: CleanSpec, text_fields: list[str]
             fields.append(messages)
             empty = not any(m["role"] == "assistant" and m["content"].strip() for m in messages)
         else:
+            assert label_field is not None  # a record without messages has a text or completion
             empty = not batch[label_field][i] or not out[label_field][-1].strip()
         out[HASH].append(record_hash(fields))
         out[EMPTY].append(empty)

@@ -290,7 +290,8 @@ def prepare(spec: Spec, sweep_dir: Path) -> Prepared:
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
         log.info("data: %s records, %s tokens, %s blocks of %d tokens (train/validation/test)",
-                 *("/".join(str(getattr(prepared, kind)[s]) for s in SPLITS) for kind in ("records", "tokens", "blocks")),
+                 *("/".join(str(getattr(prepared, kind)[s]) for s in SPLITS)
+                   for kind in ("records", "tokens", "blocks")),
                  spec.data.block_size)
     _publish_summary(out, sweep_dir)
     return prepared

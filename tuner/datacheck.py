@@ -206,14 +206,14 @@ def _scan_csv(path: str, data: DataSpec) -> str | None:
     with open(path, encoding=codec(data.encoding), newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
-        ragged = [0, None, None]
+        ragged, first = 0, (0, 0)  # ragged rows; the first one's line and cell count
         for row in reader:
             if row and len(row) != len(header):
-                ragged[0] += 1
-                if ragged[1] is None:
-                    ragged[1:] = [reader.line_num, len(row)]
-    if ragged[0]:
-        return (f"{path}:{ragged[1]}: {ragged[2]} cells where the header has {len(header)} ({ragged[0]} "
+                ragged += 1
+                if ragged == 1:
+                    first = (reader.line_num, len(row))
+    if ragged:
+        return (f"{path}:{first[0]}: {first[1]} cells where the header has {len(header)} ({ragged} "
                 "ragged row(s) in all); quote cells that hold commas, or fix those rows")
     return _column_message(path, fields(data), header, {}, "row")
 

@@ -55,7 +55,7 @@ def best_config(spec: Spec, record: TrialRecord, suffix: str = "best") -> dict[s
             del data["search"]["space"][key]
     data["search"].update(num_samples=1, baseline=None, enqueue=None, warm_start=None)
     data["scheduler"] = "none"
-    step = int(records.checkpoint_step(record))  # where the exported checkpoint was saved
+    step = _checkpoint_step(record)  # where the exported checkpoint was saved
     data["train"]["stop_after_steps"] = step
     data["origin"] = {  # the checkpoint relative to the sweep: the sweep directory may move
         "sweep": spec.name, "trial_id": record.trial_id, "metric": spec.search.metric,
@@ -84,12 +84,20 @@ def _fill_best(out: Path, spec: Spec, record: TrialRecord, metrics: dict[str, An
               f"the sweep)\n# The best trial of sweep {spec.name!r}, fixed.\n")
     _fill_model(out, spec, record, model, tokenizer_path, header)
     final = {"trial_id": record.trial_id, "checkpoint": record.best_checkpoint,
-             "step": int(records.checkpoint_step(record)),
+             "step": _checkpoint_step(record),
              "search_" + spec.search.metric: records.checkpoint_metric(record), **metrics}
     (out / "final_eval.json").write_text(json.dumps(final, indent=2))
     with open(out / "samples.jsonl", "w") as f:
         for row in samples:
             f.write(json.dumps(row) + "\n")
+
+
+def _checkpoint_step(record: TrialRecord) -> int:
+    """The step the exported checkpoint was saved at; an exported trial has a checkpoint."""
+    step = records.checkpoint_step(record)
+    if step is None:
+        raise ValueError(f"trial {record.trial_id} has no checkpoint to export")
+    return int(step)
 
 
 def write_trial(spec: Spec, record: TrialRecord, model, tokenizer_path: str) -> Path:

@@ -60,7 +60,7 @@ def model_shape(model) -> tuple[int, int, int]:
     import torch
 
     config = model.config
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+    layers = getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0)
     unique = {id(p): p for p in model.parameters()}
     head = model.get_output_embeddings()
     head_weight = id(head.weight) if head is not None else None
@@ -71,7 +71,7 @@ def model_shape(model) -> tuple[int, int, int]:
 
 def attention_width(config) -> int:
     """Heads × head_dim: the width of the queries and keys whose products attention computes."""
-    width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
+    width = getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0)
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
     head_dim = getattr(config, "head_dim", None)
     if heads and head_dim:

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, overload
 
 SPEC_FILE = "spec.yaml"  # the resolved spec the sweep runs under
 STATE_FILE = "sweep.json"  # the sweep's id and its Tune experiments (see `state`)
@@ -132,6 +132,14 @@ def remove_temporaries(folder: Path) -> None:
 # Stored paths: relative to the sweep, resolved against wherever it is now.
 
 
+@overload
+def relative(path: str | Path, base: str | Path) -> str: ...
+@overload
+def relative(path: None, base: str | Path) -> None: ...
+@overload
+def relative(path: str | Path | None, base: str | Path) -> str | None: ...
+
+
 def relative(path: str | Path | None, base: str | Path) -> str | None:
     """`path` as stored in the sweep's files: relative to `base` (the sweep directory, or its bucket
     URI) when it lies inside it, else unchanged."""
@@ -141,6 +149,14 @@ def relative(path: str | Path | None, base: str | Path) -> str | None:
     if path == base:
         return "."
     return path[len(base) + 1:] if path.startswith(base + "/") else path
+
+
+@overload
+def resolve(stored: str, base: str | Path) -> str: ...
+@overload
+def resolve(stored: None, base: str | Path) -> None: ...
+@overload
+def resolve(stored: str | None, base: str | Path) -> str | None: ...
 
 
 def resolve(stored: str | None, base: str | Path) -> str | None:

@@ -99,7 +99,7 @@ class TrialLedger(tune.Callback):
             if trial is not None:
                 self._cut_off(trial, status, why, now)
         if self.interrupt is not None and self.interrupt.requested:
-            self._wind_down(trials)
+            self._wind_down(trials, self.interrupt)
         if self.board_stale:
             self._write_leaderboard()
         self.mirror.tick()
@@ -108,7 +108,7 @@ class TrialLedger(tune.Callback):
         if self.board_stale:
             self._write_leaderboard(now=math.inf)
 
-    def _wind_down(self, trials) -> None:
+    def _wind_down(self, trials, interrupt: Interrupt) -> None:
         """After the first Ctrl-C or SIGTERM: once every trial that was running has saved a checkpoint
         (or ended), or the bounded wait is over, end Tune's loop with its snapshot saved."""
         running = {t.trial_id for t in trials if t.status == "RUNNING"}
@@ -117,10 +117,10 @@ class TrialLedger(tune.Callback):
             if running:
                 self.say(f"waiting for {len(running)} running trial(s) to checkpoint: {', '.join(sorted(running))}")
         self.waiting &= running
-        if self.waiting and not self.interrupt.overdue():
+        if self.waiting and not interrupt.overdue():
             return
         if self.waiting:
-            self.say(f"after {format_seconds(self.interrupt.wait_s)}, {', '.join(sorted(self.waiting))} had not "
+            self.say(f"after {format_seconds(interrupt.wait_s)}, {', '.join(sorted(self.waiting))} had not "
                      "checkpointed; they go on from their latest checkpoints at `resume`")
         self.waiting = set()
         self.interrupt = None  # once
@@ -211,7 +211,8 @@ class TrialLedger(tune.Callback):
         lost one's latest checkpoint: its reports up to there become this trial's."""
         lost = next((r for r in self.lost if r.latest_checkpoint and records.same_params(record.params, r.params)
                      and records.same_params(r.params, record.params)), None)
-        if lost is None or not tune_hooks.register(trial, lost.latest_checkpoint, self.location):
+        if lost is None or lost.latest_checkpoint is None \
+                or not tune_hooks.register(trial, lost.latest_checkpoint, self.location):
             return
         self.lost.remove(lost)
         step = lost.checkpoint_step or 0

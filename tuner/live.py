@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tuner import constants as C
 from tuner import lock, records, space
@@ -150,7 +150,8 @@ def header_lines(view: View) -> list[str]:
     speed = f"{count(view.tokens_per_s)} tok/s" if view.tokens_per_s else "tok/s: measuring"
     eta = f"ETA ≤ {format_seconds(view.eta_s)}" if view.eta_s is not None else "ETA: measuring"
     left = f" · time budget left {format_seconds(view.time_left_s)}" if view.time_left_s is not None else ""
-    return [f"sweep {view.name} · elapsed {format_seconds(view.elapsed_s)}" + (f" · {view.driver}" if view.driver else ""),
+    driver = f" · {view.driver}" if view.driver else ""
+    return [f"sweep {view.name} · elapsed {format_seconds(view.elapsed_s)}{driver}",
             f"trials: {view.finished}/{view.total} finished · {view.running} running · {view.pending} pending · {best}",
             f"tokens: {count(view.tokens)}{budget}{share} · {speed} · {eta}{left}"]
 
@@ -167,8 +168,10 @@ def render(view: View):
     from rich.text import Text
 
     table = Table(expand=False, show_edge=False, pad_edge=False, header_style="bold")
-    for name, justify in (("trial", "left"), ("status", "left"), ("values", "left"), ("tokens", "right"),
-                          ("last", "right"), ("best", "right"), ("rung", "right")):
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("trial", "left"), ("status", "left"), ("values", "left"), ("tokens", "right"), ("last", "right"),
+        ("best", "right"), ("rung", "right"))
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=name != "values")
     for r in view.rows:
         style = "green" if r["status"] == C.RUNNING else ("dim" if r["status"] != C.COMPLETED else "")

@@ -89,7 +89,8 @@ class FileLock:
 
     def __init__(self, sweep_dir: Path, me: Holder):
         self.path = Path(sweep_dir) / layout.LOCK_FILE
-        self.me, self.fd = me, None
+        self.me = me
+        self.fd: int | None = None  # the open lock file, while held
 
     def acquire(self) -> str | None:
         """Take the lock; returns a notice when a dead holder's lock was taken over."""
@@ -114,6 +115,7 @@ class FileLock:
         return notice
 
     def write(self) -> None:
+        assert self.fd is not None, "write() before acquire()"
         data = json.dumps(asdict(self.me)).encode()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, data, 0)
@@ -132,7 +134,8 @@ class BucketLock:
 
     def __init__(self, location: str, me: Holder):
         self.uri = storage.join(location, layout.LOCK_FILE)
-        self.me, self.etag = me, None
+        self.me = me
+        self.etag: str | None = None  # of the lock object as this driver last wrote it
 
     def acquire(self) -> str | None:
         body = json.dumps(asdict(self.me))

@@ -38,9 +38,9 @@ from typing import Any
 
 from tuner import constants as C
 from tuner import layout, yamlfile
-from tuner.errors import UserError
 from tuner.charts import PALETTE, Axis, frame, label, plot
-from tuner.spec import Spec, SpecError, as_number, is_distribution, load_spec
+from tuner.errors import UserError
+from tuner.spec import Spec, SpecError, is_distribution, load_spec, to_number
 
 log = logging.getLogger("tuner")
 
@@ -263,7 +263,7 @@ def starting_point(spec: Spec) -> dict[str, Any]:
         elif entry["type"] == "categorical":
             chosen[name] = entry["choices"][len(entry["choices"]) // 2]
         else:
-            low, high = as_number(entry["low"]), as_number(entry["high"])
+            low, high = to_number(entry["low"]), to_number(entry["high"])
             middle = math.sqrt(low * high) if entry.get("log") else (low + high) / 2
             chosen[name] = math.floor(middle + 0.5) if entry["type"] == "int" else middle
     return chosen
@@ -300,18 +300,19 @@ def measure(spec: Spec, prepared: Any, model_path: str, lrs: list[float]) -> Cur
 
 
 @functools.lru_cache(maxsize=1)
-def _watcher():
+def _watcher() -> Any:
     """The callback that keeps each step's loss and the rate the Trainer says that step ran at, and
     stops the run once it diverges (a factory: transformers is imported only when a test runs)."""
     from transformers import TrainerCallback
 
     class Watch(TrainerCallback):
-        def __init__(self):
+        def __init__(self) -> None:
             self.lrs: list[float] = []
             self.losses: list[float] = []
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if "loss" in (logs or {}):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
+                   **kwargs: Any) -> None:
+            if logs is not None and "loss" in logs:
                 self.lrs.append(float(logs["learning_rate"]))
                 self.losses.append(float(logs["loss"]))
                 if diverged(smooth(self.losses)):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 
@@ -56,6 +55,7 @@ def tokenize_batch(batch: dict[str, list], tokenizer, data: DataSpec) -> dict[st
         return {"input_ids": [ids for ids, _ in rows], "labels": [labels for _, labels in rows]}
     if not data.prompt_column:
         return {"input_ids": tokenizer(batch[data.text_column], add_special_tokens=False)["input_ids"]}
+    assert data.completion_column is not None  # validation: a prompt column comes with a completion column
     prompts = [format_prompt(prompt, tokenizer, data.chat_template) for prompt in batch[data.prompt_column]]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(batch[data.completion_column], add_special_tokens=False)["input_ids"]
@@ -207,7 +207,7 @@ class _Packer:
         self.keep_remainder, self.pairs_path = keep_remainder, pairs
         self.carry: dict[str, np.ndarray] = {}
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> _Packer:
         self.writer.__enter__()
         self.pairs = open(self.pairs_path, "w") if self.pairs_path else None
         return self
@@ -248,7 +248,7 @@ class _BlockWriter:
         self.pending: list[dict[str, np.ndarray]] = []
         self.rows = 0
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> _BlockWriter:
         from datasets.arrow_writer import ArrowWriter
 
         self.writer = ArrowWriter(path=str(self.path), writer_batch_size=self.WRITE_ROWS)

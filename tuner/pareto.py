@@ -25,8 +25,8 @@ def objectives(spec: Spec) -> Objectives:
 
 def report_values(report: dict[str, Any], objectives: Objectives) -> tuple[float, ...] | None:
     """One report's values of the objectives; None unless each is a finite number."""
-    values = [report.get(name) for name, _ in objectives]
-    return tuple(float(v) for v in values) if all(records.finite(v) for v in values) else None
+    values = [v for name, _ in objectives if records.finite(v := report.get(name))]
+    return tuple(float(v) for v in values) if len(values) == len(objectives) else None
 
 
 def best_report(record: TrialRecord, metric: str) -> dict[str, Any] | None:

@@ -13,8 +13,27 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tuner import constants as C
-from tuner import data, layout, lock, mirror, model, records, restore, results, secret, space, state, storage
-from tuner import live, logs, pareto, report, study, tracking, warmstart
+from tuner import (
+    data,
+    layout,
+    live,
+    lock,
+    logs,
+    mirror,
+    model,
+    pareto,
+    records,
+    report,
+    restore,
+    results,
+    secret,
+    space,
+    state,
+    storage,
+    study,
+    tracking,
+    warmstart,
+)
 from tuner.background import Background
 from tuner.context import TrialContext
 from tuner.errors import UserError, first_line

@@ -77,7 +77,8 @@ def split_tokens(prepared: Prepared, split: str) -> tuple[list[list[int]], list[
     return data["input_ids"], (data["labels"] if "labels" in data.column_names else None)
 
 
-def evaluate(model, blocks: list[list[int]], batch_size: int, labels: list[list[int]] | None = None) -> dict[str, float]:
+def evaluate(model, blocks: list[list[int]], batch_size: int,
+             labels: list[list[int]] | None = None) -> dict[str, float]:
     total, count = token_loss(model, blocks, batch_size, labels)
     loss = total / count
     return {"eval_loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf,
@@ -231,7 +232,8 @@ def rerank(candidates: list[Any], locate: Callable[[Any], str], prepared: Prepar
 def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, settings: PromoteSpec,
                      revision: str | None = None, token_env: str | None = None,
                      trust_remote_code: bool = False, baseline_checkpoint: str | None = None,
-                     code_revision: str | None = None, custom: Callable[[Any, Any, list], dict[str, float]] | None = None,
+                     code_revision: str | None = None,
+                     custom: Callable[[Any, Any, list], dict[str, float]] | None = None,
                      ) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
     """The promoted checkpoint, the base model and the baseline trial's checkpoint, each scored the
     same way on the full test split and the same prompts (A/B).
@@ -256,6 +258,7 @@ def final_evaluation(checkpoint: str, base_model: str, prepared: Prepared, setti
     found: list[str] = []  # the metric_fn's figures, named as the final evaluation names them
 
     def scorer(model) -> dict[str, float]:
+        assert custom is not None  # passed on below only with custom
         figures = custom(model, tokenizer, pairs)
         found[:] = sorted(set(found) | set(figures))
         return figures

@@ -14,8 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner import data, export, layout, model, pareto, promote, records, results, state, storage, tracking
-from tuner import trial_metrics
+from tuner import (
+    data,
+    export,
+    layout,
+    model,
+    pareto,
+    promote,
+    records,
+    results,
+    state,
+    storage,
+    tracking,
+    trial_metrics,
+)
 from tuner.constants import EVAL_LOSS
 from tuner.context import TrialContext
 from tuner.errors import UserError, first_line
@@ -171,6 +183,7 @@ def _evaluate_best_readable(spec: Spec, ctx: TrialContext, baseline: TrialRecord
     ordered = candidates(spec)
 
     def locate(record: TrialRecord) -> str:
+        assert record.best_checkpoint is not None  # candidates() are promotable: each has a checkpoint
         checkpoint = layout.resolve(record.best_checkpoint, spec.location)
         return fetch(checkpoint, sweep_dir / layout.PROMOTED_DIR / record.trial_id)
 

@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeGuard
 
 from tuner import constants as C
 from tuner import layout
@@ -80,7 +80,7 @@ class TrialRecord:
 _FIELDS = {f.name for f in dataclasses.fields(TrialRecord)}
 
 
-def finite(value: Any) -> bool:
+def finite(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

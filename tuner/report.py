@@ -19,8 +19,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from tuner import constants as C
 from tuner import charts, layout, pareto, records, results
+from tuner import constants as C
 from tuner.charts import HEIGHT, PAD, PALETTE, WIDTH, Axis
 from tuner.plan import make_plan
 from tuner.records import TrialRecord
@@ -180,7 +180,8 @@ def parallel_coordinates(found: list[TrialRecord], spec: Spec) -> str:
         parts.append(f'<line x1="{x:.1f}" y1="24" x2="{x:.1f}" y2="{HEIGHT - PAD}" class="axis"/>'
                      f'<text x="{x:.1f}" y="{HEIGHT - PAD + 16 + 14 * (i % 2)}" text-anchor="middle" class="axis-name">'
                      f"{html.escape(name)}</text>")
-        parts.extend(f'<text x="{x + 4:.1f}" y="{py + 3:.1f}" class="tick">{html.escape(text)}</text>' for py, text in marks)
+        parts.extend(f'<text x="{x + 4:.1f}" y="{py + 3:.1f}" class="tick">{html.escape(text)}</text>'
+                     for py, text in marks)
     for r in sorted(rows, key=lambda r: -sign * r.best_metric):  # the best drawn last, on top
         shade = 0.0 if high == low else (sign * r.best_metric - low) / (high - low)
         values = [r.best_metric if name == spec.search.metric else r.params.get(name) for name in columns]
@@ -298,7 +299,8 @@ def leaderboard_table(board: list[dict[str, Any]], spec: Spec) -> str:
     columns = ["trial_id", "status", *params, *objectives, "best_metric", "best_step", "reports", "tokens_seen",
                "optuna_state"]
     head = "".join(f'<th data-col="{i}">{html.escape(c)}</th>' for i, c in enumerate(columns))
-    body = "".join("<tr>" + "".join(f'<td data-value="{html.escape(str(row.get(c)))}">{html.escape(charts.label(row.get(c)))}</td>'
+    body = "".join("<tr>" + "".join(f'<td data-value="{html.escape(str(row.get(c)))}">'
+                                    f'{html.escape(charts.label(row.get(c)))}</td>'
                                     for c in columns) + "</tr>" for row in board)
     return ("<p>Best first; click a column to sort.</p>"
             f'<div class="scroll"><table class="sortable" id="leaderboard-table"><thead><tr>{head}</tr></thead>'

@@ -130,7 +130,7 @@ def baseline_verdict(baseline: dict[str, Any], metric: str) -> str:
         return f"tuning {verdict} the baseline (trial {baseline['trial_id']}, completed, {score})"
     where = _trained(baseline.get("tokens_seen"), baseline.get("step"), "step {:,}")
     winner = _trained(baseline.get("winner_tokens_seen"), baseline.get("winner_step"), "{:,} steps")
-    ended = ENDED.get(status, str(status)) + (f" at {where}" if where else "")
+    ended = ENDED.get(str(status), str(status)) + (f" at {where}" if where else "")
     against = f", against a winner trained {winner}" if winner else ""
     return (f"tuning {verdict} the baseline (trial {baseline['trial_id']}, {ended}{against}; {score}) "
             "— not like for like")
@@ -149,8 +149,9 @@ def _trained(tokens: int | None, step: int | None, steps: str) -> str:
 
 
 AB_MODELS = ("base", "baseline", "tuned")
-AB_FIGURES = (("perplexity", "perplexity", "{:.2f}"), ("bleu", "BLEU", "{:.2f}"), ("rouge1", "ROUGE-1", "{:.3f}"),
-              ("rouge2", "ROUGE-2", "{:.3f}"), ("rougeL", "ROUGE-L", "{:.3f}"), ("exact_match", "exact match", "{:.3f}"))
+AB_FIGURES = (("perplexity", "perplexity", "{:.2f}"), ("bleu", "BLEU", "{:.2f}"),
+              ("rouge1", "ROUGE-1", "{:.3f}"), ("rouge2", "ROUGE-2", "{:.3f}"), ("rougeL", "ROUGE-L", "{:.3f}"),
+              ("exact_match", "exact match", "{:.3f}"))
 
 
 def ab_rows(final: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

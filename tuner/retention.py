@@ -19,11 +19,11 @@ def prune_ended(record: TrialRecord, location: str, skip: Iterable[str] = ()) ->
     """An ended trial keeps its best checkpoint only, and none if it cannot be promoted. `skip`:
     folders not this trial's to prune (a lost trial it continued from keeps what it had)."""
     best = layout.resolve(record.best_checkpoint, location) if record.promotable else None
-    folders = {layout.resolve(record.trial_dir, location)}
+    folders = {layout.resolve(record.trial_dir, location)} if record.trial_dir is not None else set()
     if record.best_checkpoint:
         folders.add(layout.resolve(record.best_checkpoint, location).rstrip("/").rsplit("/", 1)[0])
     skipped = {layout.resolve(s, location).rstrip("/") for s in skip}
-    for folder in folders - {None} - skipped:
+    for folder in folders - skipped:
         for checkpoint in storage.subdirs(folder, "checkpoint_"):
             if checkpoint.rstrip("/") != (best or "").rstrip("/"):
                 storage.remove(checkpoint)
@@ -43,5 +43,6 @@ def beyond_keep(found: Iterable[TrialRecord], keep: int, mode: str,
 
 
 def drop_checkpoint(record: TrialRecord, location: str) -> None:
-    storage.remove(layout.resolve(record.best_checkpoint, location))
+    if record.best_checkpoint is not None:
+        storage.remove(layout.resolve(record.best_checkpoint, location))
     record.checkpoint_deleted = True

@@ -18,7 +18,7 @@ from tuner.spec import Spec
 def sampler(spec: Spec) -> optuna.samplers.BaseSampler:
     """The Optuna sampler, seeded here: OptunaSearch ignores `seed` once given a sampler."""
     search = spec.search
-    startup = {} if search.n_startup_trials is None else {"n_startup_trials": search.n_startup_trials}
+    startup: dict[str, Any] = {} if search.n_startup_trials is None else {"n_startup_trials": search.n_startup_trials}
     if search.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=search.seed, **startup)
     if search.sampler == "random":
@@ -28,7 +28,8 @@ def sampler(spec: Spec) -> optuna.samplers.BaseSampler:
     if search.sampler == "gp":
         return optuna.samplers.GPSampler(seed=search.seed, **startup)
     if search.sampler == "nsga2":  # its first generation is its random start-up
-        population = {} if search.n_startup_trials is None else {"population_size": search.n_startup_trials}
+        population: dict[str, Any] = ({} if search.n_startup_trials is None
+                                      else {"population_size": search.n_startup_trials})
         return TuneNSGAIISampler(seed=search.seed, **population)
     if search.sampler == "grid":
         return TuneGridSampler(space.grid(spec), seed=search.seed)

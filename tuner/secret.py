@@ -12,7 +12,7 @@ import io
 import logging
 import os
 import re
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 # Spec fields whose value is the *name* of an environment variable holding a secret.
 ENV_FIELDS = ("model.token_env", "tracking.wandb.api_key_env")
@@ -38,7 +38,7 @@ COMMIT_FIELDS = ("model.revision", "model.code_revision", "origin.git_commit")
 MIN_SECRET_LENGTH = 8  # shorter environment values (e.g. "1") are not treated as secrets
 
 
-def secret_values(environ: dict[str, str] | None = None) -> list[str]:
+def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     """Values of environment variables whose names say they hold a secret."""
     environ = os.environ if environ is None else environ
     return sorted({value for name, value in environ.items()

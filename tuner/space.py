@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.constants import HYPERPARAMETER_DEFAULTS
 from tuner.grid import values as grid_values
-from tuner.spec import RULES, Spec, as_number, condition_holds, conditions, fixed_value, is_distribution
+from tuner.spec import RULES, Spec, as_number, condition_holds, conditions, fixed_value, is_distribution, to_number
 
 if TYPE_CHECKING:  # Optuna is needed to search, not to train: trials import this module too
     import optuna.distributions as od
@@ -27,8 +27,8 @@ def to_distribution(name: str, entry: dict[str, Any]) -> od.BaseDistribution:
     step = entry.get("step")
     if kind == "int":
         return od.IntDistribution(int(entry["low"]), int(entry["high"]), log=log, step=int(step or 1))
-    return od.FloatDistribution(as_number(entry["low"]), as_number(entry["high"]), log=log,
-                                step=as_number(step) if step is not None else None)
+    return od.FloatDistribution(to_number(entry["low"]), to_number(entry["high"]), log=log,
+                                step=to_number(step) if step is not None else None)
 
 
 def distributions(spec: Spec) -> dict[str, od.BaseDistribution]:
@@ -38,7 +38,14 @@ def distributions(spec: Spec) -> dict[str, od.BaseDistribution]:
 
 def grid(spec: Spec) -> dict[str, list[Any]]:
     """`sampler: grid`'s grid: each searched field's values (validation made sure each has a list)."""
-    return {name: grid_values(entry) for name, entry in spec.search.space.items() if is_distribution(entry)}
+    found: dict[str, list[Any]] = {}
+    for name, entry in spec.search.space.items():
+        if is_distribution(entry):
+            values = grid_values(entry)
+            if values is None:  # not reached: validation refuses a float without step under sampler: grid
+                raise ValueError(f"search.space.{name}: a float without step has no grid")
+            found[name] = values
+    return found
 
 
 def is_conditional(spec: Spec) -> bool:
@@ -71,8 +78,8 @@ def _suggest(trial, name: str, entry: dict[str, Any]) -> Any:
     log, step = bool(entry.get("log", False)), entry.get("step")
     if kind == "int":
         return trial.suggest_int(name, int(entry["low"]), int(entry["high"]), step=int(step or 1), log=log)
-    return trial.suggest_float(name, as_number(entry["low"]), as_number(entry["high"]),
-                               step=as_number(step) if step is not None else None, log=log)
+    return trial.suggest_float(name, to_number(entry["low"]), to_number(entry["high"]),
+                               step=to_number(step) if step is not None else None, log=log)
 
 
 def fixed_values(spec: Spec) -> dict[str, Any]:
@@ -90,8 +97,7 @@ def _typed(name: str, value: Any) -> Any:
     rule = RULES.get(name)
     if rule is None or rule.kind is bool:
         return value
-    number = as_number(value)
-    return int(number) if rule.kind is int else number
+    return int(to_number(value)) if rule.kind is int else as_number(value)
 
 
 def resolve(spec: Spec, sampled: dict[str, Any]) -> dict[str, Any]:
@@ -110,9 +116,9 @@ def largest(spec: Spec, name: str) -> float:
     entry = spec.search.space.get(name)
     if is_distribution(entry):
         if entry["type"] == "categorical":
-            return max(as_number(c) for c in entry["choices"])
-        return as_number(entry["high"])
-    return as_number(fixed_values(spec)[name])
+            return max(to_number(c) for c in entry["choices"])
+        return to_number(entry["high"])
+    return to_number(fixed_values(spec)[name])
 
 
 def may_take(spec: Spec, name: str, value: Any) -> bool:

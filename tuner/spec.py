@@ -10,23 +10,30 @@ from __future__ import annotations
 
 import codecs
 import copy
-import importlib
 import dataclasses
 import difflib
 import hashlib
+import importlib
 import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import yaml
 
 from tuner import grid, limits, secret, yamlfile
-from tuner.constants import (EVAL_EXACT_MATCH, EVAL_LOSS, GENERATION_METRICS, HYPERPARAMETER_DEFAULTS,
-                             METRIC_PREFIX, MODEL_HYPERPARAMETERS, REPORT_KEYS)
+from tuner.constants import (
+    EVAL_EXACT_MATCH,
+    EVAL_LOSS,
+    GENERATION_METRICS,
+    HYPERPARAMETER_DEFAULTS,
+    METRIC_PREFIX,
+    MODEL_HYPERPARAMETERS,
+    REPORT_KEYS,
+)
 from tuner.errors import UserError, first_line
 
 
@@ -393,7 +400,7 @@ def condition_holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool
     return True
 
 
-def is_distribution(entry: Any) -> bool:
+def is_distribution(entry: Any) -> TypeGuard[dict[str, Any]]:
     """A space entry is a distribution when it is a mapping with a `type`; anything else is fixed."""
     return isinstance(entry, dict) and "type" in entry
 
@@ -590,6 +597,14 @@ def as_number(value: Any) -> float | None:
     else:
         return None
     return number if math.isfinite(number) else None  # NaN passes every range rule: never a value
+
+
+def to_number(value: Any) -> float:
+    """`as_number` of a value validation has accepted as one; ValueError where it is none."""
+    found = as_number(value)
+    if found is None:
+        raise ValueError(f"{value!r} is not a finite number")
+    return found
 
 
 # Every seed a spec sets (limits.check_seed bounds them).

@@ -22,7 +22,7 @@ SCHEMES = ("s3", "gs", "file")  # file:// is a URI on a local or mounted filesys
 
 
 def is_uri(location: str | None) -> bool:
-    return bool(location) and "://" in location
+    return location is not None and "://" in location
 
 
 def scheme(location: str) -> str:

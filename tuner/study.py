@@ -17,7 +17,7 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 from tuner import builtin, layout, records, storage
 from tuner import constants as C
@@ -134,7 +134,8 @@ def rebuild(path: Path, name: str, sweep_id: str, metric: str, mode: str, distri
     it a study of as many directions. Returns how many trials it holds."""
     import optuna
 
-    directions = ["minimize" if m == "min" else "maximize" for _, m in objectives or [(metric, mode)]]
+    directions: list[Literal["minimize", "maximize"]] = ["minimize" if m == "min" else "maximize"
+                                                         for _, m in objectives or [(metric, mode)]]
     study = optuna.create_study(study_name=name, storage=url(path), load_if_exists=True, directions=directions)
     study.set_user_attr(SWEEP_ID, sweep_id)
     trials = [as_trial(record, record.params, distributions, metric,

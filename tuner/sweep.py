@@ -83,6 +83,8 @@ def make_scheduler(spec: Spec, plan: Plan):
     """ASHA on tokens seen, the baseline trial exempt from its early stops (see `schedulers`)."""
     if spec.scheduler.type == "none":
         return FIFOScheduler()
+    if plan.max_t is None:  # not reached: the sweep plans once the train split is known
+        raise ValueError("make_scheduler: the plan has no max_t yet")
     return BaselineASHA(spec.search.baseline, time_attr=C.TIME_ATTR, metric=spec.search.metric,
                         mode=spec.search.mode, max_t=plan.max_t, grace_period=plan.grace_period,
                         reduction_factor=plan.reduction_factor)
@@ -108,7 +110,9 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, sweep_id: str, address
     started = init_ray(address)
     tune_hooks.keep_credentials_out_of_runtime_env()
     tune_hooks.snapshot_on_schedule()
-    interrupt = Interrupt(parse_duration(spec.search.stop_wait), say)
+    stop_wait = parse_duration(spec.search.stop_wait)
+    assert stop_wait is not None  # validation refuses a search.stop_wait that is no duration
+    interrupt = Interrupt(stop_wait, say)
     mirror = Mirror(sweep_dir, spec.location, sweep_id)
     try:
         nodes = cluster.inspect()
@@ -147,6 +151,7 @@ def run_search(spec: Spec, ctx: TrialContext, plan: Plan, sweep_id: str, address
             # this restores Tune's snapshot into the ones built here (Tune's own resume path).
             _tuner_kwargs={"resume_config": tune.ResumeConfig()} if experiment.restore else None,
         )
+        why: str | None
         try:
             with catching(interrupt):
                 tuner.fit()

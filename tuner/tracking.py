@@ -20,7 +20,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from tuner import constants as C
 from tuner import layout, records, secret, space
@@ -55,7 +55,7 @@ TRIAL_CALLS = ("trial_started", "trial_reported", "trial_ended", "trial_retried"
 # Which mode: online with a key, else offline (and say how to upload later).
 
 
-def has_api_key(settings: WandbSpec, environ: dict[str, str] | None = None) -> bool:
+def has_api_key(settings: WandbSpec, environ: Mapping[str, str] | None = None) -> bool:
     """A key in the named environment variable, WANDB_API_KEY, or ~/.netrc (what `wandb login` writes)."""
     environ = os.environ if environ is None else environ
     if environ.get(settings.api_key_env) or environ.get("WANDB_API_KEY"):
@@ -68,7 +68,7 @@ def has_api_key(settings: WandbSpec, environ: dict[str, str] | None = None) -> b
 
 
 def resolve_mode(settings: WandbSpec, sweep_dir: Path,
-                 environ: dict[str, str] | None = None) -> tuple[str, str | None]:
+                 environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
     """The mode to run in, and a one-line notice when it is not what the user may expect."""
     environ = os.environ if environ is None else environ
     if settings.mode is not None:
@@ -156,8 +156,8 @@ class Tracker:
             say(notice)
         self.trials: dict[str, Any] = {}  # trial id → its open run
         self.last_step: dict[str, int] = {}
-        self.sweep_run = None
-        self.progress: list[float] = []
+        self.sweep_run: Any | None = None  # the sweep's own W&B run, once opened
+        self.progress: list[float | None] = []  # best so far after each trial; None before a usable one
         self.failed = False
 
     @property
@@ -169,15 +169,16 @@ class Tracker:
         import wandb
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        common = dict(project=self.settings.project, entity=self.settings.entity, group=self.group,
-                      tags=list(self.settings.tags), dir=str(self.spec.sweep_dir), reinit="create_new",
-                      resume="allow" if "id" in kwargs else None)
-        settings = dict(silent=True, console="off", x_disable_stats=True, init_timeout=self.settings.init_timeout)
+        common: dict[str, Any] = dict(project=self.settings.project, entity=self.settings.entity, group=self.group,
+                                      tags=list(self.settings.tags), dir=str(self.spec.sweep_dir),
+                                      reinit="create_new", resume="allow" if "id" in kwargs else None)
+        settings: dict[str, Any] = dict(silent=True, console="off", x_disable_stats=True,
+                                        init_timeout=self.settings.init_timeout)
         if self.mode == "online":
             key = secret.from_env(self.settings.api_key_env)
+            auth: dict[str, Any] = {"api_key": key} if key else {}
             try:
-                return wandb.init(mode="online", **common, **kwargs,
-                                  settings=wandb.Settings(**settings, **({"api_key": key} if key else {})))
+                return wandb.init(mode="online", **common, **kwargs, settings=wandb.Settings(**settings, **auth))
             except Exception as exc:  # no network, a bad key, a server down: keep the sweep going
                 self.mode = "offline"
                 self.say(f"W&B: could not start online ({secret.redact(first_line(exc))}); logging offline "
@@ -244,8 +245,9 @@ class Tracker:
         if self.sweep_run is None:
             data = self.spec.to_dict()
             data.pop("origin", None)
-            self.sweep_run = self._init(name=f"{self.spec.name}-sweep", job_type="sweep", config=data)
-            self.sweep_run.define_metric("search/*", step_metric="search/trials_finished")
+            run = self._init(name=f"{self.spec.name}-sweep", job_type="sweep", config=data)
+            run.define_metric("search/*", step_metric="search/trials_finished")
+            self.sweep_run = run
         return self.sweep_run
 
     def _progress(self, record: TrialRecord) -> None:
@@ -269,7 +271,7 @@ class Tracker:
                 return
             run = self._sweep()
             columns = list(leaderboard[0]) if leaderboard else ["trial_id"]
-            table = wandb.Table(columns=columns, data=[[_cell(row.get(c)) for c in columns] for row in leaderboard])
+            table = wandb.Table(columns=[*columns], data=[[_cell(row.get(c)) for c in columns] for row in leaderboard])
             run.log({"leaderboard": table})
             if best_dir is not None and (best_dir / "config.yaml").exists():
                 artifact = wandb.Artifact(f"{self.spec.name}-best-config", type="config",
@@ -301,7 +303,8 @@ class Tracker:
                     run.summary.update({f"{name}/{k}": v for k, v in final_eval[name].items()})
             columns = [c for c in ("prompt", "reference", "base", "baseline", "tuned") if any(c in s for s in samples)]
             if samples:
-                run.log({"samples": wandb.Table(columns=columns, data=[[s.get(c) for c in columns] for s in samples])})
+                table = wandb.Table(columns=[*columns], data=[[s.get(c) for c in columns] for s in samples])
+                run.log({"samples": table})
             run.finish()
 
     def close(self) -> None:

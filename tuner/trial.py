@@ -51,6 +51,11 @@ def training_arguments(spec: Spec, hyper: dict[str, Any], output_dir: str | Path
 
     scheduler = pick("lr_scheduler_type")
     plateau = scheduler == "reduce_lr_on_plateau"
+    optional: dict[str, Any] = {"gradient_checkpointing": True} if train.gradient_checkpointing else {}
+    # transformers refuses reduce_lr_on_plateau without an eval strategy; "steps" at an interval
+    # never reached keeps our reports the only evaluations, and the Trainer steps the plateau
+    # scheduler on each of them.
+    evaluation: dict[str, Any] = {"eval_steps": 2**31, "metric_for_best_model": "loss"} if plateau else {}
 
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -72,15 +77,12 @@ def training_arguments(spec: Spec, hyper: dict[str, Any], output_dir: str | Path
         label_smoothing_factor=float(pick("label_smoothing_factor")),
         **gpu.training_options(train.precision, train.compile, train.dataloader_workers,
                                spec.resources.cpus_per_trial),
-        **({"gradient_checkpointing": True} if train.gradient_checkpointing else {}),
+        **optional,
         seed=train.seed,
         use_cpu=not torch.cuda.is_available(),
         # ReportCallback drives evaluation, saving and the last log of each report interval.
-        # transformers refuses reduce_lr_on_plateau without an eval strategy; "steps" at an interval
-        # never reached keeps our reports the only evaluations, and the Trainer steps the plateau
-        # scheduler on each of them.
         eval_strategy="steps" if plateau else "no",
-        **({"eval_steps": 2**31, "metric_for_best_model": "loss"} if plateau else {}),
+        **evaluation,
         save_strategy="no",
         logging_strategy="steps",
         logging_steps=10,  # how soon a NaN loss is seen
@@ -243,7 +245,7 @@ class ReportCallback(TrainerCallback):
         speed = (tokens - self.last_tokens) / self.interval_train if self.interval_train > 0 else 0.0
         # the tokens of every rank of a data-parallel trial, so over every rank's GPU
         utilization = gpu.mfu(speed, self.per_token_flops, self.peak, self.gpus) if self.per_token_flops else None
-        metrics = {
+        metrics: dict[str, Any] = {
             C.EVAL_LOSS: self.eval_loss if self.eval_loss is not None else math.nan,
             C.TRAIN_LOSS: sum(self.losses) / len(self.losses) if self.losses else math.nan,
             C.LEARNING_RATE: self.learning_rate if self.learning_rate is not None else 0.0,
@@ -357,7 +359,8 @@ class ReportOnce:
     """Passes reports on, each step once: a restart after an OOM does not repeat a report."""
 
     def __init__(self, report: Reporter, metric: str = C.EVAL_LOSS):
-        self.report, self.step, self.tokens, self.reports, self.last = report, -1, 0, 0, {}
+        self.report, self.step, self.tokens, self.reports = report, -1, 0, 0
+        self.last: dict[str, Any] = {}
         self.metric = metric  # the searched one: every report carries it, NaN on the last of one that ends so
 
     def __call__(self, metrics: dict[str, Any], checkpoint: str | None) -> None:

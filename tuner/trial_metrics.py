@@ -48,12 +48,12 @@ class MetricSample:
     settings: PromoteSpec  # decoding (generate), max_new_tokens and batch size for continuations
     pad_token_id: int | None = None
 
-    def continuations(self, model, tokenizer) -> list[str]:
+    def continuations(self, model: Any, tokenizer: Any) -> list[str]:
         written = promote.continuations(model, self.prompt_ids, self.settings, self.pad_token_id)
         return [tokenizer.decode(ids, skip_special_tokens=True) for ids in written]
 
 
-def wanted(spec: Spec, metric_fn: Callable | None = None) -> bool:
+def wanted(spec: Spec, metric_fn: Callable[..., Any] | None = None) -> bool:
     """Whether reports carry more than the loss: a generation metric is searched, or a metric_fn given."""
     return spec.search.metric in C.GENERATION_METRICS or metric_fn is not None or spec.search.metric_fn is not None
 
@@ -67,7 +67,8 @@ def sample_settings(spec: Spec, num_prompts: int | None = None) -> PromoteSpec:
                    eval_batch_size=spec.train.per_device_eval_batch_size)
 
 
-def draw(prepared: Prepared, tokenizer, settings: PromoteSpec, seed: int, split: str = "validation") -> MetricSample:
+def draw(prepared: Prepared, tokenizer: Any, settings: PromoteSpec, seed: int,
+         split: str = "validation") -> MetricSample:
     """`settings.num_prompts` prompts from a seeded draw of the split's blocks: plain text, a passage
     from each drawn block (its first k tokens, then the next m); instruction and chat data, the
     first whole (prompt, completion) in each drawn block, the completion's first m tokens the
@@ -84,12 +85,15 @@ def draw(prepared: Prepared, tokenizer, settings: PromoteSpec, seed: int, split:
                             prepared.block_size) if labelled else text_pair(blocks, index, settings))
         if pair is not None:
             pairs.append(pair)
-    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+
+    def decode(ids: list[int]) -> str:
+        return str(tokenizer.decode(ids, skip_special_tokens=True))
+
     return MetricSample([decode(p) for p, _ in pairs], [decode(r) for _, r in pairs], [p for p, _ in pairs],
                         [r for _, r in pairs], settings, tokenizer.pad_token_id)
 
 
-def text_pair(blocks, index: int, settings: PromoteSpec) -> tuple[list[int], list[int]] | None:
+def text_pair(blocks: Any, index: int, settings: PromoteSpec) -> tuple[list[int], list[int]] | None:
     """The first k + m tokens from block `index` on (running into the blocks after it, which continue
     its text, where a block is shorter than k + m)."""
     k, m = settings.prompt_tokens, settings.reference_tokens
@@ -178,10 +182,10 @@ class TrialMetrics:
     sample drawn), then `measure(model)` at every report. Called between training steps, it leaves
     the training's random state as it found it (decoding seeds its own)."""
 
-    def __init__(self, spec: Spec, prepared: Prepared, tokenizer, metric_fn: Callable | None = None,
-                 num_prompts: int | None = None):
+    def __init__(self, spec: Spec, prepared: Prepared, tokenizer: Any, metric_fn: Callable[..., Any] | None = None,
+                 num_prompts: int | None = None) -> None:
         self.metric, self.fn, self.tokenizer = spec.search.metric, metric_fn, tokenizer
-        self.source = spec.search.metric_fn or getattr(metric_fn, "__qualname__", "(from Python)")
+        self.source: str = spec.search.metric_fn or str(getattr(metric_fn, "__qualname__", "(from Python)"))
         if self.fn is None and spec.search.metric_fn is not None:
             try:
                 self.fn = import_callable(spec.search.metric_fn)
@@ -196,7 +200,7 @@ class TrialMetrics:
                                 "tokens (or no whole prompt and completion); lower search.metric_sample's "
                                 "prompt_tokens and reference_tokens, or add validation data")
 
-    def measure(self, model) -> dict[str, float]:
+    def measure(self, model: Any) -> dict[str, float]:
         import torch
 
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
@@ -204,7 +208,8 @@ class TrialMetrics:
                          self.source)
 
 
-def score(model, tokenizer, sample: MetricSample, generation: bool, answers: bool, fn: Callable | None,
+def score(model: Any, tokenizer: Any, sample: MetricSample, generation: bool, answers: bool,
+          fn: Callable[..., Any] | None,
           metric: str, source: str) -> dict[str, float]:
     """The generation metrics (when asked) and the metric_fn's figures, on one sample. The final
     evaluation and the re-ranking call it too, on their own samples."""
@@ -227,7 +232,7 @@ def score(model, tokenizer, sample: MetricSample, generation: bool, answers: boo
 # Promotion: the re-ranking's larger sample, and the final evaluation's test prompts.
 
 
-def rescore(spec: Spec, prepared: Prepared, tokenizer, metric_fn: Callable | None) -> promote.Rescore:
+def rescore(spec: Spec, prepared: Prepared, tokenizer: Any, metric_fn: Callable[..., Any] | None) -> promote.Rescore:
     """`promote.top_k` by the search's own metric, on a larger sample than the search's: the first
     max(promote.num_prompts, 4 × search.metric_sample.num_prompts) prompts of the same seeded draw
     (the search's are among them, outweighed)."""
@@ -236,7 +241,8 @@ def rescore(spec: Spec, prepared: Prepared, tokenizer, metric_fn: Callable | Non
     return promote.Rescore(spec.search.metric, spec.search.mode, measuring.measure, len(measuring.sample.prompts))
 
 
-def final_scorer(spec: Spec, metric_fn: Callable | None) -> Callable[[Any, Any, list], dict[str, float]] | None:
+def final_scorer(spec: Spec, metric_fn: Callable[..., Any] | None,
+                 ) -> Callable[[Any, Any, list[Any]], dict[str, float]] | None:
     """The metric_fn's figures for the final evaluation, on its test prompts and decoding, named as
     its other figures are (`eval_accuracy` → `accuracy`). A function that fails there (it worked in
     the trials) costs its figures, with a warning, not the evaluation."""
@@ -247,9 +253,9 @@ def final_scorer(spec: Spec, metric_fn: Callable | None) -> Callable[[Any, Any, 
         fn = import_callable(spec.search.metric_fn)
     if fn is None:
         return None
-    source = spec.search.metric_fn or getattr(fn, "__qualname__", "(from Python)")
+    source = spec.search.metric_fn or str(getattr(fn, "__qualname__", "(from Python)"))
 
-    def figures(model, tokenizer, pairs: list[tuple[list[int], list[int]]]) -> dict[str, float]:
+    def figures(model: Any, tokenizer: Any, pairs: list[tuple[list[int], list[int]]]) -> dict[str, float]:
         sample = MetricSample([tokenizer.decode(p, skip_special_tokens=True) for p, _ in pairs],
                               [tokenizer.decode(r, skip_special_tokens=True) for _, r in pairs],
                               [p for p, _ in pairs], [r for _, r in pairs], spec.promote, tokenizer.pad_token_id)

@@ -46,11 +46,13 @@ def run_user_trial(params: dict[str, Any], ctx: TrialContext, report: Reporter, 
         report(dict(last), checkpoint_dir)
 
     hyper = space.resolve(ctx.spec, params)
+    trial_fn = ctx.trial_fn
+    assert trial_fn is not None  # the trainable runs this only for a sweep given a trial_fn
     try:
-        if takes_checkpoint(ctx.trial_fn):
-            ctx.trial_fn(hyper, user_report, resume_from)
+        if takes_checkpoint(trial_fn):
+            trial_fn(hyper, user_report, resume_from)
         else:
-            ctx.trial_fn(hyper, user_report)
+            trial_fn(hyper, user_report)
     except _Diverged:
         return
     if last:

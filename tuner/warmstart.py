@@ -190,6 +190,8 @@ def prepare(spec: Spec, live: Path, sweep_id: str) -> Priors | None:
         raise UserError(f"search.warm_start: {spec.search.warm_start} is this sweep's own directory; name an "
                         "earlier sweep, or run `tuner resume` to go on with this one")
     priors = load(spec)
+    if priors is None:  # not reached: warm_start is set
+        return None
     import optuna
 
     modes = [mode for _, mode in pareto.objectives(spec)] or [spec.search.mode]
