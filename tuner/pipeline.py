@@ -347,10 +347,12 @@ def quiet_libraries() -> None:
     """Progress bars and warnings from the libraries drown our own progress lines. From the command
     line their log lines go to sweep.log (and the terminal with -v); from Python they are silenced."""
     import datasets
+    import optuna
     import transformers
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created": a warm start makes one early
     if logs.configured():
         logs.adopt_libraries()
     else:
