@@ -155,9 +155,7 @@ def run_arm(arm: str, seed: int, trials: int, concurrency: int, root: Path, temp
 
     name = f"{arm}-{seed}"
     shutil.copytree(template / "data", root / name / "data", copy_function=_link)  # prepared once
-    overrides = [f"storage={root / name}", f"search.seed={seed}", "search.baseline=null", SPACE,
-                 f"search.max_concurrent_trials={concurrency}", "tracking.wandb.mode=disabled",
-                 "promote.num_prompts=0", *ARMS[arm], *extra]
+    overrides = sweep_overrides(root / name, seed, concurrency, [*ARMS[arm], *extra])
     if arm in WARM:
         source = source_sweep(WARM[arm], seed, trials, concurrency, root, template, per_epoch, every, extra)
         overrides.append(f"search.warm_start={source}")
@@ -169,6 +167,13 @@ def run_arm(arm: str, seed: int, trials: int, concurrency: int, root: Path, temp
     return {"seconds": seconds, "reports": reports(result.sweep_dir)}
 
 
+def sweep_overrides(storage: Path, seed: int, concurrency: int, arm: list[str]) -> list[str]:
+    """What every benchmark sweep sets, then the arm's own overrides."""
+    return [f"storage={storage}", f"search.seed={seed}", "search.baseline=null", SPACE,
+            f"search.max_concurrent_trials={concurrency}", "tracking.wandb.mode=disabled", "promote.num_prompts=0",
+            *arm]
+
+
 def source_sweep(kind: str, seed: int, trials: int, concurrency: int, root: Path, template: Path, per_epoch: int,
                  every: int, extra: list[str]) -> Path:
     """A warm arm's earlier sweep (`SOURCES[kind]`) on the shifted task with its own seed, run once per seed."""
@@ -177,9 +182,7 @@ def source_sweep(kind: str, seed: int, trials: int, concurrency: int, root: Path
     name = f"source-{kind}-{seed}"
     if not (root / name).exists():
         shutil.copytree(template / "data", root / name / "data", copy_function=_link)
-        overrides = [f"storage={root / name}", f"search.seed={1000 + seed}", "search.baseline=null", SPACE,
-                     f"search.max_concurrent_trials={concurrency}", "tracking.wandb.mode=disabled",
-                     "promote.num_prompts=0", *SOURCES[kind], *extra]
+        overrides = sweep_overrides(root / name, 1000 + seed, concurrency, [*SOURCES[kind], *extra])
         pipeline.run_sweep(str(ROOT / "search_spaces" / "tiny.yaml"), name=name, num_samples=trials,
                            overrides=overrides, trial_fn=Synthetic(per_epoch, every, 1000 + seed, SHIFT))
     return root / name
