@@ -7,7 +7,7 @@ import copy
 import optuna.distributions as od
 import pytest
 
-from tuner.constants import HYPERPARAMETER_DEFAULTS
+from tuner import hyperparams
 from tuner.space import (
     ConditionalSpace,
     distributions,
@@ -108,7 +108,7 @@ def test_distributions_empty_space():
 
 def test_fixed_values_defaults_only():
     values = fixed_values(make_spec())
-    assert values == {**HYPERPARAMETER_DEFAULTS, "num_train_epochs": 3.0}
+    assert values == {**hyperparams.defaults(), "num_train_epochs": 3.0}
     assert type(values["per_device_train_batch_size"]) is int
     assert type(values["num_train_epochs"]) is float
 
@@ -130,6 +130,7 @@ def test_fixed_values_merges_every_source_and_drops_searched():
         "freeze_layers": 1,  # model.freeze_layers
         "max_grad_norm": 0.5,  # a non-default searchable name fixed in the space
         "lr_scheduler_type": "cosine",
+        "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "label_smoothing_factor": 0.0,
         "use_lora": False, "lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.05,  # LoRA's defaults, off
     }
     assert "learning_rate" not in values
@@ -160,7 +161,8 @@ def test_resolve_overlays_sampled_values_and_casts_ints():
         "gradient_accumulation_steps": 1,
         "weight_decay": 0.05,
         "freeze_layers": 0,
-        "lr_scheduler_type": "cosine",
+        "lr_scheduler_type": "cosine", "max_grad_norm": 1.0,
+        "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "label_smoothing_factor": 0.0,
         "use_lora": False, "lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.05,
     }
     assert type(values["per_device_train_batch_size"]) is int
@@ -187,7 +189,7 @@ def test_resolve_keeps_categorical_strings_and_does_not_touch_fixed_values():
     ({"num_train_epochs": {"type": "categorical", "choices": [1, 5, 2]}}, None, 5.0),
     ({"num_train_epochs": 2}, None, 2.0),
     ({}, {"num_train_epochs": 6}, 6.0),
-    ({}, None, float(HYPERPARAMETER_DEFAULTS["num_train_epochs"])),
+    ({}, None, float(hyperparams.defaults()["num_train_epochs"])),
 ])
 def test_max_epochs(space, train, expected):
     result = max_epochs(make_spec(space, train=train))

@@ -78,23 +78,5 @@ ABORTED = (DIVERGED, OOM, FAILED)
 # Statuses whose checkpoints may be promoted: the trial trained normally up to its last report.
 PROMOTABLE = (COMPLETED, STOPPED_ASHA, STOPPED_PATIENCE, STOPPED_BUDGET, TIMED_OUT, STALLED)
 
-# Hyperparameters every search space can name, and the defaults (Hugging Face's) when it doesn't.
-HYPERPARAMETER_DEFAULTS = {
-    "learning_rate": 5e-5,
-    "per_device_train_batch_size": 8,
-    "num_train_epochs": 3,
-    "warmup_ratio": 0.0,
-    "gradient_accumulation_steps": 1,
-    "weight_decay": 0.0,
-    "freeze_layers": 0,
-    # Parameter-efficient fine-tuning (peft's LoRA): off unless the spec turns it on or searches it.
-    "use_lora": False,
-    "lora_r": 8,
-    "lora_alpha": 16.0,
-    "lora_dropout": 0.05,
-}
-# Hyperparameters fixed under `model` (how the model is set up), not under `train`.
-MODEL_HYPERPARAMETERS = ("freeze_layers", "use_lora", "lora_r", "lora_alpha", "lora_dropout")
-
 # `tuner lr-find`'s range by default: Leslie Smith's and fastai's, eight decades in 100 optimizer steps.
 LR_FIND_MIN_LR, LR_FIND_MAX_LR, LR_FIND_STEPS = 1e-7, 10.0, 100

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tuner import constants as C
-from tuner import lock, records, space
+from tuner import hyperparams, lock, records, space
 from tuner.interrupt import format_seconds
 from tuner.plan import Plan
 from tuner.records import TrialRecord
@@ -32,10 +32,6 @@ REFRESH_S = 2.0  # the terminal view's redraw interval
 PLAIN_EVERY_S = 60.0  # without a terminal: one progress line this often
 RECENT = 6  # ended trials kept in the table below the running ones
 NO_DRIVER = "no driver running"
-# Short names for the table's values column (a wide terminal fits a trial per line).
-SHORT_NAMES = {"learning_rate": "lr", "per_device_train_batch_size": "batch", "num_train_epochs": "epochs",
-               "warmup_ratio": "warmup", "gradient_accumulation_steps": "accum", "weight_decay": "wd",
-               "lr_scheduler_type": "sched", "max_grad_norm": "clip", "lora_r": "r", "lora_alpha": "alpha"}
 
 
 @dataclass
@@ -108,7 +104,7 @@ def row(record: TrialRecord, spec: Spec, plan: Plan | None) -> dict[str, Any]:
     last = next((h.get(spec.search.metric) for h in reversed(record.history)
                  if records.finite(h.get(spec.search.metric))), None)
     return {"trial": record.trial_id, "status": record.status,
-            "values": " ".join(f"{SHORT_NAMES.get(k, k)}={short(record.params[k])}" for k in searched),
+            "values": " ".join(f"{hyperparams.short_name(k)}={short(record.params[k])}" for k in searched),
             "tokens": record.tokens_seen, "last": last, "best": record.best_metric, "rung": rung_of(record, plan)}
 
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tuner import builtin, secret
+from tuner import builtin, hyperparams, secret
 from tuner.errors import UserError, first_line
 
 log = logging.getLogger("tuner")
@@ -174,8 +174,7 @@ def with_lora(model, hyper: dict[str, Any], target_modules: list[str] | None = N
     adapters train. `target_modules` None leaves the choice to peft's table for the architecture."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=int(hyper["lora_r"]), lora_alpha=float(hyper["lora_alpha"]),
-                        lora_dropout=float(hyper["lora_dropout"]), target_modules=target_modules,
+    config = LoraConfig(**hyperparams.keywords(hyper, "lora"), target_modules=target_modules,
                         task_type="CAUSAL_LM")
     try:
         return get_peft_model(model, config)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tuner.constants import HYPERPARAMETER_DEFAULTS
+from tuner import hyperparams
 from tuner.grid import values as grid_values
-from tuner.spec import RULES, Spec, as_number, condition_holds, conditions, fixed_value, is_distribution, to_number
+from tuner.spec import Spec, condition_holds, conditions, fixed_value, is_distribution, to_number
 
 if TYPE_CHECKING:  # Optuna is needed to search, not to train: trials import this module too
     import optuna.distributions as od
@@ -84,26 +84,19 @@ def _suggest(trial, name: str, entry: dict[str, Any]) -> Any:
 
 def fixed_values(spec: Spec) -> dict[str, Any]:
     """Every hyperparameter that is not sampled: fixed in the space, in `train`/`model`, or default."""
-    values: dict[str, Any] = {name: fixed_value(spec, name) for name in HYPERPARAMETER_DEFAULTS}
+    values: dict[str, Any] = {name: fixed_value(spec, name) for name in hyperparams.names()}
     for name, entry in spec.search.space.items():
         if is_distribution(entry):
             values.pop(name, None)
         else:
             values[name] = entry
-    return {name: _typed(name, value) for name, value in values.items()}
-
-
-def _typed(name: str, value: Any) -> Any:
-    rule = RULES.get(name)
-    if rule is None or rule.kind is bool:
-        return value
-    return int(to_number(value)) if rule.kind is int else as_number(value)
+    return {name: hyperparams.typed(name, value) for name, value in values.items()}
 
 
 def resolve(spec: Spec, sampled: dict[str, Any]) -> dict[str, Any]:
     """A trial's complete hyperparameters: the sampled ones over the fixed ones."""
     values = fixed_values(spec)
-    values.update({name: _typed(name, value) for name, value in sampled.items()})
+    values.update({name: hyperparams.typed(name, value) for name, value in sampled.items()})
     return values
 
 

@@ -24,16 +24,8 @@ from typing import Any, Literal, TypeGuard
 
 import yaml
 
-from tuner import grid, limits, secret, yamlfile
-from tuner.constants import (
-    EVAL_EXACT_MATCH,
-    EVAL_LOSS,
-    GENERATION_METRICS,
-    HYPERPARAMETER_DEFAULTS,
-    METRIC_PREFIX,
-    MODEL_HYPERPARAMETERS,
-    REPORT_KEYS,
-)
+from tuner import grid, hyperparams, limits, secret, yamlfile
+from tuner.constants import EVAL_EXACT_MATCH, EVAL_LOSS, GENERATION_METRICS, METRIC_PREFIX, REPORT_KEYS
 from tuner.errors import UserError, first_line
 
 
@@ -42,15 +34,10 @@ class SpecError(UserError):
 
 
 @dataclass
+@hyperparams.add_fields("model")  # freeze_layers, use_lora and LoRA's r, alpha, dropout: see tuner/hyperparams.py
 class ModelSpec:
     name_or_path: str  # hub name, local path, or builtin:tiny-gpt2 (made locally, no network)
-    freeze_layers: int | None = None  # freeze embeddings and the first N blocks (or search it)
-    # LoRA through peft (each searchable in search.space like any hyperparameter): train low-rank
-    # adapters instead of the weights; the promoted model is exported merged and as an adapter.
-    use_lora: bool | None = None
-    lora_r: int | None = None
-    lora_alpha: float | None = None
-    lora_dropout: float | None = None
+    # LoRA (use_lora) wraps these layers; the promoted model is exported merged and as an adapter.
     lora_target_modules: list[str] | None = None  # default: peft's choice for the architecture
     revision: str | None = None  # hub revision (branch, tag or commit)
     token_env: str | None = None  # the environment variable holding a hub token (e.g. HF_TOKEN)
@@ -105,29 +92,15 @@ class DataSpec:
 
 
 @dataclass
+@hyperparams.add_fields("train")  # learning_rate, batch size, epochs, ...: see tuner/hyperparams.py
 class TrainSpec:
-    """Fixed `TrainingArguments` fields. A hyperparameter left out here and in `search.space`
-    takes Hugging Face's default."""
+    """How trials train. Its hyperparameter fields come from tuner/hyperparams.py's table; one left out
+    here and in `search.space` takes Hugging Face's default."""
 
-    learning_rate: float | None = None
-    per_device_train_batch_size: int | None = None
-    num_train_epochs: float | None = None
-    warmup_ratio: float | None = None  # fraction of total steps
-    gradient_accumulation_steps: int | None = None
-    weight_decay: float | None = None
-    lr_scheduler_type: Literal[
-        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial",
-        "reduce_lr_on_plateau"
-    ] = "linear"
     # Passed to the scheduler; reduce_lr_on_plateau defaults to {factor: 0.5, patience: 1} (in reports).
     lr_scheduler_kwargs: dict[str, Any] | None = None
     # Stop a trial whose eval_loss has not improved for this many reports (status stopped_patience).
     patience: int | None = None
-    max_grad_norm: float = 1.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    label_smoothing_factor: float = 0.0
     # auto: bf16 where the GPU has it, else fp16 with loss scaling; fp32 on CPU
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
@@ -321,6 +294,7 @@ class Spec:
         for section, key in OPTIONAL_KEYS:  # unset, they leave the hash of a sweep made before them as it was
             if data[section].get(key) is None:
                 data[section].pop(key, None)
+        _hash_unset_as_before(data)
         _drop_unused_metric_keys(data["search"])
         return data
 
@@ -334,6 +308,29 @@ OPTIONAL_KEYS = (("search", "metrics"), ("promote", "pick"))
 MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsga2", "random")  # Optuna's samplers of several objectives
 
 
+# How each unset hyperparameter entered the hash before the table in tuner/hyperparams.py (these train
+# fields held their default in the spec then; the others were null): a sweep started then resumes
+# without --force. A hyperparameter added to the table since is left out of the hash while unset.
+HASHED_UNSET = {
+    **dict.fromkeys(("learning_rate", "per_device_train_batch_size", "num_train_epochs", "warmup_ratio",
+                     "gradient_accumulation_steps", "weight_decay", "freeze_layers", "use_lora", "lora_r",
+                     "lora_alpha", "lora_dropout")),
+    "lr_scheduler_type": "linear", "max_grad_norm": 1.0, "adam_beta1": 0.9, "adam_beta2": 0.999,
+    "adam_epsilon": 1e-8, "label_smoothing_factor": 0.0,
+}
+
+
+def _hash_unset_as_before(data: dict[str, Any]) -> None:
+    for p in hyperparams.TABLE:
+        section = data[p.section]
+        if section.get(p.name) is not None:
+            continue
+        if p.name in HASHED_UNSET:
+            section[p.name] = HASHED_UNSET[p.name]
+        else:
+            section.pop(p.name, None)
+
+
 def _drop_unused_metric_keys(search: dict[str, Any]) -> None:
     """search.metric_fn and search.metric_sample, unused (no metric_fn, the sample at its defaults),
     leave the hash as it was before they existed: a sweep started then resumes without --force."""
@@ -343,39 +340,8 @@ def _drop_unused_metric_keys(search: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Hyperparameters: which fields may be searched, and the range each value must lie in.
+# Hyperparameters (the table in tuner/hyperparams.py: which fields may be searched, the range of each)
 
-
-@dataclass(frozen=True)
-class Rule:
-    kind: type  # int, float or bool (categorical values of any kind are checked one by one)
-    low: float  # inclusive
-    high: float = math.inf
-    low_open: bool = False  # True: low itself is not allowed
-    high_open: bool = False
-    text: str = ""
-
-
-RULES: dict[str, Rule] = {
-    "learning_rate": Rule(float, 0, 1, low_open=True, text="a learning rate in (0, 1]"),
-    "per_device_train_batch_size": Rule(int, 1, text="an integer >= 1"),
-    "num_train_epochs": Rule(float, 0, low_open=True, text="a number of epochs > 0"),
-    "warmup_ratio": Rule(float, 0, 1, high_open=True, text="a fraction of the total steps in [0, 1)"),
-    "gradient_accumulation_steps": Rule(int, 1, text="an integer >= 1"),
-    "weight_decay": Rule(float, 0, text="a number >= 0"),
-    "freeze_layers": Rule(int, 0, text="an integer >= 0"),
-    "use_lora": Rule(bool, 0, text="true or false"),
-    "lora_r": Rule(int, 1, text="an integer >= 1 (the adapters' rank)"),
-    "lora_alpha": Rule(float, 0, low_open=True, text="a number > 0 (the adapters' scale is alpha / r)"),
-    "lora_dropout": Rule(float, 0, 1, high_open=True, text="a number in [0, 1)"),
-    "max_grad_norm": Rule(float, 0, low_open=True, text="a number > 0"),
-    "adam_beta1": Rule(float, 0, 1, high_open=True, text="a number in [0, 1)"),
-    "adam_beta2": Rule(float, 0, 1, high_open=True, text="a number in [0, 1)"),
-    "adam_epsilon": Rule(float, 0, low_open=True, text="a number > 0"),
-    "label_smoothing_factor": Rule(float, 0, 1, high_open=True, text="a number in [0, 1)"),
-}
-SEARCHABLE = (*HYPERPARAMETER_DEFAULTS, "lr_scheduler_type", "max_grad_norm", "adam_beta1",
-              "adam_beta2", "adam_epsilon", "label_smoothing_factor")
 DISTRIBUTION_KEYS = {
     "float": {"type", "low", "high", "log", "step", "when"},
     "int": {"type", "low", "high", "log", "step", "when"},
@@ -645,8 +611,8 @@ def _check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
         elif not (isinstance(code, str) and len(code) == 40 and all(c in "0123456789abcdef" for c in code)):
             problems.append(f"model.code_revision: got {code!r}; pin the 40-character commit hash of the code "
                             "you reviewed in the other repository")
-    if spec.model is not None and spec.model.freeze_layers is not None:
-        _check_value("freeze_layers", spec.model.freeze_layers, "model.freeze_layers", problems)
+    if spec.model is not None:
+        _check_fixed(spec.model, "model", problems)
     if spec.data is not None:
         _check_data(spec.data, problems)
     if spec.train is not None:
@@ -727,11 +693,16 @@ def _check_data(data: DataSpec, problems: list[str]) -> None:
                         "utf-8, latin-1 or cp1252")
 
 
+def _check_fixed(section: TrainSpec | ModelSpec, where: hyperparams.Section, problems: list[str]) -> None:
+    """The hyperparameters a section fixes, each against its range in the table."""
+    for p in hyperparams.in_section(where):
+        value = getattr(section, p.name)
+        if value is not None and not p.choices:  # a field with choices is typed Literal: checked when built
+            _check_value(p.name, value, f"{where}.{p.name}", problems)
+
+
 def _check_train(train: TrainSpec, problems: list[str]) -> None:
-    for name in SEARCHABLE:
-        value = getattr(train, name, None)
-        if name in RULES and value is not None:
-            _check_value(name, value, f"train.{name}", problems)
+    _check_fixed(train, "train", problems)
     _at_least(train.per_device_eval_batch_size, 1, "train.per_device_eval_batch_size", problems)
     _at_least(train.report_every_tokens, 1, "train.report_every_tokens", problems)
     for name in ("stop_after_steps", "eval_blocks"):
@@ -749,22 +720,20 @@ def _check_space(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
     declared: list[str] = []
     for name, entry in spec.search.space.items():
         path = f"search.space.{name}"
-        if name not in SEARCHABLE:
-            problems.append(f"{path}: {name!r} cannot be searched; searchable: {', '.join(SEARCHABLE)}")
+        hyper = hyperparams.get(name)
+        if hyper is None:
+            problems.append(f"{path}: {name!r} cannot be searched; searchable: {', '.join(hyperparams.names())}")
             continue
         if isinstance(entry, dict) and "when" in entry:
             _check_when(name, entry["when"], spec, declared, path, problems)
         declared.append(name)
-        in_model = name in MODEL_HYPERPARAMETERS
-        fixed_where = "model" if in_model else "train"
-        if (raw_model if in_model else raw_train).get(name) is not None:
+        fixed_where = hyper.section
+        if (raw_model if fixed_where == "model" else raw_train).get(name) is not None:
             problems.append(f"{path}: {name} is also fixed in {fixed_where}.{name}; "
                             f"a field is either fixed in `{fixed_where}` or searched in `search.space`, "
                             "remove one of them")
         if is_distribution(entry):
             _check_distribution(name, entry, path, problems)
-        elif name == "lr_scheduler_type":
-            _check_scheduler_type(entry, path, problems)
         else:
             _check_value(name, entry, path, problems)
 
@@ -784,9 +753,9 @@ def _check_when(name: str, when: Any, spec: Spec, declared: list[str], path: str
             problems.append(f"{where}: {parent!r} is declared after {name!r}; a condition names a field "
                             "declared above it in search.space (or fixed)")
             continue
-        if parent not in SEARCHABLE or parent == name:
+        if hyperparams.get(parent) is None or parent == name:
             problems.append(f"{where}: {parent!r} is not a hyperparameter; a condition names one of "
-                            f"{', '.join(SEARCHABLE)}")
+                            f"{', '.join(hyperparams.names())}")
             continue
         values = wanted if isinstance(wanted, list) else [wanted]
         entry = spec.search.space.get(parent)
@@ -806,9 +775,12 @@ def _check_when(name: str, when: Any, spec: Spec, declared: list[str], path: str
 
 def fixed_value(spec: Spec, name: str) -> Any:
     """A hyperparameter's value where the space does not search it: fixed in `model`/`train`, else the default."""
-    section = spec.model if name in MODEL_HYPERPARAMETERS else spec.train
+    hyper = hyperparams.get(name)
+    if hyper is None:
+        raise KeyError(f"{name!r} is not a hyperparameter")  # a bug: callers name the table's fields
+    section = spec.model if hyper.section == "model" else spec.train
     value = getattr(section, name, None) if section is not None else None
-    return HYPERPARAMETER_DEFAULTS.get(name) if value is None else value
+    return hyper.default if value is None else value
 
 
 def _check_plateau_warmup(spec: Spec, problems: list[str]) -> None:
@@ -816,12 +788,12 @@ def _check_plateau_warmup(spec: Spec, problems: list[str]) -> None:
     could get both is refused, unless warmup_ratio is conditioned on the other schedulers."""
     plateau = "reduce_lr_on_plateau"
     space_ = spec.search.space
-    scheduler = space_.get("lr_scheduler_type", spec.train.lr_scheduler_type)
+    scheduler = space_.get("lr_scheduler_type", fixed_value(spec, "lr_scheduler_type"))
     schedulers = scheduler.get("choices") or [] if is_distribution(scheduler) else [scheduler]
     schedulers = schedulers if isinstance(schedulers, list) else []  # malformed choices: reported already
     if plateau not in schedulers:
         return
-    warmup = space_.get("warmup_ratio", spec.train.warmup_ratio or 0.0)
+    warmup = space_.get("warmup_ratio", fixed_value(spec, "warmup_ratio"))
     if is_distribution(warmup):
         when = conditions(warmup).get("lr_scheduler_type")
         if when is not None and plateau not in (when if isinstance(when, list) else [when]):
@@ -855,20 +827,17 @@ def _check_distribution(name: str, entry: dict[str, Any], path: str, problems: l
         if len(set(map(repr, choices))) != len(choices):
             problems.append(f"{path}.choices: got {choices!r}; each choice must appear once")
         for i, choice in enumerate(choices):
-            if name == "lr_scheduler_type":
-                _check_scheduler_type(choice, f"{path}.choices[{i}]", problems)
-            else:
-                _check_value(name, choice, f"{path}.choices[{i}]", problems)
+            _check_value(name, choice, f"{path}.choices[{i}]", problems)
         return
-    if name == "lr_scheduler_type":
-        problems.append(f"{path}.type: got {kind!r}; lr_scheduler_type takes a categorical or a fixed value")
+    hyper = hyperparams.by_name()[name]
+    if hyper.kind is str:
+        problems.append(f"{path}.type: got {kind!r}; {name} takes a categorical or a fixed value")
         return
-    rule = RULES[name]
-    if rule.kind is bool:
+    if hyper.kind is bool:
         problems.append(f"{path}.type: got {kind!r}; {name} is true or false: use type: categorical, "
                         "choices: [true, false]")
         return
-    if kind == "float" and rule.kind is int:
+    if kind == "float" and hyper.kind is int:
         problems.append(f"{path}.type: got 'float', but {name} is an integer: use type: int")
     low, high = entry.get("low"), entry.get("high")
     bounds_ok = True
@@ -910,27 +879,16 @@ def _divides(step: float, span: float) -> bool:
     return math.isclose(count, round(count), rel_tol=1e-9, abs_tol=1e-9)
 
 
-def _check_scheduler_type(value: Any, path: str, problems: list[str]) -> None:
-    allowed = typing.get_args(typing.get_type_hints(TrainSpec)["lr_scheduler_type"])
-    if value not in allowed:
-        problems.append(f"{path}: got {value!r}, expected one of {', '.join(allowed)}")
-
-
 def _check_value(name: str, value: Any, path: str, problems: list[str]) -> None:
-    """Check one value (fixed, a bound, a choice) of hyperparameter `name` against its rule."""
-    rule = RULES[name]
-    if rule.kind is bool:
-        if not isinstance(value, bool):
-            problems.append(f"{path}: got {value!r}, expected {rule.text}")
+    """Check one value (fixed, a bound, a choice) of hyperparameter `name` against its range."""
+    hyper = hyperparams.by_name()[name]
+    if hyper.kind in (bool, str):
+        if not hyper.accepts(value):
+            problems.append(f"{path}: got {value!r}, expected {hyper.describe()}")
         return
     number = as_number(value)
-    if number is None or (rule.kind is int and not float(number).is_integer()):
-        problems.append(f"{path}: got {value!r}, expected {rule.text}")
-        return
-    too_low = number <= rule.low if rule.low_open else number < rule.low
-    too_high = number >= rule.high if rule.high_open else number > rule.high
-    if too_low or too_high:
-        problems.append(f"{path}: got {value!r}, expected {rule.text}")
+    if number is None or (hyper.kind is int and not float(number).is_integer()) or not hyper.accepts(number):
+        problems.append(f"{path}: got {value!r}, expected {hyper.describe()}")
 
 
 def _check_search(spec: Spec, problems: list[str]) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from transformers import TrainerCallback
 
 from tuner import constants as C
-from tuner import gpu, memory, records, space
+from tuner import gpu, hyperparams, memory, records, space
 from tuner import model as model_lib
 from tuner.context import Reporter, TrialContext
 from tuner.data import trial_splits
@@ -38,19 +38,14 @@ class UnsafeCheckpoint(Exception):
 
 
 def training_arguments(spec: Spec, hyper: dict[str, Any], output_dir: str | Path):
-    """The `TrainingArguments` of one trial. The only place `warmup_ratio` becomes `warmup_steps`:
-    transformers 5 dropped `warmup_ratio` and reads a float < 1 in `warmup_steps` as a ratio."""
+    """The `TrainingArguments` of one trial: its hyperparameters (`hyper`, complete: `space.resolve`)
+    under the keywords tuner/hyperparams.py gives them (`warmup_ratio` goes in as `warmup_steps`:
+    transformers 5 reads a float < 1 there as a ratio), and the fixed rest of `train`."""
     import torch
     from transformers import TrainingArguments
 
     train = spec.train
-    warmup = float(hyper["warmup_ratio"])
-
-    def pick(name: str) -> Any:  # searched value, else the fixed one in `train`
-        return hyper.get(name, getattr(train, name))
-
-    scheduler = pick("lr_scheduler_type")
-    plateau = scheduler == "reduce_lr_on_plateau"
+    plateau = hyper["lr_scheduler_type"] == "reduce_lr_on_plateau"
     optional: dict[str, Any] = {"gradient_checkpointing": True} if train.gradient_checkpointing else {}
     # transformers refuses reduce_lr_on_plateau without an eval strategy; "steps" at an interval
     # never reached keeps our reports the only evaluations, and the Trainer steps the plateau
@@ -59,22 +54,11 @@ def training_arguments(spec: Spec, hyper: dict[str, Any], output_dir: str | Path
 
     return TrainingArguments(
         output_dir=str(output_dir),
-        learning_rate=float(hyper["learning_rate"]),
-        per_device_train_batch_size=int(hyper["per_device_train_batch_size"]),
+        **hyperparams.keywords(hyper, "training_args"),
         per_device_eval_batch_size=train.per_device_eval_batch_size,
-        num_train_epochs=float(hyper["num_train_epochs"]),
-        gradient_accumulation_steps=int(hyper["gradient_accumulation_steps"]),
-        warmup_steps=warmup if warmup > 0 else 0,
-        weight_decay=float(hyper["weight_decay"]),
-        lr_scheduler_type=scheduler,
         # Plateau: at our reports, halve the rate after two without improvement (torch's defaults,
         # 10 evaluations, would rarely act within one trial's few reports).
         lr_scheduler_kwargs=train.lr_scheduler_kwargs or ({"factor": 0.5, "patience": 1} if plateau else {}),
-        max_grad_norm=float(pick("max_grad_norm")),
-        adam_beta1=float(pick("adam_beta1")),
-        adam_beta2=float(pick("adam_beta2")),
-        adam_epsilon=float(pick("adam_epsilon")),
-        label_smoothing_factor=float(pick("label_smoothing_factor")),
         **gpu.training_options(train.precision, train.compile, train.dataloader_workers,
                                spec.resources.cpus_per_trial),
         **optional,

@@ -27,7 +27,7 @@ from typing import Any
 
 from tuner import builtin, layout, mirror, pareto, records, space, storage, study
 from tuner.errors import UserError
-from tuner.spec import SEARCHABLE, Spec, check_point, condition_holds, conditions, fixed_value, load_spec
+from tuner.spec import Spec, check_point, condition_holds, conditions, fixed_value, load_spec
 
 log = logging.getLogger("tuner")
 WARM_START = "warm_start"  # the study's user attribute: the sweep its priors came from
@@ -132,7 +132,7 @@ def _priors(spec: Spec, earlier: Spec, ended: list[records.TrialRecord], source:
 def _values(earlier: Spec, record: records.TrialRecord) -> dict[str, Any]:
     """Every hyperparameter the earlier trial trained with that this space could search: its
     sampled values over the earlier spec's fixed ones."""
-    return {**{name: fixed_value(earlier, name) for name in SEARCHABLE}, **space.fixed_values(earlier), **record.params}
+    return {**space.fixed_values(earlier), **record.params}
 
 
 def contains(distribution: Any, value: Any) -> bool:
