@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tuner.spec import SEARCHABLE, Spec
+from tuner import hyperparams
+from tuner.spec import Spec
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -53,7 +54,7 @@ def spec_keys(cls: type = Spec, prefix: str = "") -> list[str]:
 
 def missing_keys(reference: str) -> list[str]:
     """The spec keys and searchable names the reference never names in backticks."""
-    wanted = spec_keys() + list(SEARCHABLE)
+    wanted = spec_keys() + list(hyperparams.names())
     return [key for key in wanted if f"`{key}`" not in reference]
 
 
@@ -116,6 +117,15 @@ def test_the_walk_reaches_nested_keys():
 
 def test_every_spec_key_is_in_the_spec_reference():
     assert missing_keys(SPEC_REFERENCE.read_text(encoding="utf-8")) == []
+
+
+def test_the_hyperparameter_table_is_generated_from_tuner_hyperparams():
+    """docs/spec.md holds the table `python -m tuner.hyperparams` prints, between its markers: regenerate
+    it there after adding a hyperparameter."""
+    reference = SPEC_REFERENCE.read_text(encoding="utf-8")
+    begin, end = "<!-- hyperparams: begin -->\n", "<!-- hyperparams: end -->"
+    assert begin in reference and end in reference
+    assert reference.split(begin, 1)[1].split(end, 1)[0] == hyperparams.markdown()
 
 
 def test_a_missing_key_is_caught():
