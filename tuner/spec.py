@@ -486,7 +486,7 @@ def _convert(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
         if value not in choices:
             problems.append(f"{path}: got {value!r}, expected one of {', '.join(map(repr, choices))}")
         return value
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if hint is SchedulerSpec and value == "none":
             return SchedulerSpec(type="none")
         if value is None:
@@ -715,8 +715,8 @@ def _check_train(train: TrainSpec, problems: list[str]) -> None:
 
 
 def _check_space(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
-    raw_train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
-    raw_model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    raw_train: dict[str, Any] = raw["train"] if isinstance(raw.get("train"), dict) else {}
+    raw_model: dict[str, Any] = raw["model"] if isinstance(raw.get("model"), dict) else {}
     declared: list[str] = []
     for name, entry in spec.search.space.items():
         path = f"search.space.{name}"
@@ -839,18 +839,22 @@ def _check_distribution(name: str, entry: dict[str, Any], path: str, problems: l
         return
     if kind == "float" and hyper.kind is int:
         problems.append(f"{path}.type: got 'float', but {name} is an integer: use type: int")
-    low, high = entry.get("low"), entry.get("high")
-    bounds_ok = True
-    for key, value in (("low", low), ("high", high)):
-        number = as_number(value)
+    _check_range(name, kind, entry, path, problems)
+
+
+def _check_range(name: str, kind: str, entry: dict[str, Any], path: str, problems: list[str]) -> None:
+    """A float or int distribution's low, high, log and step."""
+    bounds: list[float] = []
+    for key in ("low", "high"):
+        value, number = entry.get(key), as_number(entry.get(key))
         if number is None or (kind == "int" and not float(number).is_integer()):
             problems.append(f"{path}.{key}: got {value!r}, expected {'an integer' if kind == 'int' else 'a number'}")
-            bounds_ok = False
         else:
             _check_value(name, number, f"{path}.{key}", problems)
-    if not bounds_ok:
+            bounds.append(number)
+    if len(bounds) < 2:
         return
-    low, high = as_number(low), as_number(high)
+    low, high = bounds
     if low > high:
         problems.append(f"{path}: the `low` value must be smaller than or equal to the `high` value "
                         f"(low={low:g}, high={high:g}); swap them")
