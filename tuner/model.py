@@ -174,7 +174,8 @@ def with_lora(model, hyper: dict[str, Any], target_modules: list[str] | None = N
     adapters train. `target_modules` None leaves the choice to peft's table for the architecture."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=int(hyper["lora_r"]), lora_alpha=float(hyper["lora_alpha"]),
+    # peft types lora_alpha an int but only divides by it (scale alpha / r): a searched alpha is a float.
+    config = LoraConfig(r=int(hyper["lora_r"]), lora_alpha=float(hyper["lora_alpha"]),  # type: ignore[arg-type]
                         lora_dropout=float(hyper["lora_dropout"]), target_modules=target_modules,
                         task_type="CAUSAL_LM")
     try:
