@@ -222,7 +222,10 @@ def _source_key(data: DataSpec) -> str:
 
 
 def _source_name(data: DataSpec) -> str:
-    return data.path if data.path is not None else data.dataset
+    if data.path is not None:
+        return data.path
+    assert data.dataset is not None  # the spec's data check requires a path or a dataset
+    return data.dataset
 
 
 def _dropped(counts: dict[str, int]) -> str:

@@ -41,6 +41,7 @@ def fields(data: DataSpec) -> dict[str, str]:
     if data.messages_column:
         return {"data.messages_column": data.messages_column}
     if data.prompt_column:
+        assert data.completion_column is not None  # the spec's data check pairs them
         return {"data.prompt_column": data.prompt_column, "data.completion_column": data.completion_column}
     return {"data.text_column": data.text_column}
 
@@ -49,6 +50,7 @@ def locate(data: DataSpec) -> Files:
     """The files `data.path` names, by split: a directory's own split files (by name, or as
     `data.splits` names them) are used as they are; anything else is one pool."""
     pattern = data.path
+    assert pattern is not None  # every caller asks only of a local source: one with data.path set
     path = str(builtin.corpus_path()) if pattern == builtin.CORPUS else os.path.expanduser(pattern)
     if os.path.isdir(path):
         splits = _split_files(path, data.splits)
@@ -136,8 +138,9 @@ def _split_files(directory: str, named: dict[str, str] | None) -> dict[str, list
 
 
 def _kind(pattern: str, files: list[str]) -> str:
-    kinds = {FORMATS.get(Path(f).suffix.lower()) for f in files}
-    if None in kinds or len(kinds) != 1:
+    found = [FORMATS.get(Path(f).suffix.lower()) for f in files]
+    kinds = {k for k in found if k is not None}
+    if None in found or len(kinds) != 1:
         suffixes = sorted({Path(f).suffix or "(none)" for f in files})
         raise UserError(f"data.path: {pattern!r} matches files of type {', '.join(suffixes)}; use files "
                         f"of one type among {', '.join(sorted(FORMATS))} (a narrower glob, or one folder each)")
@@ -164,6 +167,7 @@ def estimate_train_tokens(data: DataSpec) -> int:
     """About how many tokens the train split will hold, from the files' size (validate builds no
     data): the train files of a directory with its own splits, else the train share of them all."""
     files = locate(data)
+    size: float  # bytes; the train share of a pool is a fraction of them
     if files.own:
         size = sum(os.path.getsize(f) for f in files.splits["train"])
     else:

@@ -10,7 +10,7 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from tuner import constants as C
 from tuner import (
@@ -165,7 +165,8 @@ def _drive(spec: Spec, saved: str, address: str | None, trial_fn: Callable | Non
     ctx = TrialContext(spec, prepared, model.resolve(spec.model.name_or_path), plan.max_t, trial_fn,
                        metric_fn=metric_fn)
     # W&B's calls for each trial run off Tune's event loop: a slow W&B server never holds a trial up.
-    tracker = Background(tracking.Tracker(spec), queued=tracking.TRIAL_CALLS)
+    background = Background(tracking.Tracker(spec), queued=tracking.TRIAL_CALLS)
+    tracker = cast(tracking.Tracker, background)  # a proxy: every attribute but `stop` is the tracker's
     board: list[dict[str, Any]] = []
     result = None
     try:
@@ -186,7 +187,7 @@ def _drive(spec: Spec, saved: str, address: str | None, trial_fn: Callable | Non
             log.info("study: %s", dashboard_command(sweep_dir))
         tracker.sweep_ended(board, result.paths.get("best") if result else None)
         tracker.close()
-        tracker.stop()
+        background.stop()
         _upload_results(spec, progress)
     return result
 

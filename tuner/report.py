@@ -16,6 +16,7 @@ import logging
 import math
 import re
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -149,7 +150,8 @@ def _curve(record: TrialRecord, points: list[tuple[float, float]], x: Axis, y: A
 def parallel_coordinates(found: list[TrialRecord], spec: Spec) -> str:
     """One line per trial through each searched hyperparameter's axis to its best metric, coloured
     by that metric (dark = better)."""
-    rows = [r for r in found if _finite(r.best_metric) and r.params]
+    # (record, its best metric): the metric, past the filter, a float for the type checker too
+    rows = [(r, r.best_metric) for r in found if r.best_metric is not None and _finite(r.best_metric) and r.params]
     names = [n for n in spec.search.space if isinstance(spec.search.space[n], dict)]
     if not rows or not names:
         return '<p class="empty">No trial has a finite result yet.</p>'
@@ -159,20 +161,20 @@ def parallel_coordinates(found: list[TrialRecord], spec: Spec) -> str:
     axes: list[Callable[[Any], float]] = []
     labels: list[list[tuple[float, str]]] = []
     for name in columns:
-        values = [r.best_metric if name == spec.search.metric else r.params.get(name) for r in rows]
+        values = [m if name == spec.search.metric else r.params.get(name) for r, m in rows]
         entry = spec.search.space.get(name, {})
         if entry.get("type") == "categorical" or not all(_finite(v) for v in values if v is not None):
             choices = list(entry.get("choices") or sorted({str(v) for v in values}))
             slot = {str(c): i for i, c in enumerate(choices)}
             axis = Axis(0, max(1, len(choices) - 1), HEIGHT - PAD, 24)
-            axes.append(lambda v, a=axis, s=slot: a(s.get(str(v), 0)))
+            axes.append(partial(_at_slot, axis, slot))
             labels.append([(axis(i), str(c)) for i, c in enumerate(choices)])
         else:
             present = [v for v in values if v is not None]
             axis = Axis(min(present), max(present), HEIGHT - PAD, 24, bool(entry.get("log")))
-            axes.append(lambda v, a=axis: a(v))
+            axes.append(axis)
             labels.append([(axis(t), charts.label(t)) for t in axis.ticks(4)])
-    best = [r.best_metric for r in rows]
+    best = [m for _, m in rows]
     sign = 1 if spec.search.mode == "min" else -1
     low, high = min(sign * b for b in best), max(sign * b for b in best)
     parts = []
@@ -182,15 +184,20 @@ def parallel_coordinates(found: list[TrialRecord], spec: Spec) -> str:
                      f"{html.escape(name)}</text>")
         parts.extend(f'<text x="{x + 4:.1f}" y="{py + 3:.1f}" class="tick">{html.escape(text)}</text>'
                      for py, text in marks)
-    for r in sorted(rows, key=lambda r: -sign * r.best_metric):  # the best drawn last, on top
-        shade = 0.0 if high == low else (sign * r.best_metric - low) / (high - low)
-        values = [r.best_metric if name == spec.search.metric else r.params.get(name) for name in columns]
+    for r, m in sorted(rows, key=lambda rm: -sign * rm[1]):  # the best drawn last, on top
+        shade = 0.0 if high == low else (sign * m - low) / (high - low)
+        values = [m if name == spec.search.metric else r.params.get(name) for name in columns]
         points = " ".join(f"{x:.1f},{axis(v):.1f}" for x, axis, v in zip(xs, axes, values) if v is not None)
         parts.append(f'<polyline class="pc-line" points="{points}" fill="none" stroke="{_shade(shade)}" '
                      f'stroke-width="1.8" opacity="0.85"><title>{r.trial_id}: {spec.search.metric} '
-                     f"{r.best_metric:.4f}</title></polyline>")
+                     f"{m:.4f}</title></polyline>")
     return (f"<p>{len(rows)} trials with a finite {html.escape(spec.search.metric)}; darker lines are better.</p>"
             + charts.plot(parts, "parallel"))
+
+
+def _at_slot(axis: Axis, slot: dict[str, int], value: Any) -> float:
+    """Where a categorical value sits on its axis: its choice's slot (the first, for one not among them)."""
+    return axis(slot.get(str(value), 0))
 
 
 def pareto_front(found: list[TrialRecord], spec: Spec) -> str:

@@ -9,7 +9,7 @@ import logging
 import math
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from ray.train._internal.storage import get_fs_and_path
@@ -47,6 +47,11 @@ class TruthfulOptunaSearch(OptunaSearch):
     finished trials after Tune's last snapshot keeps their records, so it suggests that many fewer.
     """
 
+    # The study: None until OptunaSearch's `_setup_study`, which runs before any trial is suggested (the
+    # sweep gives the metric and mode up front), so every method here sees one; `restore` brings the
+    # snapshot's. Ray leaves the attribute unannotated, so mypy takes its type, None, from __init__.
+    _ot_study: optuna.Study  # type: ignore[assignment]
+
     def __init__(self, *args: Any, limit: int | None = None, sweep_id: str | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.limit, self.sweep_id = limit, sweep_id
@@ -64,6 +69,11 @@ class TruthfulOptunaSearch(OptunaSearch):
         """Several objectives (`search.metrics`): Optuna takes no intermediate values for them."""
         return isinstance(self.metric, list)
 
+    @property
+    def metrics(self) -> list[str]:
+        """The objectives' names, when `multi`: Ray keeps their list in `metric`, which it types as one name."""
+        return cast("list[str]", self.metric)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if result.get(C.REPEAT) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return  # a closing copy of a report already told, or a trial told already
@@ -77,13 +87,13 @@ class TruthfulOptunaSearch(OptunaSearch):
     def _keep_best(self, trial_id: str, result: dict) -> None:
         """Several objectives: the values of the trial's best report on the first so far, kept on the
         study's trial (a user attribute: it outlives this driver), where `trial.report` would keep one."""
-        first = result.get(self.metric[0])
+        first = result.get(self.metrics[0])
         if not records.finite(first):
             return
         ot_trial = self._ot_trials[trial_id]
         kept = self._frozen(ot_trial).user_attrs.get(study.BEST_VALUES)
         if kept is None or records.better(first, kept[0], self.mode[0]):
-            ot_trial.set_user_attr(study.BEST_VALUES, study.values_of(result, self.metric))
+            ot_trial.set_user_attr(study.BEST_VALUES, study.values_of(result, self.metrics))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -149,6 +159,7 @@ class TruthfulOptunaSearch(OptunaSearch):
     def _rebind(self) -> None:
         """The restored study object and its trials, on this driver's storage."""
         restored = self._ot_study
+        assert self._storage is not None  # `make` always gives the study's storage
         self._ot_study = optuna.load_study(study_name=restored.study_name, storage=self._storage,
                                            sampler=restored.sampler, pruner=restored.pruner)
         by_number = {t.number: t._trial_id for t in self._ot_study.get_trials(deepcopy=False)}
@@ -190,6 +201,7 @@ class SweepSearch(SearchGenerator):
 
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
+        assert self._experiment is not None  # the state just set holds the experiment Tune pickled
         storage = self._experiment.spec["storage"]  # the same object as the experiment's own
         storage.storage_filesystem, storage.storage_fs_path = get_fs_and_path(self.location)
 

@@ -135,7 +135,7 @@ def keep_credentials_out_of_runtime_env() -> None:
     local runtime's workers inherit the driver's; a cluster's nodes have their own, see cluster.yaml)."""
     from ray.tune.execution import class_cache
 
-    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - CREDENTIAL_VARS
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - CREDENTIAL_VARS  # a set, as Ray's
 
 
 def snapshot_on_schedule() -> None:
@@ -157,6 +157,7 @@ def snapshot_on_schedule() -> None:
         manager._sync_every_n_trial_checkpoints = None  # Tune's own value when num_to_keep is None
         return manager
 
-    on_schedule._tuner = True
-    on_schedule._stock = create
-    TuneController._create_checkpoint_manager = on_schedule
+    # Marks on the patch: a second call leaves it be, and a test restores Tune's own from `_stock`.
+    on_schedule._tuner = True  # type: ignore[attr-defined]  # a function's own attribute: no type for it
+    on_schedule._stock = create  # type: ignore[attr-defined]
+    TuneController._create_checkpoint_manager = on_schedule  # type: ignore[method-assign]  # the patch itself
