@@ -85,6 +85,20 @@ def test_warmup_ratio_becomes_a_fractional_warmup_steps(small, tmp_path):
     assert args.get_warmup_steps(200) == 20
 
 
+def test_neftune_noise_changes_training_and_leaves_evaluation_clean(small):
+    """neftune_noise_alpha (added as one row in tuner/hyperparams.py) reaches the Trainer: the same
+    seed trains to another loss with noise on the embeddings, and the evaluation still runs."""
+    spec, prepared = small
+    plain = load_spec(_with(spec, "train.stop_after_steps=4"))
+    noisy = load_spec(_with(plain, "train.neftune_noise_alpha=15"))
+    args = training_arguments(noisy, space.resolve(noisy, HYPER), "unused")
+    assert args.neftune_noise_alpha == 15.0
+    quiet, _ = _run(plain, prepared)
+    loud, _ = _run(noisy, prepared)
+    assert loud[0][0][C.TRAIN_LOSS] != pytest.approx(quiet[0][0][C.TRAIN_LOSS], rel=1e-4)
+    assert math.isfinite(loud[0][0][C.EVAL_LOSS])
+
+
 def test_a_nan_loss_stops_the_trial_and_reports_it_diverged(small):
     spec, _ = small
     sent = []

@@ -103,6 +103,8 @@ TABLE: tuple[Hyperparam, ...] = (
     Hyperparam("adam_epsilon", float, 1e-8, "AdamW's epsilon", low=0, low_open=True),
     Hyperparam("label_smoothing_factor", float, 0.0, "label smoothing of the training loss", low=0, high=1,
                high_open=True),
+    Hyperparam("neftune_noise_alpha", float, None, "NEFTune: uniform noise of this scale on the input "
+               "embeddings while training (unset: off)", low=0, low_open=True, short="neftune"),
     Hyperparam("freeze_layers", int, 0, "freeze the embeddings and the first N blocks", low=0, section="model",
                goes_to="model"),
     Hyperparam("use_lora", bool, False, "train LoRA adapters (peft) instead of the weights", section="model",
