@@ -28,3 +28,14 @@ def test_a_winner_without_lora_exports_a_config_without_its_conditional_paramete
 def test_a_lora_winner_exports_its_rank():
     config = best_config(validate(SPEC), _record({"learning_rate": 1e-4, "use_lora": True, "lora_r": 4}))
     assert config["search"]["space"] == {"learning_rate": 1e-4, "use_lora": True, "lora_r": 4}
+
+
+def test_the_defaults_a_winner_took_are_written_out():
+    config = best_config(validate(SPEC), _record({"learning_rate": 1e-4, "use_lora": False}))
+    assert config["train"]["max_grad_norm"] == 1.0 and config["train"]["per_device_train_batch_size"] == 8
+    assert config["model"]["freeze_layers"] == 0
+    assert config["model"]["lora_r"] is None  # searched, but conditioned off for this winner
+    assert config["train"]["neftune_noise_alpha"] is None  # off by default: nothing to pin
+    assert config["train"].get("learning_rate") is None  # searched: fixed in search.space instead
+    rerun = validate(config)
+    assert rerun.train.adam_epsilon == 1e-8

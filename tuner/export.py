@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tuner import layout, records, space
+from tuner import hyperparams, layout, records, space
 from tuner.records import TrialRecord
 from tuner.spec import Spec, to_yaml, validate
 
@@ -53,6 +53,7 @@ def best_config(spec: Spec, record: TrialRecord, suffix: str = "best") -> dict[s
     for key, entry in list(data["search"]["space"].items()):  # conditioned off for the winner: unused
         if key not in record.params and isinstance(entry, dict) and "type" in entry:
             del data["search"]["space"][key]
+    _pin_defaults(data, space.resolve(spec, record.params))
     data["search"].update(num_samples=1, baseline=None, enqueue=None, warm_start=None)
     data["scheduler"] = "none"
     step = _checkpoint_step(record)  # where the exported checkpoint was saved
@@ -65,6 +66,14 @@ def best_config(spec: Spec, record: TrialRecord, suffix: str = "best") -> dict[s
     }
     validate(copy.deepcopy(data), saved=True)  # an export that does not validate is a bug: fail here, not later
     return data
+
+
+def _pin_defaults(data: dict[str, Any], hyper: dict[str, Any]) -> None:
+    """Write out each hyperparameter the winner took by default (left unset in `train`/`model`), so the
+    config reads as the values it trained with and reruns them if Hugging Face's defaults move."""
+    for p in hyperparams.TABLE:
+        if p.name not in data["search"]["space"] and data[p.section].get(p.name) is None:
+            data[p.section][p.name] = hyper.get(p.name)  # None: conditioned off for the winner
 
 
 def write_best(spec: Spec, record: TrialRecord, metrics: dict[str, Any],
