@@ -130,6 +130,7 @@ def study_trials(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="resume-test", storage=f"sqlite:///{sweep_dir / 'optuna.db'}").trials
 
 
+@pytest.mark.integration
 def test_both_kills_landed_mid_search_and_the_last_run_exits_0(killed_twice):
     first, second, third = killed_twice["runs"]
     assert first["rc"] == -signal.SIGKILL and second["rc"] == -signal.SIGKILL, (first["output"], second["output"])
@@ -140,6 +141,7 @@ def test_both_kills_landed_mid_search_and_the_last_run_exits_0(killed_twice):
     assert not any("tracking is off" in run["output"] for run in killed_twice["runs"])  # W&B runs resumed too
 
 
+@pytest.mark.integration
 def test_exactly_num_samples_trials_none_restarted_from_step_0(killed_twice):
     sweep_dir = killed_twice["dir"]
     found = trial_records.load_all(sweep_dir)
@@ -159,6 +161,7 @@ def test_exactly_num_samples_trials_none_restarted_from_step_0(killed_twice):
         assert steps == sorted(set(steps)) and record.reports == len(steps)
 
 
+@pytest.mark.integration
 def test_finished_trials_were_not_rerun(killed_twice):
     """A trial that had ended when the driver died was not started again."""
     sweep_dir = killed_twice["dir"]
@@ -169,6 +172,7 @@ def test_finished_trials_were_not_rerun(killed_twice):
             assert record.resumes == 0 and not record.resumed_from_steps
 
 
+@pytest.mark.integration
 def test_the_study_maps_one_to_one_onto_the_leaderboard(killed_twice):
     sweep_dir = killed_twice["dir"]
     board = results.leaderboard(sweep_dir, "min", "resume-test")
@@ -185,6 +189,7 @@ def test_the_study_maps_one_to_one_onto_the_leaderboard(killed_twice):
         assert lost.params.items() <= copy.params.items()  # a kill mid-sampling leaves some unset
 
 
+@pytest.mark.integration
 def test_the_best_checkpoint_was_promoted_once(killed_twice):
     outputs = [run["output"] for run in killed_twice["runs"]]
     assert sum(out.count("promote: evaluating") for out in outputs) == 1
@@ -193,6 +198,7 @@ def test_the_best_checkpoint_was_promoted_once(killed_twice):
     assert final["trial_id"] == board[0]["trial_id"]
 
 
+@pytest.mark.integration
 def test_running_the_finished_sweep_again_runs_and_promotes_nothing(killed_twice, capsys):
     sweep_dir = killed_twice["dir"]
     before = (sweep_dir / "best" / "final_eval.json").stat().st_mtime_ns
@@ -201,6 +207,7 @@ def test_running_the_finished_sweep_again_runs_and_promotes_nothing(killed_twice
     assert len(trial_records.load_all(sweep_dir)) == SAMPLES
 
 
+@pytest.mark.integration
 def test_more_samples_extend_the_finished_sweep_on_the_same_study(killed_twice):
     sweep_dir = killed_twice["dir"]
     run = run_driver(sweep_args(sweep_dir, SAMPLES + 2), sweep_dir, sweep_dir.parent / "extend.log")
@@ -221,6 +228,7 @@ def test_more_samples_extend_the_finished_sweep_on_the_same_study(killed_twice):
                                                                                if r.experiment == "tune-2"})
 
 
+@pytest.mark.integration
 def test_a_changed_spec_is_refused_unless_forced(killed_twice, capsys):
     sweep_dir = killed_twice["dir"]
     changed = [*sweep_args(sweep_dir), "--set", "search.space.weight_decay.high=0.2"]
@@ -233,6 +241,7 @@ def test_a_changed_spec_is_refused_unless_forced(killed_twice, capsys):
     assert json.loads((sweep_dir / "sweep.json").read_text())["spec_hash"] != before
 
 
+@pytest.mark.integration
 def test_a_snapshot_older_than_a_trials_checkpoint_goes_on_from_the_checkpoint(tmp_path):
     """Tune uploads its snapshot in the background: a driver killed between a trial's checkpoint and
     the next upload leaves a snapshot that names an older checkpoint, or none. The resume goes on from

@@ -166,6 +166,7 @@ def runs(tiny_sweep):
     return read_runs(tiny_sweep.sweep_dir / "wandb")
 
 
+@pytest.mark.integration
 def test_one_run_per_trial_plus_the_sweep_and_final_evaluation(tiny_sweep, runs):
     records = load_records(tiny_sweep.sweep_dir)
     kinds = sorted(r.job_type for r in runs)
@@ -176,6 +177,7 @@ def test_one_run_per_trial_plus_the_sweep_and_final_evaluation(tiny_sweep, runs)
     assert len({r.run_id for r in runs}) == len(runs)
 
 
+@pytest.mark.integration
 def test_each_trial_run_has_its_config_metrics_and_summary(tiny_sweep, runs):
     trials = {r.name: r for r in runs if r.job_type == "trial"}
     for record in load_records(tiny_sweep.sweep_dir):
@@ -193,6 +195,7 @@ def test_each_trial_run_has_its_config_metrics_and_summary(tiny_sweep, runs):
         assert run.summary["best_eval_loss"] == pytest.approx(record.best_eval_loss)
 
 
+@pytest.mark.integration
 def test_asha_stopped_trials_say_at_which_report(tiny_sweep, runs):
     stopped = [r for r in load_records(tiny_sweep.sweep_dir) if r.status == C.STOPPED_ASHA]
     assert stopped, "the shared sweep is sized so that ASHA stops some trials"
@@ -202,6 +205,7 @@ def test_asha_stopped_trials_say_at_which_report(tiny_sweep, runs):
         assert summary["stopped_at_report"] == record.reports and summary["stopped_at_tokens"] == record.rung
 
 
+@pytest.mark.integration
 def test_the_sweep_run_holds_leaderboard_progress_and_best_config(tiny_sweep, runs):
     (sweep,) = [r for r in runs if r.job_type == "sweep"]
     trials = len(load_records(tiny_sweep.sweep_dir))
@@ -212,12 +216,14 @@ def test_the_sweep_run_holds_leaderboard_progress_and_best_config(tiny_sweep, ru
     assert "tiny-test-best-config" in sweep.artifacts
 
 
+@pytest.mark.integration
 def test_the_final_evaluation_run_has_test_metrics_and_samples(tiny_sweep, runs):
     (final,) = [r for r in runs if r.job_type == "final-eval"]
     assert final.summary["test/perplexity"] == pytest.approx(tiny_sweep.final_eval["perplexity"])
     assert final.summary["samples.nrows"] == len(tiny_sweep.paths["samples"].read_text().splitlines())
 
 
+@pytest.mark.integration
 def test_no_secret_reaches_any_file_of_the_sweep(tiny_sweep):
     assert os.environ["WANDB_API_KEY"] == SENTINEL_WANDB_KEY  # the trials ran with both set
     files = [p for p in tiny_sweep.sweep_dir.rglob("*") if p.is_file()]
@@ -227,6 +233,7 @@ def test_no_secret_reaches_any_file_of_the_sweep(tiny_sweep):
         assert SENTINEL_WANDB_KEY.encode() not in data and SENTINEL_HF_TOKEN.encode() not in data, path
 
 
+@pytest.mark.integration
 def test_sync_uploads_offline_runs_and_needs_a_key(tiny_sweep):
     launch = [sys.executable, str(ROOT / "launch.py"), "sync", str(tiny_sweep.sweep_dir)]
     dry = subprocess.run([*launch, "--dry-run"], capture_output=True, text=True, timeout=120)
@@ -268,6 +275,7 @@ def _trial_worker_pids() -> list[int]:
     return pids
 
 
+@pytest.mark.integration
 def test_a_killed_trial_resumes_from_its_checkpoint_in_the_same_run(ray_runtime, tmp_path):
     from tuner import run_sweep
 

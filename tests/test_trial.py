@@ -41,6 +41,7 @@ def _run(spec, prepared, hyper=HYPER):
     return reports, summary
 
 
+@pytest.mark.integration
 def test_reports_every_report_every_tokens_with_a_checkpoint_at_that_step(small):
     spec, prepared = small
     reports, summary = _run(spec, prepared)
@@ -63,6 +64,7 @@ def test_reports_every_report_every_tokens_with_a_checkpoint_at_that_step(small)
     assert summary["best_eval_loss"] == min(m[C.EVAL_LOSS] for m, _ in reports)
 
 
+@pytest.mark.integration
 def test_stop_after_steps_ends_with_a_final_report_at_that_step(small):
     spec, prepared = small
     spec = load_spec(_with(spec, "train.stop_after_steps=6"))
@@ -130,6 +132,7 @@ def _oom_when(monkeypatch, too_big) -> None:
     monkeypatch.setattr(Trainer, "training_step", training_step)
 
 
+@pytest.mark.integration
 def test_an_oom_retries_with_half_the_micro_batch_and_the_same_steps(small, monkeypatch):
     spec, prepared = small
     reference, _ = _run(spec, prepared)
@@ -143,6 +146,7 @@ def test_an_oom_retries_with_half_the_micro_batch_and_the_same_steps(small, monk
     assert reports[-1][0][C.TOKENS_SEEN] == reference[-1][0][C.TOKENS_SEEN]
 
 
+@pytest.mark.integration
 def test_an_oom_at_half_the_batch_too_ends_the_trial_as_oom_without_raising(small, monkeypatch):
     spec, prepared = small
     _oom_when(monkeypatch, lambda trainer, inputs: True)
@@ -167,6 +171,7 @@ def _nan_model(tmp_path: Path) -> str:
     return str(tmp_path / "nan")
 
 
+@pytest.mark.integration
 def test_a_real_nan_loss_stops_the_trainer_at_once_as_diverged(small, tmp_path):
     spec, prepared = small
     reports = []
@@ -193,6 +198,7 @@ def _first_checkpoint(spec, prepared, tmp_path: Path) -> tuple[Path, int]:
     return tmp_path / "first", kept[0]
 
 
+@pytest.mark.integration
 def test_a_resumed_trial_goes_on_from_its_checkpoint_step(small, tmp_path):
     spec, prepared = small
     checkpoint, step = _first_checkpoint(spec, prepared, tmp_path)
@@ -202,6 +208,7 @@ def test_a_resumed_trial_goes_on_from_its_checkpoint_step(small, tmp_path):
     assert reports[0][C.START_STEP] == step > 0 and reports[0][C.STEP] > step
 
 
+@pytest.mark.integration
 def test_a_checkpoint_whose_optimizer_state_would_run_code_is_refused(small, tmp_path):
     """Optimizer, scheduler and RNG state are loaded weights-only: a pickle that runs code is refused."""
     import pickle
@@ -223,6 +230,7 @@ def test_a_checkpoint_whose_optimizer_state_would_run_code_is_refused(small, tmp
     assert not marker.exists()
 
 
+@pytest.mark.integration
 def test_each_report_carries_where_the_trial_spent_its_time(small):
     spec, prepared = small
     reports, _ = _run(spec, prepared)
@@ -297,6 +305,7 @@ def test_a_reused_worker_reads_the_base_model_once_and_trains_a_fresh_copy(small
     assert second.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.integration
 def test_patience_stops_a_trial_that_stopped_improving(small):
     """At a learning rate of 0 no report improves on the first: with patience 2 the third report
     ends the trial, stopped_patience, without a checkpoint (the first stays its best)."""
@@ -309,6 +318,7 @@ def test_patience_stops_a_trial_that_stopped_improving(small):
     assert summary["best_eval_loss"] == reports[0][0][C.EVAL_LOSS] and summary["status"] == C.STOPPED_PATIENCE
 
 
+@pytest.mark.integration
 def test_reduce_on_plateau_halves_the_rate_at_reports_that_do_not_improve(small):
     """A threshold no report can meet makes every report after the first a plateau: the rate the
     Trainer logs halves at each (patience 0), and the Trainer never evaluates on its own."""
@@ -327,6 +337,7 @@ def test_reduce_on_plateau_halves_the_rate_at_reports_that_do_not_improve(small)
     assert [m[C.STEP] for m, _ in reports[:4]] == [4, 8, 12, 16]  # our reports only
 
 
+@pytest.mark.integration
 def test_lora_trains_adapters_only_and_checkpoints_them(small, tmp_path):
     """use_lora: only peft's adapters train; the checkpoints hold the adapter, and promotion puts it
     back on the base model: the same logits as the trained model."""
@@ -388,6 +399,7 @@ def test_a_lora_winner_is_exported_merged_and_as_an_adapter(small, tmp_path):
         assert torch.allclose(again(input_ids=ids).logits, expected, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_instruction_data_trains_and_evaluates_on_completions_only(tmp_path):
     """A real Trainer run on prompt/completion records: the loss is the completions' (the final
     evaluation counts only their tokens)."""
