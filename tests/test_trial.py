@@ -1,9 +1,13 @@
-"""The training core without Ray: report cadence, checkpoints at report steps, NaN handling."""
+"""The training core without Ray: report cadence, checkpoints at report steps, NaN handling.
+
+The tests that run the Trainer are in the integration tier; the fast tier drives `ReportCallback` by
+hand and fakes the Trainer and `_train` (the end of this file)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -428,3 +432,198 @@ def test_instruction_data_trains_and_evaluates_on_completions_only(tmp_path):
     total, count = promote.token_loss(base, validation["input_ids"], 16, validation["labels"])
     assert count == sum(sum(label != IGNORE for label in labels[1:]) for labels in validation["labels"])
     assert count < sum(len(ids) - 1 for ids in validation["input_ids"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The same core in the fast tier: the callback driven by hand, the Trainer and `_train` faked.
+
+
+def _drive_reports(callback: ReportCallback, tmp_path: Path, losses: dict[int, float], max_steps: int,
+                   tokens_per_step: int = 512) -> list[int]:
+    """Step `callback` as the Trainer would, one report's evaluation and save wherever it asks; the
+    eval loss at step s is `losses[s]`. Returns the steps at which it asked for a report."""
+    state, args = TrainerState(), SimpleNamespace(output_dir=str(tmp_path), save_only_model=False)
+    state.max_steps = max_steps
+    callback.on_train_begin(args, state, TrainerControl())
+    asked = []
+    for step in range(1, max_steps + 1):
+        state.global_step, state.num_input_tokens_seen = step, step * tokens_per_step
+        control = TrainerControl()
+        callback.on_log(args, state, control, logs={"loss": 4.0, "learning_rate": 1e-3})
+        callback.on_step_end(args, state, control)
+        if control.should_evaluate:
+            asked.append(step)
+            callback.on_evaluate(args, state, control, metrics={"eval_loss": losses[step]})
+            if control.should_save:
+                checkpoint = tmp_path / f"checkpoint-{step}"
+                checkpoint.mkdir()
+                (checkpoint / "training_args.bin").write_bytes(b"pickled")
+                (checkpoint / "model.safetensors").write_bytes(b"weights")
+                callback.on_save(args, state, control)
+        if control.should_training_stop:
+            break
+    return asked
+
+
+def test_the_callback_reports_every_report_every_tokens_and_at_the_end_with_a_checkpoint(small, tmp_path):
+    spec, _ = small  # train.report_every_tokens=2048: every 4 steps of 512 tokens
+    sent = []
+
+    def report(metrics, checkpoint):
+        sent.append((metrics, sorted(p.name for p in Path(checkpoint).iterdir()) if checkpoint else None))
+
+    callback = ReportCallback(spec, report, None)
+    asked = _drive_reports(callback, tmp_path, {4: 3.0, 8: 2.5, 10: 2.0}, max_steps=10)
+    assert asked == [4, 8, 10]
+    assert [m[C.STEP] for m, _ in sent] == [4, 8, 10]
+    assert [m[C.TRIAL_STATUS] for m, _ in sent] == [C.RUNNING, C.RUNNING, C.COMPLETED]
+    assert [m[C.FINAL] for m, _ in sent] == [False, False, True]
+    assert [m[C.EVAL_LOSS] for m, _ in sent] == [3.0, 2.5, 2.0]
+    assert all(m[C.TOKENS_SEEN] == m[C.STEP] * 512 and m[C.TRAIN_LOSS] == 4.0 for m, _ in sent)
+    assert all(files == ["model.safetensors"] for _, files in sent)  # the pickled arguments never travel
+    assert not list(tmp_path.glob("checkpoint-*"))  # the reporter copies what it keeps; the rest goes
+    assert callback.best_loss == 2.0 and callback.reports == 3 and callback.ended_as == C.COMPLETED
+
+
+def test_the_callback_stops_a_trial_out_of_patience_without_a_checkpoint(small, tmp_path):
+    spec, _ = small
+    spec = load_spec(_with(spec, "train.patience=2"))
+    sent = []
+    callback = ReportCallback(spec, lambda metrics, checkpoint: sent.append((metrics, checkpoint)), None)
+    asked = _drive_reports(callback, tmp_path, {4: 3.0, 8: 3.1, 12: 3.2}, max_steps=100)
+    assert asked == [4, 8, 12]  # the third report not better than the first is the second in a row
+    assert [m[C.TRIAL_STATUS] for m, _ in sent] == [C.RUNNING, C.RUNNING, C.STOPPED_PATIENCE]
+    assert sent[-1][0][C.FINAL] and sent[-1][1] is None
+    assert callback.best_loss == 3.0
+
+
+def test_max_t_completes_a_trial_at_its_report(small, tmp_path):
+    """ASHA's max_t: the report that reaches it is the trial's completed one, though its loop goes on."""
+    spec, _ = small
+    sent = []
+    callback = ReportCallback(spec, lambda metrics, checkpoint: sent.append(metrics), max_t=4096)
+    _drive_reports(callback, tmp_path, {4: 3.0, 8: 2.9, 12: 2.8}, max_steps=12)
+    assert [m[C.TRIAL_STATUS] for m in sent][:2] == [C.RUNNING, C.COMPLETED]
+
+
+def _fake_train(calls: list[dict], oom_at: set[int], reports_per_run: int = 2):
+    """`trial._train` without a Trainer: reports steps 4, 8, … through the reporter, and raises
+    CUDA's out-of-memory error after the first report when the micro-batch is in `oom_at`."""
+    def train(hyper, ctx, report, resume_from, workdir):
+        calls.append(hyper)
+        used = {C.MICRO_BATCH: hyper["per_device_train_batch_size"],
+                C.ACCUMULATION: hyper["gradient_accumulation_steps"]}
+        for n in range(1, reports_per_run + 1):
+            report({C.STEP: 4 * n, C.TOKENS_SEEN: 2048 * n, C.EVAL_LOSS: 3.0 / n, C.TRIAL_STATUS: C.RUNNING,
+                    C.FINAL: n == reports_per_run, **used}, None)
+            if hyper["per_device_train_batch_size"] in oom_at:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
+        return {"status": C.COMPLETED, "reports": reports_per_run, "hyperparameters": hyper}
+    return train
+
+
+def test_an_oom_retries_once_with_half_the_micro_batch_and_reports_each_step_once(small, monkeypatch):
+    import tuner.trial as trial
+
+    spec, prepared = small
+    calls: list[dict] = []
+    monkeypatch.setattr(trial, "_train", _fake_train(calls, oom_at={8}))
+    freed = []
+    monkeypatch.setattr(trial, "free_cuda", lambda: freed.append(len(calls)))  # a full gc.collect on CPU
+    sent = []
+    summary = run_trial(HYPER, TrialContext(spec, prepared, "unused"), lambda m, c: sent.append(m))
+    assert [(h["per_device_train_batch_size"], h["gradient_accumulation_steps"]) for h in calls] == [(8, 2), (4, 4)]
+    assert freed == [1]  # the failed attempt's memory released before the retry
+    assert [m[C.STEP] for m in sent] == [4, 8]  # the retry's step 4 is not reported again
+    assert [m[C.MICRO_BATCH] for m in sent] == [8, 4]
+    assert summary["status"] == C.COMPLETED
+
+
+def test_an_oom_at_half_the_micro_batch_too_ends_the_trial_as_oom(small, monkeypatch):
+    import tuner.trial as trial
+
+    spec, prepared = small
+    calls: list[dict] = []
+    monkeypatch.setattr(trial, "_train", _fake_train(calls, oom_at={8, 4}))
+    monkeypatch.setattr(trial, "free_cuda", lambda: None)
+    sent = []
+    summary = run_trial(HYPER, TrialContext(spec, prepared, "unused"), lambda m, c: sent.append(m))
+    assert summary["status"] == C.OOM and len(calls) == 2
+    last = sent[-1]
+    assert last[C.TRIAL_STATUS] == C.OOM and last[C.FINAL] and math.isnan(last[C.EVAL_LOSS])
+    assert (last[C.MICRO_BATCH], last[C.ACCUMULATION], last[C.STEP]) == (4, 4, 4)
+
+
+def test_a_failing_metric_fn_fails_the_trial_with_its_message_and_no_retry(small, monkeypatch):
+    import tuner.trial as trial
+    from tuner.trial_metrics import MetricFnError
+
+    def train(hyper, ctx, report, resume_from, workdir):
+        raise MetricFnError("metric_fn raised ZeroDivisionError")
+
+    spec, prepared = small
+    monkeypatch.setattr(trial, "_train", train)
+    sent = []
+    summary = run_trial(HYPER, TrialContext(spec, prepared, "unused"), lambda m, c: sent.append(m))
+    assert summary["status"] == C.FAILED and "ZeroDivisionError" in summary["error"]
+    (last,) = sent
+    assert last[C.TRIAL_STATUS] == C.FAILED and last[C.TRIAL_ERROR] == summary["error"]
+
+
+class _FakeTrainer:
+    """Stands in for the Trainer `_train` builds: keeps what it was given; `train` raises `fails`."""
+
+    built: list["_FakeTrainer"] = []
+    fails: BaseException | None = None
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.callbacks, self.resumed_from = kwargs, [], "never trained"
+        self.state = TrainerState()
+        _FakeTrainer.built.append(self)
+
+    def add_callback(self, callback):
+        self.callbacks.append(callback)
+
+    def train(self, resume_from_checkpoint=None):
+        self.resumed_from = resume_from_checkpoint
+        if _FakeTrainer.fails is not None:
+            raise _FakeTrainer.fails
+        self.state.num_input_tokens_seen = 1024
+
+
+@pytest.fixture
+def fake_trainer(monkeypatch):
+    import tuner.trial as trial
+
+    _FakeTrainer.built, _FakeTrainer.fails = [], None
+    monkeypatch.setattr(trial, "counting_trainer", lambda: _FakeTrainer)
+    return _FakeTrainer
+
+
+def test_the_trainer_is_built_with_the_trials_arguments_and_splits(small, fake_trainer, tmp_path):
+    spec, prepared = small
+    summary = run_trial(HYPER, TrialContext(spec, prepared, model.resolve(spec.model.name_or_path)),
+                        lambda *_: None, resume_from="ckpt", workdir=tmp_path)
+    (trainer,) = fake_trainer.built
+    args = trainer.kwargs["args"]
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8, 2)
+    assert args.learning_rate == HYPER["learning_rate"] and args.save_strategy == "no"
+    assert len(trainer.kwargs["train_dataset"]) == prepared.blocks["train"]
+    assert len(trainer.kwargs["eval_dataset"]) == min(spec.train.eval_blocks, prepared.blocks["validation"])
+    assert [type(c) for c in trainer.callbacks] == [ReportCallback] and trainer.resumed_from == "ckpt"
+    assert summary["status"] == C.COMPLETED and summary["tokens_seen"] == 1024
+    assert not (tmp_path / "hf").exists()  # the Trainer's scratch directory goes with the run
+
+
+def test_a_checkpoint_that_fails_to_unpickle_is_refused_as_unsafe(small, fake_trainer):
+    import pickle
+
+    from tuner.trial import UnsafeCheckpoint
+
+    spec, prepared = small
+    ctx = TrialContext(spec, prepared, model.resolve(spec.model.name_or_path))
+    fake_trainer.fails = pickle.UnpicklingError("Weights only load failed")
+    with pytest.raises(UnsafeCheckpoint, match="ckpt: .* refused, not loaded"):
+        run_trial(HYPER, ctx, lambda *_: None, resume_from="ckpt")
+    with pytest.raises(pickle.UnpicklingError):  # not resuming: not a checkpoint's fault
+        run_trial(HYPER, ctx, lambda *_: None)
