@@ -37,6 +37,46 @@ SWEEP_OVERRIDES = [
 LIGHT_PROMOTE = ["promote.num_prompts=0", "promote.top_k=1", "promote.evaluate_base=false"]
 
 
+# The tiers (docs/testing.md): a test that starts Ray or trains is marked `integration`, so
+# `-m "not integration and not cluster"` stays fast. These fixtures start Ray; a test that requests
+# one, itself or through another fixture, must carry the mark.
+RAY_FIXTURES = frozenset({"ray_runtime", "tiny_sweep"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail an unmarked test that requests a Ray fixture before the fixture starts anything."""
+    wanted = sorted(RAY_FIXTURES & set(getattr(item, "fixturenames", ())))
+    if wanted and item.get_closest_marker("integration") is None:
+        pytest.fail(f"{item.nodeid} uses {', '.join(wanted)}, which start Ray: mark it "
+                    "@pytest.mark.integration (see docs/testing.md)", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_ray_and_trains_nothing(request, monkeypatch):
+    """In a test without the `integration` mark, `ray.init` or a `Trainer.train` in this process
+    fails at once, naming the mark, instead of quietly making the fast tier slow. Ray is imported
+    here (a third of a second, once); transformers only where something already loaded it (seconds),
+    as the fast tier's collection does. Drivers in subprocesses are not seen: mark those by hand."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+    import sys
+
+    import ray
+
+    def refuse(what: str):
+        def refused(*args, **kwargs):
+            pytest.fail(f"{request.node.nodeid} {what} without the integration mark: mark it "
+                        "@pytest.mark.integration (see docs/testing.md)", pytrace=False)
+        return refused
+
+    monkeypatch.setattr(ray, "init", refuse("starts Ray"))
+    if "transformers" in sys.modules:
+        from transformers import Trainer  # a tenth of a second, once transformers is loaded
+
+        monkeypatch.setattr(Trainer, "train", refuse("trains a model"))
+
+
 def write_remote_code_model(folder: Path) -> Path:
     """A local model whose config class lives in the repository's own Python file."""
     folder.mkdir(parents=True)
