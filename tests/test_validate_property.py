@@ -5,7 +5,8 @@ Each example takes a preset, then changes it as a careless hand would: a value r
 any YAML type (huge, negative, NaN, empty, nested), a key dropped, renamed or added, or the file's
 text cut or spliced. `validate` runs in this process through `launch.main` (what the console script
 calls), with Ray replaced by a failure: validate must never start it. Derandomized, so CI runs the
-same 500 examples every time; TUNER_FUZZ_RANDOM=1 draws new ones at each run.
+same examples every time (50 in the fast tier, 500 in the integration tier); TUNER_FUZZ_RANDOM=1
+draws new ones at each run.
 """
 
 from __future__ import annotations
@@ -99,11 +100,27 @@ def no_ray():
     sweep.init_ray = original
 
 
-@settings(max_examples=500, deadline=None, derandomize="TUNER_FUZZ_RANDOM" not in os.environ, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                 HealthCheck.function_scoped_fixture])
+# Derandomized (CI draws the same examples every run) unless TUNER_FUZZ_RANDOM is set.
+FUZZ = settings(deadline=None, derandomize="TUNER_FUZZ_RANDOM" not in os.environ, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.function_scoped_fixture])
+
+
+@settings(FUZZ, max_examples=50)  # the fast tier's share: about a second
 @given(text=mutated_specs())
 def test_validate_of_a_mutated_preset_exits_0_or_2_without_a_traceback(text, tmp_path_factory, no_ray):
+    check_validate(text, tmp_path_factory)
+
+
+@pytest.mark.integration  # the full fuzz: some ten seconds
+@settings(FUZZ, max_examples=500)
+@given(text=mutated_specs())
+def test_validate_of_500_mutated_presets_exits_0_or_2_without_a_traceback(text, tmp_path_factory, no_ray):
+    check_validate(text, tmp_path_factory)
+
+
+def check_validate(text: str, tmp_path_factory) -> None:
+    """`validate` of the spec `text`: exit 0 or 2, one message, no traceback, within 10 s, nothing built."""
     folder = tmp_path_factory.mktemp("spec")
     path = folder / "spec.yaml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
