@@ -1,13 +1,16 @@
-"""The ledger's watch over running trials: a trial that goes silent is ended as `stalled`, its
-resources freed for the next one, its checkpoint kept; the sweep goes on."""
+"""The ledger: the records it keeps of each trial's life, with Tune's trials faked (fast tier), and
+its watch over running trials in a real sweep: a trial that goes silent is ended as `stalled`, its
+resources freed for the next one, its checkpoint kept; the sweep goes on (integration tier)."""
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -15,8 +18,9 @@ import pytest
 from tests.conftest import LIGHT_PROMOTE, TINY
 from tuner import constants as C
 from tuner import records, study
-
-pytestmark = pytest.mark.integration
+from tuner.ledger import TrialLedger
+from tuner.plan import make_plan
+from tuner.spec import load_spec
 
 
 def silent_after_one_report(config, report):
@@ -39,6 +43,7 @@ def silent_after_one_report(config, report):
             time.sleep(3600)
 
 
+@pytest.mark.integration
 def test_a_silent_trial_ends_as_stalled_and_the_sweep_goes_on(ray_runtime, tmp_path):
     from tuner import run_sweep
 
@@ -59,3 +64,86 @@ def test_a_silent_trial_ends_as_stalled_and_the_sweep_goes_on(ray_runtime, tmp_p
     assert states == {stalled.trial_id: optuna.trial.TrialState.FAIL,
                       found[C.COMPLETED].trial_id: optuna.trial.TrialState.COMPLETE}
     assert result.best.trial_id == found[C.COMPLETED].trial_id
+
+
+# ---------------------------------------------------------------------------------------------
+# A trial's life through the ledger, Tune's trials faked (Ray's own callback tests feed them so).
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    spec = load_spec(TINY, [f"storage={tmp_path}", "promote.keep_best=1", "promote.top_k=1"])
+    said: list[str] = []
+    return TrialLedger(spec, make_plan(spec, train_tokens=100_000), say=said.append, sweep_id="s1"), said
+
+
+def _trial(ledger: TrialLedger, trial_id: str) -> SimpleNamespace:
+    """A Tune trial as the callbacks see it, started, with its log file where the trainable writes it."""
+    folder = ledger.sweep_dir / "tune" / trial_id
+    (ledger.sweep_dir / "logs").mkdir(exist_ok=True)
+    (ledger.sweep_dir / "logs" / f"{trial_id}.log").write_text("training...\n")
+    trial = SimpleNamespace(trial_id=trial_id, config={"learning_rate": 1e-3}, path=str(folder), last_result={},
+                            status="RUNNING", error_file=None, error_msg=None)
+    ledger.on_trial_start(0, [trial], trial)
+    return trial
+
+
+def _report(ledger: TrialLedger, trial, step: int, loss: float, checkpoint: bool = True, **extra) -> None:
+    """One report, and the checkpoint Tune keeps with it."""
+    result = {C.STEP: step, C.TOKENS_SEEN: step * 1024, C.EVAL_LOSS: loss, C.TRIAL_STATUS: C.RUNNING,
+              C.FINAL: False, "time_total_s": float(step), **extra}
+    trial.last_result = result
+    ledger.on_trial_result(0, [trial], trial, result)
+    if checkpoint:
+        path = Path(trial.path) / f"checkpoint_{step:06d}"
+        path.mkdir(parents=True)
+        ledger.on_checkpoint(0, [trial], trial, SimpleNamespace(path=str(path)))
+
+
+def test_a_trial_stopped_by_asha_is_recorded_with_its_best_checkpoint_and_rung(ledger):
+    ledger, said = ledger
+    trial = _trial(ledger, "t1")
+    assert records.load_all(ledger.sweep_dir)[0].status == C.RUNNING  # on disk from its start
+    _report(ledger, trial, 4, 3.0, **{C.MICRO_BATCH: 8})
+    # Tune's `done` without the trial's final report: ASHA stopped it, past its second rung
+    second_rung = ledger.plan.rungs[1]
+    _report(ledger, trial, 8, 3.5, done=True, **{C.TOKENS_SEEN: second_rung + 100})
+    assert trial.last_result[C.TRIAL_STATUS] == C.STOPPED_ASHA  # the searcher reads the same status
+    ledger.on_trial_complete(0, [trial], trial)
+    (record,) = records.load_all(ledger.sweep_dir)
+    assert record.status == C.STOPPED_ASHA and record.rung == second_rung
+    assert (record.reports, record.best_metric, record.best_step) == (2, 3.0, 4)
+    assert record.best_checkpoint == "tune/t1/checkpoint_000004" and record.micro_batch == 8
+    assert sorted(p.name for p in Path(trial.path).iterdir()) == ["checkpoint_000004"]  # the best alone
+    assert "stopped early by ASHA" in (ledger.sweep_dir / "logs" / "t1.log").read_text().splitlines()[-1]
+    with open(ledger.sweep_dir / "leaderboard.csv") as f:
+        assert [row["trial_id"] for row in csv.DictReader(f)] == ["t1"]
+    assert said[-1].startswith("trial t1: stopped_asha") and "1/" in said[-1]
+
+
+def test_a_crashed_trial_retries_from_its_checkpoint_and_counts_no_report_twice(ledger):
+    ledger, said = ledger
+    trial = _trial(ledger, "t1")
+    _report(ledger, trial, 4, 3.0)
+    trial.error_msg = "RuntimeError: worker died"
+    ledger.on_trial_recover(0, [trial], trial)
+    assert "crashed (RuntimeError: worker died); retry 1" in said[-1]
+    _report(ledger, trial, 4, 3.0, checkpoint=False, **{C.START_STEP: 4})  # redone after the checkpoint
+    _report(ledger, trial, 8, 2.5, checkpoint=False)
+    ledger.on_trial_error(0, [trial], trial)
+    (record,) = records.load_all(ledger.sweep_dir)
+    assert record.retries == 1 and record.resumed_from_steps == [4] and record.reports == 2
+    assert [h[C.STEP] for h in record.history] == [4, 8]
+    assert record.status == C.FAILED and record.error == "RuntimeError: worker died"
+    assert record.best_metric == 2.5 and record.best_checkpoint == "tune/t1/checkpoint_000004"
+
+
+def test_only_keep_best_checkpoints_stay_across_the_sweep(ledger):
+    ledger, _ = ledger  # promote.keep_best=1
+    for trial_id, loss in [("a", 3.0), ("b", 2.0), ("c", 4.0)]:
+        trial = _trial(ledger, trial_id)
+        _report(ledger, trial, 4, loss, **{C.FINAL: True, C.TRIAL_STATUS: C.COMPLETED})
+        ledger.on_trial_complete(0, [trial], trial)
+    found = {r.trial_id: r for r in records.load_all(ledger.sweep_dir)}
+    assert {t for t, r in found.items() if not r.checkpoint_deleted} == {"b"}
+    assert [t for t in "abc" if (ledger.sweep_dir / "tune" / t / "checkpoint_000004").exists()] == ["b"]
