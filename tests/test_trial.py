@@ -91,6 +91,14 @@ def test_warmup_ratio_becomes_a_fractional_warmup_steps(small, tmp_path):
     assert args.get_warmup_steps(200) == 20
 
 
+def test_neftune_noise_alpha_reaches_the_training_arguments(small):
+    spec, _ = small
+    noisy = load_spec(_with(spec, "train.neftune_noise_alpha=15"))
+    assert training_arguments(noisy, space.resolve(noisy, HYPER), "unused").neftune_noise_alpha == 15.0
+    assert training_arguments(spec, space.resolve(spec, HYPER), "unused").neftune_noise_alpha is None
+
+
+@pytest.mark.integration
 def test_neftune_noise_changes_training_and_leaves_evaluation_clean(small):
     """neftune_noise_alpha (added as one row in tuner/hyperparams.py) reaches the Trainer: the same
     seed trains to another loss with noise on the embeddings, and the evaluation still runs."""
