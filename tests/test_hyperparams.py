@@ -153,6 +153,7 @@ print(json.dumps(found))
 '''
 
 
+@pytest.mark.integration  # a fresh interpreter importing transformers: 5 s, a tenth of the fast tier
 def test_a_row_added_to_the_table_is_validated_searched_passed_and_exported(tmp_path):
     package = tmp_path / "pkg"
     shutil.copytree(ROOT / "tuner", package / "tuner", ignore=shutil.ignore_patterns("__pycache__"))
