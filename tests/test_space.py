@@ -131,6 +131,7 @@ def test_fixed_values_merges_every_source_and_drops_searched():
         "max_grad_norm": 0.5,  # a non-default searchable name fixed in the space
         "lr_scheduler_type": "cosine",
         "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "label_smoothing_factor": 0.0,
+        "neftune_noise_alpha": None,
         "use_lora": False, "lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.05,  # LoRA's defaults, off
     }
     assert "learning_rate" not in values
@@ -163,6 +164,7 @@ def test_resolve_overlays_sampled_values_and_casts_ints():
         "freeze_layers": 0,
         "lr_scheduler_type": "cosine", "max_grad_norm": 1.0,
         "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "label_smoothing_factor": 0.0,
+        "neftune_noise_alpha": None,
         "use_lora": False, "lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.05,
     }
     assert type(values["per_device_train_batch_size"]) is int
