@@ -99,7 +99,7 @@ def test_an_online_start_that_fails_falls_back_to_offline(tmp_path, monkeypatch)
         port = s.getsockname()[1]
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
     monkeypatch.delenv("WANDB_MODE")
-    spec = _spec(tmp_path, "tracking.wandb.init_timeout=3")
+    spec = _spec(tmp_path, "tracking.wandb.init_timeout=1")
     said: list[str] = []
     tracker = tracking.Tracker(spec, say=said.append)
     assert tracker.mode == "online"  # the sentinel key is set
