@@ -5,7 +5,7 @@ field to have finitely many values: a categorical's choices, an int range (by it
 range with a `step`. The grid fixes the sweep's size: `search.num_samples` is the number of points,
 plus the baseline and `search.enqueue`'s configs, which run beside the grid, not drawn from it.
 
-Imports nothing of tuner's: `spec` validates with it, `space` builds the sampler's grid with it.
+Imports nothing of tuner's: `spacecheck` validates with it, `space` builds the sampler's grid with it.
 """
 
 from __future__ import annotations
