@@ -1,9 +1,10 @@
-"""The bounds a spec's names, paths and seeds must keep, whatever the rest of it says.
+"""The bounds a spec's names, paths, seeds and counts must keep, whatever the rest of it says.
 
 These values leave the spec: a sweep's name becomes a directory, a W&B group and a Ray experiment
 name; its storage is a directory the sweep writes into and later prunes; a seed goes to NumPy,
-torch and Optuna, which take 32-bit unsigned seeds. A value outside the bounds is refused with the
-rule, before anything is made. No Ray, no torch here.
+torch and Optuna, which take 32-bit unsigned seeds; a count or a size (`at_least`) has a floor below
+which nothing runs. A value outside the bounds is refused with the rule, before anything is made. No
+Ray, no torch here.
 """
 
 from __future__ import annotations
@@ -56,3 +57,9 @@ def check_storage(storage: Any, problems: list[str]) -> None:
         problems.append(f"storage: got {storage!r}, below an existing file; {fix}")
     elif os.path.isdir(resolved) and not os.access(resolved, os.W_OK):
         problems.append(f"storage: got {storage!r}, a directory this user cannot write to; {fix}")
+
+
+def at_least(value: Any, low: int, path: str, problems: list[str]) -> None:
+    """A count or size of at least `low` (a value of the wrong type is refused by its type)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
+        problems.append(f"{path}: got {value!r}, expected >= {low}")

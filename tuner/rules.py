@@ -1,23 +1,20 @@
-"""The rules across a spec's fields: what one key's value means for another's, checked once every section
-is built, so a problem names both keys and the fix.
+"""The rules a spec keeps beyond its types: a section's values against each other and against other
+sections (instruction columns, remote code pinned, durations, ASHA's bounds, promotion, W&B names).
 
-Each section that was built is checked (a malformed one is reported already by `schema_build`), and
-every problem goes to the one list `spec.validate` reports, in the order a reader meets the keys. The
-checks of `search.space` are `spacecheck`'s; this module calls them in that order. Also the readings
-of a key other modules share (`parse_duration`, `tolerance`, `import_callable`), beside the rules
-that accept those values.
+Run once every section is built (a malformed one is reported by `schema_build` and skipped here), each
+problem appended to the one list `spec.validate` reports, in the order a reader meets the keys; the
+checks of `search.space` (`spacecheck`) and of the metrics (`metriccheck`) are called in that order
+too. `parse_duration` lives beside the rule that accepts a duration, as `sweep`, `ledger` and `live`
+read `search.*_timeout` with it.
 """
 
 from __future__ import annotations
 
 import codecs
-import importlib
 import json
 from typing import Any
 
-from tuner import hyperparams, limits, spacecheck
-from tuner.constants import EVAL_EXACT_MATCH, EVAL_LOSS, GENERATION_METRICS, METRIC_PREFIX, REPORT_KEYS
-from tuner.errors import first_line
+from tuner import hyperparams, limits, metriccheck, spacecheck
 from tuner.schema import (
     DataSpec,
     ModelSpec,
@@ -32,14 +29,12 @@ from tuner.schema import (
 from tuner.schema_build import as_number
 from tuner.spacecheck import check_point, is_distribution
 
-MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsga2", "random")  # Optuna's samplers of several objectives
-
-
 # Every seed a spec sets (limits.check_seed bounds them).
 SEEDS = ("data.seed", "train.seed", "search.seed", "promote.generate.seed")
 
 
 def _get(spec: Spec, path: str) -> Any:
+    """A value by its dotted path; None where a section on the way is missing (reported already)."""
     node: Any = spec
     for part in path.split("."):
         node = getattr(node, part, None)
@@ -61,7 +56,7 @@ def check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
     if spec.search is not None:
         if spec.search.space is not None:  # an empty `space:` is reported already
             spacecheck.check_space(spec, raw, problems)
-            _check_metrics(spec.search, raw, problems)
+            metriccheck.check_metrics(spec.search, raw, problems)
             _check_search(spec, problems)
             if spec.search.sampler == "grid":
                 spacecheck.check_grid(spec.search, raw, problems)
@@ -76,8 +71,8 @@ def check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
                             "training needs a GPU: use fp32 (or bf16) on CPU, or give trials GPUs")
     if spec.promote is not None:
         _check_promote(spec.promote, problems)
-        _check_promote_against(spec, problems)
-        _check_pick(spec, problems)
+        metriccheck.check_promote_against(spec, problems)
+        metriccheck.check_pick(spec, problems)
     if spec.tracking is not None and spec.tracking.wandb is not None:
         _check_wandb(spec.tracking.wandb, problems)
     _check_storage_scheme(spec.storage, problems)
@@ -136,11 +131,11 @@ def _check_data(data: DataSpec, problems: list[str]) -> None:
             problems.append(f"data.split: ratios sum to {total:g}, expected 1 (got train={ratios.train:g}, "
                             f"validation={ratios.validation:g}, test={ratios.test:g}); make them add up to 1, "
                             "e.g. 0.8/0.1/0.1")
-    _at_least(data.block_size, 2, "data.block_size", problems)
+    limits.at_least(data.block_size, 2, "data.block_size", problems)
     if data.max_records is not None:
-        _at_least(data.max_records, 3, "data.max_records", problems)
+        limits.at_least(data.max_records, 3, "data.max_records", problems)
     if data.num_proc is not None:
-        _at_least(data.num_proc, 1, "data.num_proc", problems)
+        limits.at_least(data.num_proc, 1, "data.num_proc", problems)
     if data.messages_column is not None and data.prompt_column is not None:
         problems.append(f"data.messages_column: got {data.messages_column!r} with data.prompt_column "
                         f"{data.prompt_column!r}; a record is chat messages or a prompt and a completion: "
@@ -167,25 +162,25 @@ def _check_fixed(section: TrainSpec | ModelSpec, where: hyperparams.Section, pro
 
 def _check_train(train: TrainSpec, problems: list[str]) -> None:
     _check_fixed(train, "train", problems)
-    _at_least(train.per_device_eval_batch_size, 1, "train.per_device_eval_batch_size", problems)
-    _at_least(train.report_every_tokens, 1, "train.report_every_tokens", problems)
+    limits.at_least(train.per_device_eval_batch_size, 1, "train.per_device_eval_batch_size", problems)
+    limits.at_least(train.report_every_tokens, 1, "train.report_every_tokens", problems)
     for name in ("stop_after_steps", "eval_blocks"):
         if getattr(train, name) is not None:
-            _at_least(getattr(train, name), 1, f"train.{name}", problems)
+            limits.at_least(getattr(train, name), 1, f"train.{name}", problems)
     if train.dataloader_workers is not None:
-        _at_least(train.dataloader_workers, 0, "train.dataloader_workers", problems)
+        limits.at_least(train.dataloader_workers, 0, "train.dataloader_workers", problems)
     if train.patience is not None:
-        _at_least(train.patience, 1, "train.patience", problems)
+        limits.at_least(train.patience, 1, "train.patience", problems)
 
 
 def _check_search(spec: Spec, problems: list[str]) -> None:
     search = spec.search
-    _at_least(search.num_samples, 1, "search.num_samples", problems)
+    limits.at_least(search.num_samples, 1, "search.num_samples", problems)
     if search.max_concurrent_trials is not None:
-        _at_least(search.max_concurrent_trials, 1, "search.max_concurrent_trials", problems)
-    _at_least(search.max_failures, 0, "search.max_failures", problems)
+        limits.at_least(search.max_concurrent_trials, 1, "search.max_concurrent_trials", problems)
+    limits.at_least(search.max_failures, 0, "search.max_failures", problems)
     if search.n_startup_trials is not None:
-        _at_least(search.n_startup_trials, 0, "search.n_startup_trials", problems)
+        limits.at_least(search.n_startup_trials, 0, "search.n_startup_trials", problems)
         if search.sampler == "nsga2" and search.n_startup_trials in (0, 1):
             problems.append(f"search.n_startup_trials: got {search.n_startup_trials} with sampler nsga2, where it "
                             "sizes each generation; expected >= 2, or drop it for Optuna's 50")
@@ -213,7 +208,7 @@ def _check_search(spec: Spec, problems: list[str]) -> None:
 
 def _check_warm_start(search: SearchSpec, problems: list[str]) -> None:
     """The earlier sweep itself is read when the sweep starts (`warmstart`): here, the keys."""
-    _at_least(search.warm_start_top_k, 0, "search.warm_start_top_k", problems)
+    limits.at_least(search.warm_start_top_k, 0, "search.warm_start_top_k", problems)
     if search.warm_start is not None and not str(search.warm_start).strip():
         problems.append("search.warm_start: got an empty path; name an earlier sweep's directory or bucket URI, "
                         "e.g. runs/tiny, or drop the key")
@@ -222,49 +217,13 @@ def _check_warm_start(search: SearchSpec, problems: list[str]) -> None:
                         "whatever came before; warm starts inform a model: use sampler tpe or gp, or drop warm_start")
 
 
-def _check_metrics(search: SearchSpec, raw: dict[str, Any], problems: list[str]) -> None:
-    """`search.metrics`: two or more reported keys, each once, on a sampler of several objectives.
-    The first becomes `search.metric` and `search.mode`, which ASHA, patience, the ledger and
-    promotion read; a `metric` or `mode` also written must agree with it."""
-    if search.metrics is None:
-        return
-    entries = [m for m in search.metrics if m is not None]
-    if len(search.metrics) < 2:
-        problems.append(f"search.metrics: got {len(search.metrics)} entry; a multi-objective search needs at least "
-                        "2: add one, e.g. {name: trainable_params, mode: min}, or use search.metric and "
-                        "search.mode for one")
-    seen: set[str] = set()
-    for i, entry in enumerate(search.metrics):
-        if entry is None or not isinstance(entry.name, str):
-            continue  # missing or of the wrong type: reported already
-        if entry.name not in REPORT_KEYS:
-            problems.append(f"search.metrics[{i}].name: got {entry.name!r}, expected a reported key: "
-                            f"{', '.join(REPORT_KEYS)}")
-        elif entry.name in seen:
-            problems.append(f"search.metrics[{i}].name: {entry.name!r} is listed twice; list each metric once")
-        seen.add(entry.name)
-    if search.sampler not in MULTI_OBJECTIVE_SAMPLERS:
-        problems.append(f"search.sampler: got {search.sampler!r} with search.metrics; a multi-objective search "
-                        f"takes sampler {', '.join(MULTI_OBJECTIVE_SAMPLERS)}: use tpe or nsga2")
-    first = entries[0] if len(entries) == len(search.metrics) and entries else None
-    if first is None or first.name not in REPORT_KEYS or first.mode not in ("min", "max"):
-        return  # reported already
-    given = raw.get("search") or {}
-    for key in ("metric", "mode"):
-        if key in given and given[key] != getattr(first, key if key == "mode" else "name"):
-            problems.append(f"search.{key}: got {given[key]!r} with search.metrics, whose first entry has "
-                            f"{key if key == 'mode' else 'name'} {getattr(first, key if key == 'mode' else 'name')!r}; "
-                            f"drop search.{key}: the first of search.metrics is the search's {key}")
-    search.metric, search.mode = first.name, first.mode
-
-
 def _check_scheduler(scheduler: SchedulerSpec, problems: list[str]) -> None:
     if scheduler.type == "none":
         return
     if scheduler.max_t is not None:
-        _at_least(scheduler.max_t, 1, "scheduler.max_t", problems)
+        limits.at_least(scheduler.max_t, 1, "scheduler.max_t", problems)
     if scheduler.grace_period is not None:
-        _at_least(scheduler.grace_period, 1, "scheduler.grace_period", problems)
+        limits.at_least(scheduler.grace_period, 1, "scheduler.grace_period", problems)
     if isinstance(scheduler.reduction_factor, float) and scheduler.reduction_factor < 2:
         problems.append(f"scheduler.reduction_factor: got {scheduler.reduction_factor!r}, expected >= 2 "
                         "(each rung keeps the best 1/reduction_factor of the trials; 2 to 4 is usual)")
@@ -285,141 +244,18 @@ def _check_resources(resources: ResourcesSpec, problems: list[str]) -> None:
 
 def _check_promote(promote: PromoteSpec, problems: list[str]) -> None:
     for key in ("eval_batch_size", "prompt_tokens", "reference_tokens", "max_new_tokens", "top_k", "keep_best"):
-        _at_least(getattr(promote, key), 1, f"promote.{key}", problems)
-    _at_least(promote.num_prompts, 0, "promote.num_prompts", problems)
+        limits.at_least(getattr(promote, key), 1, f"promote.{key}", problems)
+    limits.at_least(promote.num_prompts, 0, "promote.num_prompts", problems)
     generate = promote.generate
     if generate is None:
         return
     for key, low in (("num_beams", 1), ("top_k", 0)):
-        _at_least(getattr(generate, key), low, f"promote.generate.{key}", problems)
+        limits.at_least(getattr(generate, key), low, f"promote.generate.{key}", problems)
     for key, ok, expected in (("temperature", lambda v: v > 0, "> 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
                               ("repetition_penalty", lambda v: v > 0, "> 0")):
         value = getattr(generate, key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
             problems.append(f"promote.generate.{key}: got {value:g}, expected {expected}")
-
-
-def _check_promote_against(spec: Spec, problems: list[str]) -> None:
-    """The re-ranking re-measures the loss on the whole validation split, and a generation metric or
-    a metric_fn's on a larger validation sample; training figures (train_loss, ...) it cannot."""
-    top_k = spec.promote.top_k
-    if (spec.search is not None and isinstance(top_k, int) and not isinstance(top_k, bool) and top_k > 1
-            and spec.search.metric in REPORT_KEYS and spec.search.metric != EVAL_LOSS):
-        problems.append(f"promote.top_k: got {top_k} with search.metric {spec.search.metric!r}; the re-evaluation "
-                        f"measures {EVAL_LOSS}, the generation metrics and metric_fn's keys, not a training "
-                        f"figure: set promote.top_k to 1 or search on one of those")
-
-
-def check_metric(spec: Spec, raw: dict[str, Any], problems: list[str], metric_fn: Any, saved: bool) -> None:
-    """What search.metric may name: a reported key, a generation metric, or a key of the metric_fn's
-    result (with a metric_fn, in the spec or from Python). Its direction: left out, a generation
-    metric is maximised (a higher ROUGE is better: `mode: min` would hunt for the worst model),
-    and a metric_fn's must be said, as tuner cannot know it."""
-    search = spec.search
-    metric, given = search.metric, "mode" in (raw.get("search") or {})
-    if search.metric_fn is not None and metric_fn is not None:
-        problems.append(f"search.metric_fn: got {search.metric_fn!r} and a metric_fn from Python too; give one")
-    if isinstance(search.metric_fn, str) and not saved:
-        check_metric_fn_path(search.metric_fn, problems)
-    if search.metric_sample is not None:
-        for key in ("num_prompts", "prompt_tokens", "reference_tokens", "max_new_tokens"):
-            _at_least(getattr(search.metric_sample, key), 1, f"search.metric_sample.{key}", problems)
-    if not isinstance(metric, str):
-        return
-    custom = search.metric_fn is not None or metric_fn is not None or saved
-    if metric in GENERATION_METRICS:
-        _check_generation_metric(spec, given, problems)
-    elif metric not in REPORT_KEYS and not custom:
-        problems.append(f"search.metric: got {metric!r}, expected a reported key ({', '.join(REPORT_KEYS)}), "
-                        f"a generation metric ({', '.join(GENERATION_METRICS)}), or with search.metric_fn a key "
-                        "of its result")
-    elif metric not in REPORT_KEYS and not metric.startswith(METRIC_PREFIX):
-        problems.append(f"search.metric: got {metric!r} with search.metric_fn; its keys are reported with the "
-                        f"prefix {METRIC_PREFIX}: set search.metric: {METRIC_PREFIX}{metric}")
-    elif metric not in REPORT_KEYS and not given:
-        problems.append(f"search.mode: missing with search.metric {metric!r} (a metric_fn key); say whether "
-                        "higher is better (mode: max) or lower (mode: min)")
-
-
-def _check_generation_metric(spec: Spec, given: bool, problems: list[str]) -> None:
-    """A generation metric is higher-better: max unless said, and `min` refused. Exact match needs an
-    answer to match: instruction or chat data."""
-    search, data = spec.search, spec.data
-    if not given:
-        search.mode = "max"
-    elif search.mode == "min":
-        problems.append(f"search.mode: got 'min' with search.metric {search.metric!r}, where higher is better; "
-                        "set mode: max, or leave mode out (max is taken for generation metrics)")
-    if (search.metric == EVAL_EXACT_MATCH and data is not None and data.prompt_column is None
-            and data.messages_column is None):
-        problems.append(f"search.metric: got {EVAL_EXACT_MATCH!r} on plain text (no data.prompt_column or "
-                        "data.messages_column); exact match compares answers with completions: use eval_rougeL "
-                        "or eval_bleu, or instruction data")
-
-
-def check_metric_fn_path(path: str, problems: list[str]) -> None:
-    """search.metric_fn names an importable module and a callable in it, before any trial starts."""
-    try:
-        import_callable(path)
-    except ValueError as exc:
-        problems.append(f"search.metric_fn: {exc}")
-
-
-def import_callable(path: str) -> Any:
-    """The function `package.module:function` names; ValueError saying what is wrong with it."""
-    module_name, sep, attribute = path.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(f"got {path!r}, expected package.module:function (e.g. mypkg.metrics:accuracy)")
-    try:
-        found: Any = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 (any error importing the user's module means: not importable)
-        raise ValueError(f"got {path!r}, but module {module_name!r} cannot be imported ({first_line(exc)}); "
-                         "install it or put its folder on PYTHONPATH where the sweep runs") from None
-    for part in attribute.split("."):
-        if not hasattr(found, part):
-            raise ValueError(f"got {path!r}, but {module_name} has no {attribute!r}; name a function defined there")
-        found = getattr(found, part)
-    if not callable(found):
-        raise ValueError(f"got {path!r}, which is a {type(found).__name__}, not a function; name a function "
-                         "that takes (model, tokenizer, sample)")
-    return found
-
-
-def _check_pick(spec: Spec, problems: list[str]) -> None:
-    """`promote.pick` chooses among the objectives of `search.metrics`, by names it lists."""
-    pick = spec.promote.pick
-    if pick is None:
-        return
-    metrics = spec.search.metrics if spec.search is not None else None
-    if not metrics:
-        problems.append("promote.pick: set without search.metrics; it trades one objective for another: list "
-                        "them in search.metrics, or drop promote.pick to promote the best by search.metric")
-        return
-    names = [m.name for m in metrics if m is not None and isinstance(m.name, str)]
-    for key in ("metric", "then"):
-        value = getattr(pick, key)
-        if value is not None and value not in names:
-            problems.append(f"promote.pick.{key}: got {value!r}, expected one of search.metrics: {', '.join(names)}")
-    if pick.then is not None and pick.then == (pick.metric or (names[0] if names else None)):
-        problems.append(f"promote.pick.then: got {pick.then!r}, the metric the pick starts from; name another "
-                        "of search.metrics to choose by among the near-best")
-    if pick.within is not None and tolerance(pick.within) is None:
-        problems.append(f"promote.pick.within: got {pick.within!r}, expected a percentage of the best value such as "
-                        "'1%', or a number >= 0 in the metric's own units")
-    top_k = spec.promote.top_k
-    if isinstance(top_k, int) and not isinstance(top_k, bool) and top_k > 1:
-        problems.append(f"promote.top_k: got {top_k} with promote.pick; the pick chooses the trial to promote: "
-                        "set promote.top_k to 1")
-
-
-def tolerance(within: float | str) -> tuple[float, bool] | None:
-    """`promote.pick.within` as (amount, relative): '1%' is (0.01, True), 0.05 is (0.05, False); None
-    when it is neither a percentage nor a number >= 0."""
-    relative = isinstance(within, str) and within.strip().endswith("%")
-    number = as_number(within.strip()[:-1] if relative else within)  # type: ignore[union-attr]
-    if number is None or number < 0:
-        return None
-    return (number / 100, True) if relative else (number, False)
 
 
 def _check_wandb(wandb: WandbSpec, problems: list[str]) -> None:
@@ -430,11 +266,6 @@ def _check_wandb(wandb: WandbSpec, problems: list[str]) -> None:
         if isinstance(value, str) and (len(value) > 128 or any(c in value for c in "/\\#?%:")):
             problems.append(f"tracking.wandb.{key}: got {value!r}; use at most 128 characters and none of "
                             "/ \\ # ? % :")
-
-
-def _at_least(value: Any, low: int, path: str, problems: list[str]) -> None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
-        problems.append(f"{path}: got {value!r}, expected >= {low}")
 
 
 def parse_duration(value: float | str) -> float | None:

@@ -15,9 +15,10 @@ from typing import Any
 
 import yaml
 
-from tuner import rules, secret, yamlfile
+from tuner import metriccheck, rules, secret, yamlfile
 from tuner.errors import UserError
-from tuner.rules import import_callable, parse_duration, tolerance
+from tuner.metriccheck import import_callable, tolerance
+from tuner.rules import parse_duration
 from tuner.schema import (
     HASHED_UNSET,
     CleanSpec,
@@ -115,7 +116,7 @@ def validate(raw: dict[str, Any], *, metric_fn: Any = None, saved: bool = False)
     if spec is not None:  # None only when `raw` is not a mapping
         rules.check_rules(spec, raw, problems)
         if spec.search is not None:
-            rules.check_metric(spec, raw, problems, metric_fn, saved)
+            metriccheck.check_metric(spec, raw, problems, metric_fn, saved)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise SpecError(f"the spec has {len(problems)} problem{'s' * (len(problems) > 1)}:\n{lines}")
