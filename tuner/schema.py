@@ -4,7 +4,7 @@ Every knob of a sweep is declared here, once (a hyperparameter's field comes fro
 reader finds any key by its section. `Spec.fingerprint` hashes what decides a sweep's results, so a
 resumed sweep can tell whether its spec changed; the constants below keep that hash stable for sweeps
 made before a key existed. Imports nothing that validates: `schema_build` builds these classes from
-YAML, `spacecheck` and `rules` check them, and `spec` ties those together.
+YAML, `rules`, `spacecheck` and `metriccheck` check them, and `spec` ties those together.
 """
 
 from __future__ import annotations
