@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from typing import Any
+from typing import Any, Callable
 
 from tuner import hyperparams, limits, metriccheck, spacecheck
 from tuner.schema import (
@@ -251,8 +251,10 @@ def _check_promote(promote: PromoteSpec, problems: list[str]) -> None:
         return
     for key, low in (("num_beams", 1), ("top_k", 0)):
         limits.at_least(getattr(generate, key), low, f"promote.generate.{key}", problems)
-    for key, ok, expected in (("temperature", lambda v: v > 0, "> 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
-                              ("repetition_penalty", lambda v: v > 0, "> 0")):
+    ranges: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+        ("temperature", lambda v: v > 0, "> 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+        ("repetition_penalty", lambda v: v > 0, "> 0"))
+    for key, ok, expected in ranges:
         value = getattr(generate, key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
             problems.append(f"promote.generate.{key}: got {value:g}, expected {expected}")

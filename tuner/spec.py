@@ -112,7 +112,7 @@ def validate(raw: dict[str, Any], *, metric_fn: Any = None, saved: bool = False)
     Python metric_fn reported is taken as it is."""
     problems: list[str] = []
     secret.check_spec(raw, problems)
-    spec = build(Spec, raw, "", problems)
+    spec: Spec | None = build(Spec, raw, "", problems)
     if spec is not None:  # None only when `raw` is not a mapping
         rules.check_rules(spec, raw, problems)
         if spec.search is not None:
@@ -129,7 +129,9 @@ def validate(raw: dict[str, Any], *, metric_fn: Any = None, saved: bool = False)
 
 
 def to_yaml(spec: Spec | dict[str, Any], header: str = "") -> str:
+    """The spec as YAML, its keys in the schema's order (origin left out while unset), after `header`."""
     data = spec.to_dict() if isinstance(spec, Spec) else spec
     if data.get("origin") is None:
         data = {k: v for k, v in data.items() if k != "origin"}
-    return header + yaml.safe_dump(data, sort_keys=False)
+    text: str = yaml.safe_dump(data, sort_keys=False)
+    return header + text
