@@ -106,6 +106,7 @@ def _check_storage_scheme(storage: str | None, problems: list[str]) -> None:
 
 
 def _check_data(data: DataSpec, problems: list[str]) -> None:
+    """The data's source, columns, split ratios and sizes, each against the keys it goes with."""
     if (data.prompt_column is None) != (data.completion_column is None):
         given, missing = (("prompt_column", "completion_column") if data.prompt_column is not None
                           else ("completion_column", "prompt_column"))
@@ -161,6 +162,7 @@ def _check_fixed(section: TrainSpec | ModelSpec, where: hyperparams.Section, pro
 
 
 def _check_train(train: TrainSpec, problems: list[str]) -> None:
+    """The hyperparameters `train` fixes, and its counts."""
     _check_fixed(train, "train", problems)
     limits.at_least(train.per_device_eval_batch_size, 1, "train.per_device_eval_batch_size", problems)
     limits.at_least(train.report_every_tokens, 1, "train.report_every_tokens", problems)
@@ -174,6 +176,7 @@ def _check_train(train: TrainSpec, problems: list[str]) -> None:
 
 
 def _check_search(spec: Spec, problems: list[str]) -> None:
+    """The search's counts, durations and warm start, and the configs queued before the sampler's own."""
     search = spec.search
     limits.at_least(search.num_samples, 1, "search.num_samples", problems)
     if search.max_concurrent_trials is not None:
@@ -218,6 +221,7 @@ def _check_warm_start(search: SearchSpec, problems: list[str]) -> None:
 
 
 def _check_scheduler(scheduler: SchedulerSpec, problems: list[str]) -> None:
+    """ASHA's budget, grace period and reduction factor (nothing with `scheduler: none`)."""
     if scheduler.type == "none":
         return
     if scheduler.max_t is not None:
@@ -234,6 +238,7 @@ def _check_scheduler(scheduler: SchedulerSpec, problems: list[str]) -> None:
 
 
 def _check_resources(resources: ResourcesSpec, problems: list[str]) -> None:
+    """A trial's CPUs and GPUs, in amounts Ray can give."""
     if isinstance(resources.cpus_per_trial, float) and resources.cpus_per_trial <= 0:
         problems.append(f"resources.cpus_per_trial: got {resources.cpus_per_trial:g}, expected > 0")
     gpus = resources.gpus_per_trial
@@ -243,6 +248,7 @@ def _check_resources(resources: ResourcesSpec, problems: list[str]) -> None:
 
 
 def _check_promote(promote: PromoteSpec, problems: list[str]) -> None:
+    """The final evaluation's sizes and its decoding settings."""
     for key in ("eval_batch_size", "prompt_tokens", "reference_tokens", "max_new_tokens", "top_k", "keep_best"):
         limits.at_least(getattr(promote, key), 1, f"promote.{key}", problems)
     limits.at_least(promote.num_prompts, 0, "promote.num_prompts", problems)
@@ -261,6 +267,7 @@ def _check_promote(promote: PromoteSpec, problems: list[str]) -> None:
 
 
 def _check_wandb(wandb: WandbSpec, problems: list[str]) -> None:
+    """W&B's start-up timeout, and names W&B accepts."""
     if isinstance(wandb.init_timeout, float) and wandb.init_timeout <= 0:
         problems.append(f"tracking.wandb.init_timeout: got {wandb.init_timeout:g}, expected seconds > 0")
     for key in ("project", "entity", "group"):

@@ -269,6 +269,7 @@ class Spec:
         return self.storage if self.storage and "://" in self.storage else str(self.sweep_dir)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every key, nested sections as mappings, in the schema's order (what `spec.yaml` holds)."""
         return dataclasses.asdict(self)
 
     def decisive(self) -> dict[str, Any]:
@@ -307,6 +308,7 @@ HASHED_UNSET = {
 
 
 def _hash_unset_as_before(data: dict[str, Any]) -> None:
+    """Each unset hyperparameter as `HASHED_UNSET` says it was hashed, or out of the hash if added since."""
     for p in hyperparams.TABLE:
         section = data[p.section]
         if section.get(p.name) is not None:

@@ -46,6 +46,7 @@ def is_distribution(entry: Any) -> TypeGuard[dict[str, Any]]:
 
 
 def check_space(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
+    """Each entry of `search.space`: a searchable field, not also fixed, its `when:` and its values."""
     raw_train: dict[str, Any] = raw["train"] if isinstance(raw.get("train"), dict) else {}
     raw_model: dict[str, Any] = raw["model"] if isinstance(raw.get("model"), dict) else {}
     declared: list[str] = []
@@ -142,6 +143,7 @@ def check_plateau_warmup(spec: Spec, problems: list[str]) -> None:
 
 
 def _check_distribution(name: str, entry: dict[str, Any], path: str, problems: list[str]) -> None:
+    """A distribution's type and keys, its choices or its range, against the field's kind."""
     kind = entry.get("type")
     if not isinstance(kind, str) or kind not in DISTRIBUTION_KEYS:
         problems.append(f"{path}.type: got {kind!r}, expected 'float', 'int' or 'categorical'")
