@@ -105,7 +105,7 @@ def test_the_rows_hashed_as_before_the_table_are_still_rows():
 
 NEW_ROW = ('    Hyperparam("fake_noise_alpha", float, None, "NEFTune\'s noise on the input embeddings", low=0,\n'
            '               low_open=True, arg="neftune_noise_alpha", short="noise"),\n')
-ANCHOR = "\n)\n\n\ndef by_name("  # the end of TABLE in tuner/hyperparams.py
+ANCHOR = "\n)\n\n\n_BY_NAME = "  # the end of TABLE in tuner/hyperparams.py
 
 FOLLOW = r'''
 import json, sys

@@ -118,10 +118,12 @@ TABLE: tuple[Hyperparam, ...] = (
 )
 
 
+_BY_NAME = {p.name: p for p in TABLE}
+
+
 def by_name() -> dict[str, Hyperparam]:
-    """The table by name. Read at each call, never cached at import, so a row added to TABLE (a test's
-    fake field) is seen everywhere."""
-    return {p.name: p for p in TABLE}
+    """The table by name."""
+    return _BY_NAME
 
 
 def names() -> tuple[str, ...]:

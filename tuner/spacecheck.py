@@ -220,11 +220,11 @@ def check_value(name: str, value: Any, path: str, problems: list[str]) -> None:
     """Check one value (fixed, a bound, a choice) of hyperparameter `name` against its range."""
     hyper = hyperparams.by_name()[name]
     if hyper.kind in (bool, str):
-        if not hyper.accepts(value):
-            problems.append(f"{path}: got {value!r}, expected {hyper.describe()}")
-        return
-    number = as_number(value)
-    if number is None or (hyper.kind is int and not float(number).is_integer()) or not hyper.accepts(number):
+        ok = hyper.accepts(value)
+    else:
+        number = as_number(value)
+        ok = number is not None and (hyper.kind is not int or number.is_integer()) and hyper.accepts(number)
+    if not ok:
         problems.append(f"{path}: got {value!r}, expected {hyper.describe()}")
 
 
