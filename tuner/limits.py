@@ -63,3 +63,8 @@ def at_least(value: Any, low: int, path: str, problems: list[str]) -> None:
     """A count or size of at least `low` (a value of the wrong type is refused by its type)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
         problems.append(f"{path}: got {value!r}, expected >= {low}")
+
+
+def is_commit(value: Any) -> bool:
+    """A full 40-character git commit hash: a revision that cannot move (remote code runs from one)."""
+    return isinstance(value, str) and len(value) == 40 and all(c in "0123456789abcdef" for c in value)

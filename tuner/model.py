@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tuner import builtin, hyperparams, secret
+from tuner import builtin, hyperparams, limits, secret
 from tuner.errors import UserError, first_line
 
 log = logging.getLogger("tuner")
@@ -68,14 +68,10 @@ def check_remote_code(name_or_path: str, raw_config: dict[str, Any], trust_remot
         raise UserError(f"model.name_or_path: {name_or_path!r} runs code from {len(others)} other repositories "
                         f"({', '.join(others)}); one model.code_revision cannot pin them all: use a model whose "
                         "code lives in one place")
-    if others and not is_commit(code_revision):
+    if others and not limits.is_commit(code_revision):
         raise UserError(f"model.code_revision: got {code_revision!r}, but {name_or_path!r} runs code from another "
                         f"repository, {others[0]} (its config.json auto_map); read that code, then pin "
                         "model.code_revision to its 40-character commit hash")
-
-
-def is_commit(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 40 and all(c in "0123456789abcdef" for c in value)
 
 
 def raw_config(name_or_path: str, revision: str | None, token_env: str | None) -> dict[str, Any]:

@@ -80,9 +80,7 @@ def check_rules(spec: Spec, raw: dict[str, Any], problems: list[str]) -> None:
 
 def _check_model(model: ModelSpec, problems: list[str]) -> None:
     """Remote code runs on every node: only from a pinned commit someone reviewed."""
-    if model.trust_remote_code is True and not (
-            isinstance(model.revision, str) and len(model.revision) == 40
-            and all(c in "0123456789abcdef" for c in model.revision)):
+    if model.trust_remote_code is True and not limits.is_commit(model.revision):
         problems.append(f"model.revision: got {model.revision!r} with model.trust_remote_code: true; "
                         "remote code runs on every node, so pin the 40-character commit hash you reviewed")
     if model.code_revision is not None:
@@ -90,7 +88,7 @@ def _check_model(model: ModelSpec, problems: list[str]) -> None:
         if model.trust_remote_code is not True:
             problems.append(f"model.code_revision: got {code!r} without model.trust_remote_code: true; it pins "
                             "remote code, which runs only when trusted: set both or drop code_revision")
-        elif not (isinstance(code, str) and len(code) == 40 and all(c in "0123456789abcdef" for c in code)):
+        elif not limits.is_commit(code):
             problems.append(f"model.code_revision: got {code!r}; pin the 40-character commit hash of the code "
                             "you reviewed in the other repository")
     _check_fixed(model, "model", problems)
