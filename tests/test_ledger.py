@@ -121,6 +121,20 @@ def test_a_trial_stopped_by_asha_is_recorded_with_its_best_checkpoint_and_rung(l
     assert said[-1].startswith("trial t1: stopped_asha") and "1/" in said[-1]
 
 
+def test_a_closing_copy_after_a_resume_records_where_it_went_on_and_completes_it(ledger):
+    """A trial resumed from the checkpoint of its last report sends only a closing copy of it: the
+    resume is recorded at that step, no report counted again, and the trial completes."""
+    ledger, _ = ledger
+    trial = _trial(ledger, "t1")
+    _report(ledger, trial, 4, 3.0)
+    ledger.records["t1"].awaiting_start = True  # as a driver's restore leaves a trial Tune goes on with
+    _report(ledger, trial, 4, 3.0, checkpoint=False, **{C.START_STEP: 4, C.TRIAL_STATUS: C.COMPLETED,
+                                                        C.FINAL: True, C.REPEAT: True})
+    ledger.on_trial_complete(0, [trial], trial)
+    (record,) = records.load_all(ledger.sweep_dir)
+    assert record.resumed_from_steps == [4] and record.reports == 1 and record.status == C.COMPLETED
+
+
 def test_a_crashed_trial_retries_from_its_checkpoint_and_counts_no_report_twice(ledger):
     ledger, said = ledger
     trial = _trial(ledger, "t1")

@@ -113,6 +113,37 @@ def test_neftune_noise_changes_training_and_leaves_evaluation_clean(small):
     assert math.isfinite(loud[0][0][C.EVAL_LOSS])
 
 
+def test_a_run_resumed_at_the_trials_last_step_closes_it_with_a_copy_of_its_last_report(small):
+    """Resumed from the checkpoint of its last report (the driver killed after it), the run has no step
+    left: it sends one closing copy, completed, with where it went on from and the last evaluation."""
+    spec, _ = small
+    sent = []
+    callback = ReportCallback(spec, lambda metrics, checkpoint: sent.append((metrics, checkpoint)), None)
+    state, control = TrainerState(), TrainerControl()
+    state.global_step, state.max_steps, state.num_input_tokens_seen, state.epoch = 79, 79, 40192, 1.0
+    state.log_history = [{C.EVAL_LOSS: 6.9, "step": 64}, {"loss": 6.8, "step": 70}, {C.EVAL_LOSS: 6.7, "step": 79}]
+    callback.on_train_begin(None, state, control)
+    callback.on_train_end(None, state, control)
+    (metrics, checkpoint), = sent
+    assert checkpoint is None and metrics[C.REPEAT] and metrics[C.FINAL]
+    assert metrics[C.TRIAL_STATUS] == C.COMPLETED and metrics[C.START_STEP] == metrics[C.STEP] == 79
+    assert metrics[C.EVAL_LOSS] == 6.7 and callback.reports == 0 and callback.ended_as == C.COMPLETED
+
+
+def test_a_run_that_reported_or_has_steps_left_sends_nothing_at_its_end(small):
+    spec, _ = small
+    sent = []
+    callback = ReportCallback(spec, lambda metrics, checkpoint: sent.append(metrics), None)
+    state, control = TrainerState(), TrainerControl()
+    state.global_step, state.max_steps = 40, 79  # stopped before its end (ASHA, a budget): Tune ends it
+    callback.on_train_begin(None, state, control)
+    callback.on_train_end(None, state, control)
+    state.global_step = 0  # a fresh run that ends at once made no checkpoint to go on from
+    callback.on_train_begin(None, state, control)
+    callback.on_train_end(None, state, control)
+    assert sent == []
+
+
 def test_a_nan_loss_stops_the_trial_and_reports_it_diverged(small):
     spec, _ = small
     sent = []
@@ -193,6 +224,22 @@ def test_a_real_nan_loss_stops_the_trainer_at_once_as_diverged(small, tmp_path):
     assert last[C.TRIAL_STATUS] == C.DIVERGED and last[C.FINAL] and checkpoint is None
     assert last[C.STEP] <= 10  # the first loss logged (every 10 steps) or evaluated stops it
     assert summary["status"] == C.DIVERGED
+
+
+@pytest.mark.integration
+def test_a_trial_resumed_from_its_last_checkpoint_completes_without_training(small, tmp_path):
+    """A driver killed after a trial's last report, before Tune ended it, resumes the trial from that
+    checkpoint: the run trains nothing and closes the trial, completed, from the step it went on from."""
+    spec, prepared = small
+    spec = load_spec(_with(spec, "train.report_every_tokens=1000000000"))
+    checkpoint, step = _first_checkpoint(spec, prepared, tmp_path)  # the one report: the epoch's end
+    reports = []
+    summary = run_trial(HYPER, TrialContext(spec, prepared, model.resolve(spec.model.name_or_path)),
+                        lambda metrics, checkpoint: reports.append((metrics, checkpoint)), resume_from=str(checkpoint))
+    (last, kept), = reports
+    assert kept is None and last[C.REPEAT] and last[C.FINAL] and last[C.TRIAL_STATUS] == C.COMPLETED
+    assert last[C.START_STEP] == last[C.STEP] == step > 0 and math.isfinite(last[C.EVAL_LOSS])
+    assert summary["status"] == C.COMPLETED
 
 
 def _first_checkpoint(spec, prepared, tmp_path: Path) -> tuple[Path, int]:

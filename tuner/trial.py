@@ -221,8 +221,19 @@ class ReportCallback(TrainerCallback):
         if self.diverged:
             self.eval_loss, self.extra = math.nan, {}
             self._send(state, None, C.DIVERGED, True)
+        elif self.reports == 0 and self.start_step > 0 and self._is_last(state):
+            self._close_resumed_at_end(state)
 
-    def _send(self, state, checkpoint: Path | None, status: str, final: bool) -> None:
+    def _close_resumed_at_end(self, state) -> None:
+        """A run resumed from the checkpoint of the trial's last report (its driver was killed after
+        that report, before Tune ended the trial) has no step left, so it reports nothing, and Tune
+        would end the trial on the restored, unfinished result. A closing copy of that report says
+        where the run went on from and that the trial completed; nothing counts it as a new report."""
+        evaluated = [entry for entry in state.log_history if C.EVAL_LOSS in entry]
+        self.eval_loss = float(evaluated[-1][C.EVAL_LOSS]) if evaluated else math.nan
+        self._send(state, None, C.COMPLETED, True, repeat=True)
+
+    def _send(self, state, checkpoint: Path | None, status: str, final: bool, repeat: bool = False) -> None:
         tokens = int(state.num_input_tokens_seen)
         if self.max_t is not None and tokens >= self.max_t and status == C.RUNNING:
             status = C.COMPLETED
@@ -243,13 +254,14 @@ class ReportCallback(TrainerCallback):
             C.START_STEP: self.start_step,
             C.TRIAL_STATUS: status,
             C.FINAL: final,
+            **({C.REPEAT: True} if repeat else {}),
             **dict(self.times),
             **({C.MFU: utilization} if utilization is not None else {}),
             **gpu_memory(),
             **self.extra,
         }
         metrics.setdefault(self.metric, math.nan)  # Tune refuses a report without the searched metric
-        if status != C.DIVERGED:
+        if status != C.DIVERGED and not repeat:
             self.reports += 1
             value = metrics.get(self.metric)
             improved = self.best is None or records.better(value, self.best, self.mode)
