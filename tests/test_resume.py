@@ -149,12 +149,21 @@ def test_exactly_num_samples_trials_none_restarted_from_step_0(killed_twice):
     assert all(r.status in C.STATUSES for r in found)
     assert not any(r.restarted_from_step_0 for r in found)
     # Every trial running at a kill went on from the checkpoint it had then, and no report was
-    # counted twice.
+    # counted twice. One the dead driver had already told Optuna it ended (its last report sent, the
+    # record not yet closed) is closed by the next driver, as it was told, with the reports it had.
     expected: dict[str, list[int]] = {}
-    for run in killed_twice["runs"][:2]:
+    closed: dict[str, dict] = {}
+    runs = killed_twice["runs"]
+    for run, after in zip(runs[:2], runs[1:]):
         for was in (r for r in run["killed"] if r["status"] == C.RUNNING):
-            expected.setdefault(was["trial_id"], []).append(was["checkpoint_step"])
+            if f"trial {was['trial_id']}: the dead driver told Optuna it ended" in after["output"]:
+                closed[was["trial_id"]] = was
+            else:
+                expected.setdefault(was["trial_id"], []).append(was["checkpoint_step"])
     assert expected and {r.trial_id: r.resumed_from_steps for r in found if r.resumed_from_steps} == expected
+    for record in (r for r in found if r.trial_id in closed):
+        assert record.trial_id not in expected and record.resumes == 0
+        assert [h[C.STEP] for h in record.history] == [h[C.STEP] for h in closed[record.trial_id]["history"]]
     assert all(step > 0 for steps in expected.values() for step in steps)
     for record in found:
         steps = [h[C.STEP] for h in record.history]
