@@ -24,8 +24,11 @@ from tuner import records as trial_records
 from tuner import results
 
 SAMPLES = 6
+# ASHA's grace period is two reports: every trial is running with a checkpoint after its first, so
+# the second kill always has a moment to land (with one, a run whose trials ASHA all stopped at their
+# first report had none, and the driver finished before it could be killed).
 OVERRIDES = [
-    "data.max_records=900", "train.report_every_tokens=8192", "scheduler.grace_period=8192",
+    "data.max_records=900", "train.report_every_tokens=8192", "scheduler.grace_period=16384",
     "search.n_startup_trials=3", "search.space.num_train_epochs={type: int, low: 1, high: 2}",
     *LIGHT_PROMOTE, "tracking.wandb.mode=offline",
 ]
